@@ -1,0 +1,121 @@
+"""ResNet / ResNeXt backbones (torchvision) and the FPN neck with P3-P7 outputs.
+
+Parameter names follow torchvision's ResNet, which are also mmdetection's ``backbone.*`` names, so
+checkpoints of either map one to one.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+
+__all__ = ["ResNetBackbone", "FPN", "FrozenStatsBatchNorm2d", "RESNET_SPECS"]
+
+log = logging.getLogger(__name__)
+
+# depth -> (block, blocks per stage)
+RESNET_SPECS: dict[int, tuple[type[nn.Module], list[int]]] = {
+    18: (tv_resnet.BasicBlock, [2, 2, 2, 2]),
+    34: (tv_resnet.BasicBlock, [3, 4, 6, 3]),
+    50: (tv_resnet.Bottleneck, [3, 4, 6, 3]),
+    101: (tv_resnet.Bottleneck, [3, 4, 23, 3]),
+    152: (tv_resnet.Bottleneck, [3, 8, 36, 3]),
+}
+
+
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with its running statistics and never updates them.
+
+    This is mmdetection's ``norm_eval=True``: the statistics are frozen, while the affine weight and bias
+    stay trainable unless their stage is frozen (torchvision's FrozenBatchNorm2d freezes those too).
+    """
+
+    def train(self, mode: bool = True):  # noqa: D102 - stays in eval mode
+        return super().train(False)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet/ResNeXt returning the C3, C4, C5 feature maps (strides 8, 16, 32).
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        groups, width_per_group: ResNeXt cardinality and width (32, 4 for ResNeXt-101 32x4d).
+        frozen_stages: stages whose parameters are frozen: 0 none, 1 the stem and ``layer1`` (the
+            reference's default), up to 4.
+    """
+
+    def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64, frozen_stages: int = 1):
+        super().__init__()
+        if depth not in RESNET_SPECS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+        block, layers = RESNET_SPECS[depth]
+        if block is tv_resnet.BasicBlock and (groups != 1 or width_per_group != 64):
+            raise ValueError(f"ResNet-{depth} has basic blocks, which do not support groups/width_per_group")
+        net = tv_resnet.ResNet(
+            block, layers, groups=groups, width_per_group=width_per_group, norm_layer=FrozenStatsBatchNorm2d
+        )
+        self.depth, self.groups, self.width_per_group = depth, groups, width_per_group
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        expansion = block.expansion
+        self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
+        self.frozen_stages = frozen_stages
+        self._freeze()
+
+    def _freeze(self) -> None:
+        stages = [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+        for stage in stages[: self.frozen_stages + 1] if self.frozen_stages > 0 else []:
+            for m in stage:
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c3, c4, c5]
+
+    def load_torchvision_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """Load an ImageNet classification state dict (its ``fc.*`` entries are dropped)."""
+        sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"backbone weights do not fit ResNet-{self.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+class FPN(nn.Module):
+    """Feature pyramid (Lin et al. 2017) over C3-C5 with two extra levels, giving P3-P7.
+
+    Lateral 1x1 and output 3x3 convs with bias; nearest-neighbour top-down upsampling to the exact size of
+    the finer map; P6 is a stride-2 3x3 conv on the P5 *output* and P7 a stride-2 3x3 conv on P6, without a
+    ReLU between (the reference's ``add_extra_convs='on_output'``, ``relu_before_extra_convs=False``).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5):
+        super().__init__()
+        if num_outs < len(in_channels):
+            raise ValueError(f"num_outs ({num_outs}) must be >= the number of inputs ({len(in_channels)})")
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        convs = [nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels]
+        convs += [nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) for _ in range(num_outs - len(in_channels))]
+        self.fpn_convs = nn.ModuleList(convs)
+        self.out_channels = out_channels
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # the reference initialises FPN convs with Xavier-uniform
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        outs = [self.fpn_convs[i](lat) for i, lat in enumerate(laterals)]
+        for conv in self.fpn_convs[len(laterals):]:
+            outs.append(conv(outs[-1]))
+        return outs

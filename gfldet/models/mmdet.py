@@ -1,0 +1,161 @@
+"""Load mmdetection GFL checkpoints (``configs/gfl/*``) without mmdetection.
+
+The architecture (ResNet depth, ResNeXt groups and width, FPN and head widths, number of tower convs,
+classes and ``reg_max``) is read off the tensors; parameter names are mapped to gfldet's.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import ModelConfig
+from .backbone import RESNET_SPECS
+from .detector import GFL
+
+__all__ = ["from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "load_mmdet_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+_RENAMES = [
+    (re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$"), r"neck.\1.\2.\3"),
+    (re.compile(r"^bbox_head\.(cls_convs|reg_convs)\.(\d+)\.(conv|gn)\.(weight|bias)$"), r"head.\1.\2.\3.\4"),
+    (re.compile(r"^bbox_head\.(gfl_cls|gfl_reg)\.(weight|bias)$"), r"head.\1.\2"),
+    (re.compile(r"^bbox_head\.scales\.(\d+)\.scale$"), r"head.scales.\1.scale"),
+    (re.compile(r"^(backbone\.(?:conv1|bn1|layer[1-4])\..+)$"), r"\1"),
+]
+
+
+def load_mmdet_checkpoint(path: str | os.PathLike, trusted: bool = False) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read an mmdetection ``.pth`` file: returns its state dict and its ``meta`` (may be empty).
+
+    Files are read with ``weights_only=True``; a checkpoint that needs arbitrary unpickling is refused
+    unless ``trusted=True``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mmdetection checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: cannot be read with weights_only=True ({str(e).splitlines()[0]}); if you trust this file, "
+            "pass trusted=True (command line: --trusted)"
+        ) from e
+    except Exception as e:  # corrupt / truncated / not a torch file
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict with a 'state_dict', got {type(obj).__name__}")
+    sd = obj.get("state_dict", obj)
+    meta = obj.get("meta", {}) if "state_dict" in obj else {}
+    return sd, meta if isinstance(meta, dict) else {}
+
+
+def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _count(sd: dict[str, Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in sd if (m := rx.match(k))})
+
+
+def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> ModelConfig:
+    """Infer a :class:`ModelConfig` from an mmdetection GFL state dict; ``overrides`` set other fields."""
+    sd = _strip_prefix(sd)
+    required = ["backbone.conv1.weight", "neck.lateral_convs.0.conv.weight", "bbox_head.gfl_cls.weight", "bbox_head.gfl_reg.weight"]
+    missing = [k for k in required if k not in sd]
+    if missing:
+        raise ValueError(f"not an mmdetection GFL (ResNet-FPN) state dict: missing {missing}")
+    if any(k.startswith("bbox_head.reg_conf") for k in sd):
+        raise ValueError("this is a GFLv2 checkpoint (distribution-guided quality predictor 'reg_conf'); gfldet loads GFL (v1) only")
+    if any("conv_offset" in k for k in sd):
+        raise ValueError("this checkpoint uses deformable convolutions (DCN), which gfldet does not support yet")
+    blocks = [_count(sd, rf"^backbone\.layer{i}\.(\d+)\.") for i in range(1, 5)]
+    bottleneck = "backbone.layer1.0.conv3.weight" in sd
+    depth = next(
+        (d for d, (blk, layers) in RESNET_SPECS.items() if layers == blocks and (blk.expansion == 4) == bottleneck), None
+    )
+    if depth is None:
+        raise ValueError(f"unrecognised ResNet: blocks per stage {blocks}, bottleneck={bottleneck}")
+    groups, width_per_group = 1, 64
+    if bottleneck:
+        w = sd["backbone.layer1.0.conv2.weight"]  # (width, width / groups, 3, 3), width = groups * width_per_group
+        groups = int(w.shape[0] // w.shape[1])
+        width_per_group = int(w.shape[0] // groups)
+    c3 = 128 * (4 if bottleneck else 1)
+    lat_in = int(sd["neck.lateral_convs.0.conv.weight"].shape[1])
+    if lat_in != c3 or _count(sd, r"^neck\.lateral_convs\.(\d+)\.") != 3:
+        raise ValueError(f"FPN must start at C3 with 3 lateral convs (start_level=1); lateral 0 takes {lat_in} channels, C3 has {c3}")
+    num_outs = _count(sd, r"^neck\.fpn_convs\.(\d+)\.")
+    reg_out = int(sd["bbox_head.gfl_reg.weight"].shape[0])
+    if reg_out % 4:
+        raise ValueError(f"gfl_reg has {reg_out} outputs, not a multiple of 4")
+    kw: dict[str, Any] = dict(
+        depth=depth,
+        groups=groups,
+        width_per_group=width_per_group,
+        fpn_channels=int(sd["neck.lateral_convs.0.conv.weight"].shape[0]),
+        head_channels=int(sd["bbox_head.gfl_cls.weight"].shape[1]),
+        stacked_convs=_count(sd, r"^bbox_head\.cls_convs\.(\d+)\."),
+        num_classes=int(sd["bbox_head.gfl_cls.weight"].shape[0]),
+        reg_max=reg_out // 4 - 1,
+        strides=tuple(8 * 2**i for i in range(num_outs)),
+    )
+    kw.update(overrides)
+    return ModelConfig(**kw)
+
+
+def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an mmdetection GFL state dict to gfldet's names (values upcast to float32)."""
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in _strip_prefix(sd).items():
+        if key == "bbox_head.integral.project":
+            continue  # a constant [0, 1, ..., n]; gfldet builds it
+        for rx, repl in _RENAMES:
+            if rx.match(key):
+                new = rx.sub(repl, key)
+                out[new] = value.float() if value.is_floating_point() else value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"mmdetection keys gfldet does not know: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+    return out
+
+
+def from_mmdet(checkpoint: str | os.PathLike | dict[str, Tensor], *, trusted: bool = False, **overrides: Any) -> GFL:
+    """Build a ready :class:`GFL` (in eval mode) from an mmdetection GFL checkpoint.
+
+    Args:
+        checkpoint: path to a ``.pth`` file holding ``{"state_dict": ...}``, or such a dict, or the state dict.
+        trusted: allow full unpickling of the file (only for files you trust).
+        overrides: :class:`ModelConfig` fields to set (e.g. ``min_size=None`` to feed pre-sized images,
+            ``score_thr=0.3``); architecture fields are inferred and should not be overridden.
+    """
+    meta: dict[str, Any] = {}
+    if isinstance(checkpoint, (str, os.PathLike)):
+        sd, meta = load_mmdet_checkpoint(checkpoint, trusted=trusted)
+    elif isinstance(checkpoint, dict):
+        sd = checkpoint.get("state_dict", checkpoint)
+        meta = checkpoint.get("meta", {}) if "state_dict" in checkpoint else {}
+    else:
+        raise TypeError(f"expected a path or a state dict, got {type(checkpoint).__name__}")
+    cfg = mmdet_config_from_state_dict(sd, **overrides)
+    names = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
+    names = list(names) if names is not None and len(names) == cfg.num_classes else None
+    model = GFL(cfg, class_names=names)
+    converted = convert_mmdet_state_dict(sd)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit the inferred model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    log.info("loaded mmdetection GFL: ResNet-%d (groups %d), %d classes, reg_max %d", cfg.depth, cfg.groups, cfg.num_classes, cfg.reg_max)
+    return model.eval()

@@ -1,0 +1,200 @@
+"""The losses of Generalized Focal Loss (Li et al., NeurIPS 2020) as pure functions.
+
+Every function computes in float32 (inputs are upcast, so it is safe under autocast), accepts an
+optional element-wise ``weight`` and a ``reduction`` in ``"none" | "sum" | "mean"``.
+Equation numbers refer to the paper.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .boxes import box_giou_aligned
+
+__all__ = [
+    "quality_focal_loss",
+    "quality_focal_loss_sparse",
+    "distribution_focal_loss",
+    "generalized_focal_loss",
+    "giou_loss",
+    "reduce_loss",
+]
+
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+def reduce_loss(loss: Tensor, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """Apply an optional element-wise ``weight`` (broadcast against ``loss``) and a reduction."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    return loss
+
+
+def quality_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    beta: float = 2.0,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Quality Focal Loss, paper eq. (2), computed from logits.
+
+    ``QFL(sigma) = -|y - sigma|^beta * ((1 - y) log(1 - sigma) + y log(sigma))``
+
+    Args:
+        logits: ``(..., C)`` classification logits (any shape).
+        targets: same shape, soft labels in ``[0, 1]``: 0 for negatives, the IoU of the predicted box
+            with its ground truth at a positive's class.
+        beta: the modulating exponent (2 in the paper).
+    Returns:
+        The element-wise loss ``(..., C)`` for ``reduction="none"``, else a scalar.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    logits = logits.float()
+    targets = targets.float()
+    sigma = logits.sigmoid()
+    # The modulating factor is not detached, as in the reference implementation.
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * (targets - sigma).abs().pow(beta)
+    return reduce_loss(loss, weight, reduction)
+
+
+def quality_focal_loss_sparse(
+    logits: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    beta: float = 2.0,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """QFL with a sparse target: one class label and one quality score per row.
+
+    Equal to ``quality_focal_loss(logits, one_hot(labels) * scores)`` element for element, without
+    building the dense target. This is the form the reference implementation computes.
+
+    Args:
+        logits: ``(P, C)`` logits.
+        labels: ``(P,)`` int64, the class of a positive in ``[0, C)``; any other value (e.g. ``C``) is
+            a negative.
+        scores: ``(P,)`` the quality target (IoU) of each positive; ignored at negatives.
+        weight: optional ``(P,)`` per-row weight (or ``(P, C)``).
+    Returns:
+        ``(P, C)`` for ``reduction="none"``, else a scalar.
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1] or scores.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected logits (P, C), labels (P,), scores (P,); got {tuple(logits.shape)}, "
+            f"{tuple(labels.shape)}, {tuple(scores.shape)}"
+        )
+    logits = logits.float()
+    sigma = logits.sigmoid()
+    loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * sigma.pow(beta)
+    num_classes = logits.shape[1]
+    pos = ((labels >= 0) & (labels < num_classes)).nonzero().squeeze(1)
+    if pos.numel() > 0:
+        pos_labels = labels[pos].long()
+        pos_logits = logits[pos, pos_labels]
+        pos_scores = scores[pos].float()
+        pos_loss = F.binary_cross_entropy_with_logits(pos_logits, pos_scores, reduction="none") * (
+            pos_scores - sigma[pos, pos_labels]
+        ).abs().pow(beta)
+        loss = loss.index_put((pos, pos_labels), pos_loss)
+    if weight is not None and weight.dim() == 1:
+        weight = weight[:, None]
+    return reduce_loss(loss, weight, reduction)
+
+
+def distribution_focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Distribution Focal Loss, paper eq. (6), with unit bins ``y_i = i``.
+
+    ``DFL(S_i, S_{i+1}) = -((y_{i+1} - y) log S_i + (y - y_i) log S_{i+1})`` where ``S = softmax(logits)``,
+    ``y_i = floor(y)`` and ``y_{i+1} = y_i + 1``. Its minimum puts ``(y_{i+1} - y, y - y_i)`` on the two
+    bins, where the expectation of the distribution is exactly ``y``.
+
+    Args:
+        logits: ``(..., n + 1)`` distribution logits over the bins ``0..n``.
+        target: ``(...)`` continuous targets in ``[0, n]`` (``y = n`` is allowed: all mass on bin n).
+    Returns:
+        ``(...)`` for ``reduction="none"``, else a scalar.
+    """
+    if logits.shape[:-1] != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be target {tuple(target.shape)} + (n+1,)")
+    n = logits.shape[-1] - 1
+    if n < 1:
+        raise ValueError(f"need at least 2 bins, got logits with last dim {logits.shape[-1]}")
+    target = target.float()
+    if target.numel() and not torch.jit.is_tracing():
+        lo, hi = float(target.min()), float(target.max())
+        if lo < 0 or hi > n:
+            raise ValueError(f"DFL targets must lie in [0, {n}], got values in [{lo:g}, {hi:g}]")
+    return reduce_loss(_dfl(logits, target), weight, reduction)
+
+
+def _dfl(logits: Tensor, target: Tensor) -> Tensor:
+    """DFL without input checks (targets assumed in ``[0, n]``)."""
+    n = logits.shape[-1] - 1
+    left = target.floor().clamp(max=n - 1).long()  # y = n uses bins (n-1, n) with weights (0, 1)
+    right = left + 1
+    w_left = right.float() - target
+    w_right = target - left.float()
+    logp = F.log_softmax(logits.float(), dim=-1)
+    nll_left = -logp.gather(-1, left.unsqueeze(-1)).squeeze(-1)
+    nll_right = -logp.gather(-1, right.unsqueeze(-1)).squeeze(-1)
+    return nll_left * w_left + nll_right * w_right
+
+
+def generalized_focal_loss(
+    p_left: Tensor,
+    p_right: Tensor,
+    y_left: Tensor | float,
+    y_right: Tensor | float,
+    y: Tensor,
+    beta: float = 2.0,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    eps: float = 1e-12,
+) -> Tensor:
+    """Generalized Focal Loss, paper eq. (7), in probability form.
+
+    ``GFL(p_l, p_r) = -|y - (y_l p_l + y_r p_r)|^beta * ((y_r - y) log p_l + (y - y_l) log p_r)``
+
+    with ``y_l <= y <= y_r`` and ``p_l + p_r = 1``. Its special cases:
+    Focal Loss (eq. 9: ``y_l=0, y_r=1, y in {0,1}, p_r=sigma, p_l=1-sigma``), QFL (eq. 10: the same with
+    ``y in [0,1]``) and DFL (eq. 11: ``beta=0``, ``p_l=S_i, p_r=S_{i+1}``). Probabilities are clamped to
+    ``[eps, 1]`` inside the logarithms so that the loss stays finite at 0 and 1.
+    """
+    p_left = p_left.float()
+    p_right = p_right.float()
+    y = y.float() if isinstance(y, Tensor) else torch.tensor(float(y))
+    y_left = y_left.float() if isinstance(y_left, Tensor) else torch.tensor(float(y_left))
+    y_right = y_right.float() if isinstance(y_right, Tensor) else torch.tensor(float(y_right))
+    estimate = y_left * p_left + y_right * p_right
+    ce = (y_right - y) * p_left.clamp(min=eps).log() + (y - y_left) * p_right.clamp(min=eps).log()
+    loss = -(y - estimate).abs().pow(beta) * ce
+    return reduce_loss(loss, weight, reduction)
+
+
+def giou_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    eps: float = 1e-7,
+) -> Tensor:
+    """GIoU loss ``1 - GIoU(pred, target)`` for aligned ``(..., 4)`` xyxy boxes -> ``(...)``."""
+    if pred.shape != target.shape or pred.shape[-1:] != (4,):
+        raise ValueError(f"expected two (..., 4) box tensors of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
+    loss = 1.0 - box_giou_aligned(pred.float(), target.float(), eps=eps)
+    return reduce_loss(loss, weight, reduction)
