@@ -14,7 +14,8 @@ __all__ = ["Integral", "distribution_expectation", "edge_distributions"]
 
 def edge_distributions(logits: Tensor, reg_max: int) -> Tensor:
     """``(..., 4 * (n + 1))`` logits -> ``(..., 4, n + 1)`` probabilities (softmax over the bins)."""
-    return F.softmax(logits.reshape(*logits.shape[:-1], 4, reg_max + 1).float(), dim=-1)
+    x = logits.reshape(*logits.shape[:-1], 4, reg_max + 1)
+    return F.softmax(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=-1)
 
 
 def distribution_expectation(logits: Tensor, project: Tensor) -> Tensor:

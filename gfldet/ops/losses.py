@@ -1,6 +1,7 @@
 """The losses of Generalized Focal Loss (Li et al., NeurIPS 2020) as pure functions.
 
-Every function computes in float32 (inputs are upcast, so it is safe under autocast), accepts an
+Every function computes in at least float32 (half inputs are upcast, so it is safe under autocast;
+float64 stays float64), accepts an
 optional element-wise ``weight`` and a ``reduction`` in ``"none" | "sum" | "mean"``.
 Equation numbers refer to the paper.
 """
@@ -22,6 +23,12 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("none", "sum", "mean")
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """Half / bfloat16 -> float32 (losses are computed in at least float32, also under autocast);
+    float32 and float64 stay as they are, so float64 gradchecks work."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def reduce_loss(loss: Tensor, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
@@ -58,8 +65,8 @@ def quality_focal_loss(
     """
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
-    logits = logits.float()
-    targets = targets.float()
+    logits = _upcast(logits)
+    targets = targets.to(logits.dtype)
     sigma = logits.sigmoid()
     # The modulating factor is not detached, as in the reference implementation.
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * (targets - sigma).abs().pow(beta)
@@ -93,7 +100,7 @@ def quality_focal_loss_sparse(
             f"expected logits (P, C), labels (P,), scores (P,); got {tuple(logits.shape)}, "
             f"{tuple(labels.shape)}, {tuple(scores.shape)}"
         )
-    logits = logits.float()
+    logits = _upcast(logits)
     sigma = logits.sigmoid()
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * sigma.pow(beta)
     num_classes = logits.shape[1]
@@ -101,7 +108,7 @@ def quality_focal_loss_sparse(
     if pos.numel() > 0:
         pos_labels = labels[pos].long()
         pos_logits = logits[pos, pos_labels]
-        pos_scores = scores[pos].float()
+        pos_scores = scores[pos].to(logits.dtype)
         pos_loss = F.binary_cross_entropy_with_logits(pos_logits, pos_scores, reduction="none") * (
             pos_scores - sigma[pos, pos_labels]
         ).abs().pow(beta)
@@ -134,7 +141,8 @@ def distribution_focal_loss(
     n = logits.shape[-1] - 1
     if n < 1:
         raise ValueError(f"need at least 2 bins, got logits with last dim {logits.shape[-1]}")
-    target = target.float()
+    logits = _upcast(logits)
+    target = target.to(logits.dtype)
     if target.numel() and not torch.jit.is_tracing():
         lo, hi = float(target.min()), float(target.max())
         if lo < 0 or hi > n:
@@ -147,9 +155,9 @@ def _dfl(logits: Tensor, target: Tensor) -> Tensor:
     n = logits.shape[-1] - 1
     left = target.floor().clamp(max=n - 1).long()  # y = n uses bins (n-1, n) with weights (0, 1)
     right = left + 1
-    w_left = right.float() - target
-    w_right = target - left.float()
-    logp = F.log_softmax(logits.float(), dim=-1)
+    w_left = right.to(target.dtype) - target
+    w_right = target - left.to(target.dtype)
+    logp = F.log_softmax(_upcast(logits), dim=-1)
     nll_left = -logp.gather(-1, left.unsqueeze(-1)).squeeze(-1)
     nll_right = -logp.gather(-1, right.unsqueeze(-1)).squeeze(-1)
     return nll_left * w_left + nll_right * w_right
@@ -175,11 +183,9 @@ def generalized_focal_loss(
     ``y in [0,1]``) and DFL (eq. 11: ``beta=0``, ``p_l=S_i, p_r=S_{i+1}``). Probabilities are clamped to
     ``[eps, 1]`` inside the logarithms so that the loss stays finite at 0 and 1.
     """
-    p_left = p_left.float()
-    p_right = p_right.float()
-    y = y.float() if isinstance(y, Tensor) else torch.tensor(float(y))
-    y_left = y_left.float() if isinstance(y_left, Tensor) else torch.tensor(float(y_left))
-    y_right = y_right.float() if isinstance(y_right, Tensor) else torch.tensor(float(y_right))
+    p_left = _upcast(p_left)
+    p_right = _upcast(p_right).to(p_left.dtype)
+    y, y_left, y_right = (torch.as_tensor(v, device=p_left.device).to(p_left.dtype) for v in (y, y_left, y_right))
     estimate = y_left * p_left + y_right * p_right
     ce = (y_right - y) * p_left.clamp(min=eps).log() + (y - y_left) * p_right.clamp(min=eps).log()
     loss = -(y - estimate).abs().pow(beta) * ce
@@ -196,5 +202,6 @@ def giou_loss(
     """GIoU loss ``1 - GIoU(pred, target)`` for aligned ``(..., 4)`` xyxy boxes -> ``(...)``."""
     if pred.shape != target.shape or pred.shape[-1:] != (4,):
         raise ValueError(f"expected two (..., 4) box tensors of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
-    loss = 1.0 - box_giou_aligned(pred.float(), target.float(), eps=eps)
+    pred = _upcast(pred)
+    loss = 1.0 - box_giou_aligned(pred, target.to(pred.dtype), eps=eps)
     return reduce_loss(loss, weight, reduction)
