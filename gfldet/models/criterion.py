@@ -117,8 +117,8 @@ def gfl_losses(
         loss_dfl = (dfl * weight[:, None].expand(-1, 4).reshape(-1)).sum() / (4.0 + _EPS32)
         weight_sum = weight.sum()
     else:  # keeps the graph connected (DDP) and the value 0, never NaN
-        loss_bbox = reg_logits.sum() * 0.0
-        loss_dfl = reg_logits.sum() * 0.0
+        loss_bbox = reg_logits.sum() * 0.0 + 0.0  # "+ 0.0" turns a -0.0 into 0.0
+        loss_dfl = reg_logits.sum() * 0.0 + 0.0
         weight_sum = reg_logits.new_zeros(())
 
     loss_qfl = quality_focal_loss_sparse(

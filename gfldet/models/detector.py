@@ -250,13 +250,14 @@ class GFL(nn.Module):
         ]
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
+        if self.training and targets is None:
+            raise ValueError("in training mode the model needs targets: model(images, targets)")
         batch, meta = self.preprocess(images)
-        cls_logits, reg_logits = self.forward_features(batch)
-        if self.training:
-            if targets is None:
-                raise ValueError("in training mode the model needs targets: model(images, targets)")
+        if self.training:  # check the targets before the expensive forward pass
             boxes, labels, ignore = self._prepare_targets(targets, meta, batch.device)
+            cls_logits, reg_logits = self.forward_features(batch)
             return self.compute_losses(cls_logits, reg_logits, boxes, labels, meta.pad_shapes, ignore)
+        cls_logits, reg_logits = self.forward_features(batch)
         dets = self.decode(cls_logits, reg_logits, meta.image_sizes)
         for d, (sx, sy), (h, w) in zip(dets, meta.scales, meta.original_sizes):
             if (sx, sy) != (1.0, 1.0):

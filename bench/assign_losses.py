@@ -1,0 +1,230 @@
+"""Time and peak memory of ATSS assignment + GFL losses versus the number of ground-truth boxes.
+
+Setting: a batch of 2 images of 800x1333 (network input padded to 800x1344), GFL R-50-FPN geometry
+(strides 8..128, feature maps ceil(800/s) x ceil(1344/s), 22,400 anchors per image, 80 classes,
+reg_max 16). The head outputs are synthetic: random class logits (2, 80, H_l, W_l) and distribution
+logits (2, 68, H_l, W_l) with requires_grad; the model (``gfl_resnet50_fpn(num_classes=80)``) is used
+only for its methods, the backbone never runs.
+
+Measured per number of GTs per image:
+  (a) ``model.compute_targets``      ATSS assignment + target tensors (no autograd)
+  (b) ``model.compute_losses``       (a) + QFL / GIoU / DFL forward, building the autograd graph
+  (c) (b) + ``backward()`` of the summed losses
+
+Timings: wall clock, ``--warmup`` untimed calls then ``--repeats`` timed calls, min and median.
+Peak memory: each (configuration, measurement) in a fresh subprocess; after one warm-up call the
+kernel's peak-RSS mark is reset (/proc/self/clear_refs) and the reported figure is VmHWM minus the RSS
+just before the measured call (inputs, model and anchor cache already resident). glibc is told to
+serve every allocation >= 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_) so that freed tensors leave the
+RSS and the warm-up does not pre-fault memory the measured call reuses.
+
+Run:  cd /work/main && PYTHONPATH=. /work/venv/bin/python bench/assign_losses.py [--repeats 5] [--gts 10,100,1000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+from _util import machine_info, markdown_table, fmt_ms, peak_rss_kib, reset_peak_rss, rss_kib, time_fn
+
+IMAGE_HW = (800, 1333)
+NUM_IMAGES = 2
+NUM_CLASSES = 80
+MODES = ("targets", "losses_fwd", "losses_fwd_bwd")
+
+
+def build(num_gt: int, seed: int = 0):
+    """Model, synthetic head outputs and random valid GT boxes for ``num_gt`` boxes per image."""
+    from gfldet.models.zoo import gfl_resnet50_fpn
+
+    torch.manual_seed(seed)
+    model = gfl_resnet50_fpn(num_classes=NUM_CLASSES)
+    cfg = model.config
+    h, w = IMAGE_HW
+    d = cfg.size_divisor
+    pad = (math.ceil(h / d) * d, math.ceil(w / d) * d)  # (800, 1344)
+    sizes = [(math.ceil(pad[0] / s), math.ceil(pad[1] / s)) for s in cfg.strides]
+    nb = 4 * (cfg.reg_max + 1)
+    cls = [torch.randn(NUM_IMAGES, NUM_CLASSES, hh, ww, requires_grad=True) for hh, ww in sizes]
+    reg = [torch.randn(NUM_IMAGES, nb, hh, ww, requires_grad=True) for hh, ww in sizes]
+    g = torch.Generator().manual_seed(seed + 1)
+    boxes, labels = [], []
+    for _ in range(NUM_IMAGES):
+        # Log-uniform sides in [8, 512] px so that every pyramid level gets GTs; centres uniform.
+        bw = torch.exp(torch.empty(num_gt).uniform_(math.log(8), math.log(512), generator=g))
+        bh = torch.exp(torch.empty(num_gt).uniform_(math.log(8), math.log(512), generator=g))
+        cx = torch.rand(num_gt, generator=g) * w
+        cy = torch.rand(num_gt, generator=g) * h
+        x1 = (cx - bw / 2).clamp(0, w - 2)
+        y1 = (cy - bh / 2).clamp(0, h - 2)
+        x2 = torch.maximum((cx + bw / 2).clamp(max=w), x1 + 1)
+        y2 = torch.maximum((cy + bh / 2).clamp(max=h), y1 + 1)
+        boxes.append(torch.stack([x1, y1, x2, y2], dim=1))
+        labels.append(torch.randint(0, NUM_CLASSES, (num_gt,), generator=g))
+    pad_shapes = [pad] * NUM_IMAGES
+    return model, cls, reg, boxes, labels, pad_shapes, sizes
+
+
+def make_call(mode: str, model, cls, reg, boxes, labels, pad_shapes):
+    params = cls + reg
+
+    def clear_grads():
+        for p in params:
+            p.grad = None
+
+    if mode == "targets":
+        return (lambda: model.compute_targets(cls, boxes, labels, pad_shapes)), None
+    if mode == "losses_fwd":
+        return (lambda: model.compute_losses(cls, reg, boxes, labels, pad_shapes)), None
+    if mode == "losses_fwd_bwd":
+        def fwd_bwd():
+            losses = model.compute_losses(cls, reg, boxes, labels, pad_shapes)
+            total = sum(losses.values())
+            total.backward()
+            return total.detach()
+
+        return fwd_bwd, clear_grads
+    raise ValueError(mode)
+
+
+def mem_child(mode: str, num_gt: int, threads: int) -> None:
+    """Runs in a fresh interpreter: print JSON with the peak-RSS increase of one call of ``mode``."""
+    torch.set_num_threads(threads)
+    model, cls, reg, boxes, labels, pad_shapes, _ = build(num_gt)
+    fn, setup = make_call(mode, model, cls, reg, boxes, labels, pad_shapes)
+    if setup:
+        setup()
+    out = fn()  # warm-up: anchor cache, projection cache, lazy inits, first-touch of allocator structures
+    del out
+    if setup:
+        setup()
+    base = rss_kib()
+    ok = reset_peak_rss()
+    out = fn()
+    peak = peak_rss_kib()
+    del out
+    print(json.dumps({"mode": mode, "gts": num_gt, "base_kib": base, "peak_kib": peak, "delta_kib": peak - base, "reset": ok}))
+
+
+def measure_memory(mode: str, num_gt: int, threads: int) -> dict:
+    env = dict(os.environ)
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # also disables glibc's dynamic threshold
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), env.get("PYTHONPATH", "")] if p)
+    cmd = [sys.executable, os.path.abspath(__file__), "--_mem-child", f"{mode}:{num_gt}", "--threads", str(threads)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"memory child {mode}:{num_gt} failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def profile_ops(num_gt: int, rows: int) -> None:
+    """torch.profiler self-CPU table of one forward+backward at ``num_gt`` GTs per image."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, cls, reg, boxes, labels, pad_shapes, _ = build(num_gt)
+    for mode in ("targets", "losses_fwd_bwd"):
+        fn, setup = make_call(mode, model, cls, reg, boxes, labels, pad_shapes)
+        if setup:
+            setup()
+        fn()  # warm-up
+        if setup:
+            setup()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        print(f"\n### torch.profiler, {mode}, {num_gt} GTs/image (one call, self CPU time)\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gts", default="10,100,1000", help="comma-separated GT boxes per image")
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="also print a torch.profiler op table (ROWS rows) at the largest GT count")
+    ap.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.mem_child:
+        mode, g = args.mem_child.split(":")
+        mem_child(mode, int(g), args.threads)
+        return
+
+    torch.set_num_threads(args.threads)
+    gts = [int(x) for x in args.gts.split(",") if x.strip()]
+    print(machine_info())
+    print(f"batch {NUM_IMAGES} x {IMAGE_HW[0]}x{IMAGE_HW[1]} (padded 800x1344), {NUM_CLASSES} classes, "
+          f"warm-up {args.warmup}, repeats {args.repeats}\n")
+
+    times: dict[tuple[int, str], object] = {}
+    mems: dict[tuple[int, str], dict] = {}
+    extra = {}
+    for g in gts:
+        model, cls, reg, boxes, labels, pad_shapes, sizes = build(g)
+        if not extra:
+            extra["sizes"] = sizes
+            extra["anchors"] = sum(a * b for a, b in sizes)
+        # Positives actually assigned (a sanity figure, and what the box losses scale with).
+        t = model.compute_targets(cls, boxes, labels, pad_shapes)
+        extra[g] = int(t.positive.sum())
+        for mode in MODES:
+            fn, setup = make_call(mode, model, cls, reg, boxes, labels, pad_shapes)
+            times[g, mode] = time_fn(fn, repeats=args.repeats, warmup=args.warmup, setup=setup)
+            print(f"  {g:5d} GTs/img  {mode:15s} {times[g, mode]}", flush=True)
+        del model, cls, reg, boxes, labels
+        if not args.no_memory:
+            for mode in MODES:
+                mems[g, mode] = measure_memory(mode, g, args.threads)
+                print(f"  {g:5d} GTs/img  {mode:15s} peak +{mems[g, mode]['delta_kib'] / 1024:.1f} MiB", flush=True)
+
+    print(f"\nfeature maps {extra['sizes']}, {extra['anchors']} anchors/image")
+    heads = ["GTs/img", "positives (batch)", "(a) targets min / med ms", "(b) losses fwd min / med ms",
+             "(b)-(a) loss terms med ms", "(c) fwd+bwd min / med ms"]
+    if mems:
+        heads += ["peak (a) MiB", "peak (b) MiB", "peak (c) MiB"]
+    rows = []
+    for g in gts:
+        ta, tb, tc = (times[g, m] for m in MODES)
+        row = [g, extra[g], f"{fmt_ms(ta.min)} / {fmt_ms(ta.median)}", f"{fmt_ms(tb.min)} / {fmt_ms(tb.median)}",
+               fmt_ms(tb.median - ta.median), f"{fmt_ms(tc.min)} / {fmt_ms(tc.median)}"]
+        if mems:
+            row += [f"{mems[g, m]['delta_kib'] / 1024:.1f}" for m in MODES]
+        rows.append(row)
+    print("\nTime (wall clock, ms) and peak memory (peak-RSS increase over the RSS before the call, fresh "
+          "subprocess per cell, after one warm-up call)\n")
+    print(markdown_table(heads, rows))
+
+    if len(gts) > 1:
+        # Growth: marginal cost per added GT between consecutive rows, on medians. Constant marginal cost
+        # across rows means linear growth; an intercept shows up as a fixed cost in the first row.
+        heads = ["GTs/img", "x GTs", "(a) x time", "(a) us per added GT", "(b) x time", "(b) us per added GT",
+                 "(c) x time", "(c) us per added GT"]
+        if mems:
+            heads += ["(c) KiB per added GT"]
+        rows = []
+        for g0, g1 in zip(gts, gts[1:]):
+            dg = NUM_IMAGES * (g1 - g0)
+            row = [f"{g0} -> {g1}", f"{g1 / g0:.1f}"]
+            for m in MODES:
+                t0, t1 = times[g0, m].median, times[g1, m].median
+                row += [f"{t1 / t0:.2f}", f"{(t1 - t0) / dg * 1e6:.1f}"]
+            if mems:
+                row.append(f"{(mems[g1, MODES[2]]['delta_kib'] - mems[g0, MODES[2]]['delta_kib']) / dg:.1f}")
+            rows.append(row)
+        print("\nGrowth with #GT (medians; 'per added GT' counts GTs of the whole batch, i.e. 2 x GTs/img)\n")
+        print(markdown_table(heads, rows))
+
+    if args.profile:
+        profile_ops(max(gts), args.profile)
+
+
+if __name__ == "__main__":
+    main()
