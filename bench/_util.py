@@ -22,6 +22,7 @@ __all__ = [
     "markdown_table",
     "machine_info",
     "fmt_ms",
+    "load_average",
 ]
 
 
@@ -134,5 +135,14 @@ def machine_info() -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"CPU: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}, {now}"
+        f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}, {now}, {load_average()}"
     )
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages: on a shared machine, a load above the core count means contention."""
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f}"
+    except OSError:
+        return "load average n/a"

@@ -223,7 +223,7 @@ def make_sample(
     num_objects: tuple[int, int] = (2, 7),
     min_object: float = 0.05,
     max_object: float = 0.5,
-    effect_probs: Sequence[float] = (0.4, 0.25, 0.15, 0.2),
+    effect_probs: Sequence[float] = (0.55, 0.2, 0.1, 0.15),
     max_iou: float = 0.35,
     crowd_prob: float = 0.3,
     noise: tuple[float, float] = (2.0, 8.0),
@@ -269,8 +269,8 @@ def make_sample(
     sigmas: list[tuple[float, float]] = []
     ambiguous: list[np.ndarray] = []
     masks: list[tuple[np.ndarray, int, int]] = []  # unblurred coverage and its crop origin
-    occluders: list[np.ndarray] = []  # full-image coverage of everything drawn after each object
-    cover = np.zeros((h, w), dtype=np.float32)  # running max coverage of everything drawn so far
+    # everything drawn, in order: (index of the first object it does NOT hide, coverage, x0, y0)
+    layers: list[tuple[int, np.ndarray, int, int]] = []
 
     for _ in range(n_target):
         box = None
@@ -332,8 +332,6 @@ def make_sample(
             alpha = alpha * np.clip(lo + (hi - lo) * t / rng.uniform(0.7, 1.0), lo, hi)
         region[:] = region * (1 - alpha[..., None]) + fill * alpha[..., None]
 
-        obj_cover = np.zeros((h, w), dtype=np.float32)
-        obj_cover[cy0:cy1, cx0:cx1] = alpha
         if effect == 3:  # occluded: a textured bar over one side (25-50% of the object)
             e = int(rng.integers(4))
             f = rng.uniform(0.25, 0.5)
@@ -361,16 +359,8 @@ def make_sample(
             tex = _texture_patch(rng, oy1 - oy0, ox1 - ox0)
             reg = img[oy0:oy1, ox0:ox1]
             reg[:] = reg * (1 - bar[..., None]) + tex * bar[..., None]
-            occ = np.zeros((h, w), dtype=np.float32)
-            occ[oy0:oy1, ox0:ox1] = bar
-            for o in occluders:  # the bar also hides earlier objects
-                np.maximum(o, occ, out=o)
-            occluders.append(occ)  # and this object: it is behind the bar
-        else:
-            occluders.append(np.zeros((h, w), dtype=np.float32))
-        for o in occluders[:-1]:  # this object hides earlier objects
-            np.maximum(o, obj_cover, out=o)
-        np.maximum(cover, obj_cover, out=cover)
+            layers.append((len(boxes) + 1, bar, ox0, oy0))  # hides this object and all earlier ones
+        layers.insert(len(layers) - (effect == 3), (len(boxes), alpha, cx0, cy0))  # hides earlier objects
 
         boxes.append(box)
         labels.append(label)
@@ -383,7 +373,17 @@ def make_sample(
     visible = []
     keep = []
     for i, (m, cx0, cy0) in enumerate(masks):
-        occ = occluders[i][cy0 : cy0 + m.shape[0], cx0 : cx0 + m.shape[1]]
+        mh, mw = m.shape
+        occ = np.zeros_like(m)
+        for first_kept, cov, lx0, ly0 in layers:
+            if first_kept <= i:
+                continue
+            ix0, iy0 = max(cx0, lx0), max(cy0, ly0)
+            ix1, iy1 = min(cx0 + mw, lx0 + cov.shape[1]), min(cy0 + mh, ly0 + cov.shape[0])
+            if ix1 <= ix0 or iy1 <= iy0:
+                continue
+            sub = occ[iy0 - cy0: iy1 - cy0, ix0 - cx0: ix1 - cx0]
+            np.maximum(sub, cov[iy0 - ly0: iy1 - ly0, ix0 - lx0: ix1 - lx0], out=sub)
         vis = m * (1 - occ)
         frac = float(vis.sum() / max(m.sum(), 1e-6))
         visible.append(frac)

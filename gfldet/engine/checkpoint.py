@@ -85,7 +85,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         cfg = ModelConfig.from_dict(cfg_dict)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad model_config: {e}") from e
-    model = GFL(cfg, class_names=obj.get("class_names"))
+    try:
+        model = GFL(cfg, class_names=obj.get("class_names"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     _load_state(model, obj["state_dict"], path)
     return model.eval()
 

@@ -21,11 +21,20 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+class _GroupNorm(nn.GroupNorm):
+    """GroupNorm that also accepts groups holding a single value (e.g. a 1x1 P7 map of a small image with as
+    many channels as groups), where ``torch.nn.functional.group_norm`` refuses; the normalised value is then
+    0 and the output is the bias, which is what the formula gives."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 class _ConvGN(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, gn_groups: int):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
-        self.gn = nn.GroupNorm(gn_groups, out_ch)
+        self.gn = _GroupNorm(gn_groups, out_ch)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from ..config import ModelConfig
 from .backbone import RESNET_SPECS
 from .detector import GFL
 
-__all__ = ["from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "load_mmdet_checkpoint"]
+__all__ = ["from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "to_mmdet_state_dict", "load_mmdet_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,10 @@ def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     unknown = []
     for key, value in _strip_prefix(sd).items():
-        if key == "bbox_head.integral.project":
-            continue  # a constant [0, 1, ..., n]; gfldet builds it
+        if key == "bbox_head.integral.project":  # a constant [0, 1, ..., n]; gfldet builds it
+            if not torch.equal(value.float(), torch.arange(value.numel(), dtype=torch.float32)):
+                raise ValueError(f"bbox_head.integral.project is not [0, 1, ..., n]: {value.tolist()[:6]} ...")
+            continue
         for rx, repl in _RENAMES:
             if rx.match(key):
                 new = rx.sub(repl, key)
@@ -129,6 +131,28 @@ def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             unknown.append(key)
     if unknown:
         raise ValueError(f"mmdetection keys gfldet does not know: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+    return out
+
+
+_INVERSE = [
+    (re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.(weight|bias)$"), r"neck.\1.\2.conv.\3"),
+    (re.compile(r"^head\.(.+)$"), r"bbox_head.\1"),
+    (re.compile(r"^(backbone\..+)$"), r"\1"),
+]
+
+
+def to_mmdet_state_dict(model: GFL) -> dict[str, Tensor]:
+    """gfldet -> mmdetection parameter names (the inverse of :func:`convert_mmdet_state_dict`), e.g. to run
+    gfldet-trained weights in mmdetection with the matching config."""
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        for rx, repl in _INVERSE:
+            if rx.match(key):
+                out[rx.sub(repl, key)] = value.detach().clone()
+                break
+        else:
+            raise ValueError(f"no mmdetection name for {key}")
+    out["bbox_head.integral.project"] = torch.arange(model.config.reg_max + 1, dtype=torch.float32)
     return out
 
 
@@ -154,7 +178,10 @@ def from_mmdet(checkpoint: str | os.PathLike | dict[str, Tensor], *, trusted: bo
     names = list(names) if names is not None and len(names) == cfg.num_classes else None
     model = GFL(cfg, class_names=names)
     converted = convert_mmdet_state_dict(sd)
-    missing, unexpected = model.load_state_dict(converted, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"checkpoint does not fit the inferred model: {' '.join(str(e).split())[:400]}") from e
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the inferred model: missing {missing[:8]}, unexpected {unexpected[:8]}")
     log.info("loaded mmdetection GFL: ResNet-%d (groups %d), %d classes, reg_max %d", cfg.depth, cfg.groups, cfg.num_classes, cfg.reg_max)

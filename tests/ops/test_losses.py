@@ -65,7 +65,7 @@ def test_qfl_is_zero_at_sigma_equal_y(y):
     assert abs(loss.item()) < 1e-12
     # ... and strictly positive anywhere else
     for dx in (-0.5, 0.5):
-        assert quality_focal_loss(logit + dx, torch.tensor([y], dtype=F64)).item() > 1e-4
+        assert quality_focal_loss(logit + dx, torch.tensor([y], dtype=F64)).item() > 1e-6
 
 
 @pytest.mark.parametrize("y", [0.0, 0.1, 0.42, 0.5, 0.9, 1.0])
@@ -215,11 +215,17 @@ def test_dfl_minimum_and_zero_gradient(y):
     assert loss.item() == pytest.approx(entropy, abs=1e-9)
     loss.backward()
     assert opt.grad.abs().max().item() < 1e-9
-    # any perturbation of the logits makes the loss larger
+    # moving mass between the two bins, or onto another bin, makes the loss larger
+    other = 0 if i > 0 else n
+    for k, delta in [(i, 0.1), (i, -0.1), (i + 1, 0.1), (i + 1, -0.1), (other, 30.0)]:
+        perturbed = opt.detach().clone()
+        perturbed[k] += delta
+        assert distribution_focal_loss(perturbed, target).item() > loss.item() + 1e-5
+    # ... and so does any random perturbation
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         perturbed = opt.detach() + 0.05 * torch.randn(n + 1, generator=g, dtype=F64)
-        assert distribution_focal_loss(perturbed, target).item() > loss.item() + 1e-8
+        assert distribution_focal_loss(perturbed, target).item() > loss.item()
     # its expectation is exactly y (paper, Sec. 3.3)
     e = distribution_expectation(opt.detach().repeat(4), torch.arange(n + 1, dtype=F64))
     torch.testing.assert_close(e, torch.full((4,), y, dtype=F64), rtol=0, atol=1e-9)
@@ -255,6 +261,14 @@ def test_dfl_targets_outside_range_raise(bad):
     target = torch.tensor([1.0, bad, 2.0])
     with pytest.raises(ValueError):
         distribution_focal_loss(logits, target)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a NaN DFL target passes the [0, n] range check (NaN comparisons are False) and then fails inside gather with "
+    "a RuntimeError 'index -9223372036854775808 is out of bounds', instead of the documented ValueError"))
+def test_dfl_nan_target_raises_value_error():
+    with pytest.raises(ValueError):
+        distribution_focal_loss(torch.zeros(2, 5), torch.tensor([1.0, float("nan")]))
 
 
 def test_dfl_shape_checks():
