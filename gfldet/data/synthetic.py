@@ -269,7 +269,7 @@ def make_sample(
     sigmas: list[tuple[float, float]] = []
     ambiguous: list[np.ndarray] = []
     masks: list[tuple[np.ndarray, int, int]] = []  # unblurred coverage and its crop origin
-    # everything drawn, in order: (index of the first object it does NOT hide, coverage, x0, y0)
+    # everything drawn: (it hides the objects with an index below this, coverage crop, crop x0, crop y0)
     layers: list[tuple[int, np.ndarray, int, int]] = []
 
     for _ in range(n_target):
@@ -360,7 +360,7 @@ def make_sample(
             reg = img[oy0:oy1, ox0:ox1]
             reg[:] = reg * (1 - bar[..., None]) + tex * bar[..., None]
             layers.append((len(boxes) + 1, bar, ox0, oy0))  # hides this object and all earlier ones
-        layers.insert(len(layers) - (effect == 3), (len(boxes), alpha, cx0, cy0))  # hides earlier objects
+        layers.append((len(boxes), alpha, cx0, cy0))  # the object hides earlier objects
 
         boxes.append(box)
         labels.append(label)
@@ -375,8 +375,8 @@ def make_sample(
     for i, (m, cx0, cy0) in enumerate(masks):
         mh, mw = m.shape
         occ = np.zeros_like(m)
-        for first_kept, cov, lx0, ly0 in layers:
-            if first_kept <= i:
+        for hides_below, cov, lx0, ly0 in layers:
+            if hides_below <= i:
                 continue
             ix0, iy0 = max(cx0, lx0), max(cy0, ly0)
             ix1, iy1 = min(cx0 + mw, lx0 + cov.shape[1]), min(cy0 + mh, ly0 + cov.shape[0])

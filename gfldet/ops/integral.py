@@ -21,7 +21,9 @@ def edge_distributions(logits: Tensor, reg_max: int) -> Tensor:
 def distribution_expectation(logits: Tensor, project: Tensor) -> Tensor:
     """``(..., 4 * (n + 1))`` logits -> ``(..., 4)`` expected distances, ``sum_i softmax_i * project_i``."""
     probs = edge_distributions(logits, project.numel() - 1)
-    return F.linear(probs, project.to(probs.dtype)[None]).squeeze(-1)
+    # F.linear as the reference (same float results); autocast would run it in half precision.
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        return F.linear(probs, project.to(probs.dtype)[None]).squeeze(-1)
 
 
 class Integral(nn.Module):

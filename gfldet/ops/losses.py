@@ -145,7 +145,7 @@ def distribution_focal_loss(
     target = target.to(logits.dtype)
     if target.numel() and not torch.jit.is_tracing():
         lo, hi = float(target.min()), float(target.max())
-        if lo < 0 or hi > n:
+        if not (lo >= 0 and hi <= n) or not bool(torch.isfinite(target).all()):  # NaN fails every comparison
             raise ValueError(f"DFL targets must lie in [0, {n}], got values in [{lo:g}, {hi:g}]")
     return reduce_loss(_dfl(logits, target), weight, reduction)
 

@@ -81,10 +81,6 @@ def test_half_precision_logits_are_upcast():
     torch.testing.assert_close(out, Integral(n)(logits.float()))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "distribution_expectation computes sum_i p_i * i with F.linear, which CPU/CUDA autocast runs in bfloat16 even "
-    "though edge_distributions upcasts the probabilities to float32: the expectation comes back as bfloat16, "
-    "quantised to 1/16 bin in [8, 16) (x stride = up to 8 px at stride 128)"))
 def test_expectation_stays_float32_under_bf16_autocast():
     n = 16
     logits = torch.randn(200, 4 * (n + 1), generator=torch.Generator().manual_seed(3)) * 3

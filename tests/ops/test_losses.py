@@ -263,9 +263,6 @@ def test_dfl_targets_outside_range_raise(bad):
         distribution_focal_loss(logits, target)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a NaN DFL target passes the [0, n] range check (NaN comparisons are False) and then fails inside gather with "
-    "a RuntimeError 'index -9223372036854775808 is out of bounds', instead of the documented ValueError"))
 def test_dfl_nan_target_raises_value_error():
     with pytest.raises(ValueError):
         distribution_focal_loss(torch.zeros(2, 5), torch.tensor([1.0, float("nan")]))
