@@ -188,16 +188,30 @@ def average_precision(scores: np.ndarray, is_tp: np.ndarray, num_gt: int) -> flo
 
 
 @torch.no_grad()
+def _detect_all(model: torch.nn.Module, samples: Sequence[dict[str, Any]], batch_size: int, device, score_thr: float | None = None):
+    """Detections (on the CPU) of ``samples``; ``score_thr`` temporarily overrides the model's test threshold."""
+    model.eval()
+    cfg = getattr(model, "config", None)
+    old = None if cfg is None else cfg.score_thr
+    if score_thr is not None and cfg is not None:
+        cfg.score_thr = score_thr
+    try:
+        dets: list[dict[str, Tensor]] = []
+        for i in range(0, len(samples), batch_size):
+            out = model([s["tensor"].to(device) for s in samples[i: i + batch_size]])
+            dets.extend({k: v.detach().cpu() for k, v in d.items()} for d in out)
+    finally:
+        if cfg is not None:
+            cfg.score_thr = old
+    return dets
+
+
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, samples: Sequence[dict[str, Any]], *, batch_size: int = 4, iou_thr: float = 0.5,
              score_thr: float = 0.3, device: str | torch.device = "cpu") -> tuple[dict[str, Any], list[dict[str, Tensor]]]:
     """Detect on ``samples`` and compute the metrics described in this module's docstring.
     Returns ``(metrics, detections)``, detections on the CPU, one dict per sample."""
-    model.eval()
-    dets: list[dict[str, Tensor]] = []
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i: i + batch_size]
-        out = model([s["tensor"].to(device) for s in chunk])
-        dets.extend({k: v.detach().cpu() for k, v in d.items()} for d in out)
+    dets = _detect_all(model, samples, batch_size, device)
 
     num_classes = int(getattr(getattr(model, "config", None), "num_classes", NUM_CLASSES))
     per_class_scores: list[list[float]] = [[] for _ in range(num_classes)]
@@ -360,13 +374,18 @@ def run_demo(
         draw_detections(s["image"], d["boxes"], d["labels"], d["scores"], class_names=names, path=p,
                         gt_boxes=s["boxes"], score_thr=0.3, title=f"val {i}: detections >= 0.3 (GT dashed)")
         paths["detections"].append(p)
+    low_dets = None
     for kind, want_blur in (("blurred", True), ("sharp", False)):
-        pick = _pick_example(val_set, dets, want_blur)
+        pick, pdets = _pick_example(val_set, dets, want_blur), dets
+        if pick is None:  # no detection near such an object: look again with no score threshold
+            if low_dets is None:
+                low_dets = _detect_all(model, val_set, batch_size, dev, score_thr=0.0)
+            pick, pdets = _pick_example(val_set, low_dets, want_blur), low_dets
         if pick is None:
             log.warning("no %s object in the validation set to draw distributions for", kind)
             continue
         si, gj, di = pick
-        s, d = val_set[si], dets[si]
+        s, d = val_set[si], pdets[si]
         dist = d["distributions"][di]
         stride = infer_stride(d["boxes"][di], dist, model.config.strides)
         iou = float(box_iou(d["boxes"][di:di + 1].float(), torch.from_numpy(s["boxes"][gj:gj + 1]).float())[0, 0])

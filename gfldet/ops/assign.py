@@ -110,6 +110,7 @@ def atss_assign(
     anchor_pts = box_centers(anchors)  # (A, 2)
     gt_pts = box_centers(gts)  # (G, 2)
 
+    all_valid = bool(valid.all())
     # 1. Candidates: per level, the k anchors nearest to each GT centre.  cand: (G, K) anchor indices.
     cand_chunks, cand_ok_chunks = [], []
     max_level = max(num_level_anchors)
@@ -117,7 +118,7 @@ def atss_assign(
     for g0 in range(0, num_gt, step):
         g1 = min(num_gt, g0 + step)
         img = gt_img[g0:g1]
-        ok_rows = valid[img]  # (g, A)
+        ok_rows = None if all_valid else valid[img]  # (g, A)
         blocked = None if ignore_dist is None else ignore_dist[img]
         per_level, ok_level = [], []
         start = 0
@@ -127,15 +128,20 @@ def atss_assign(
             if k == 0:
                 start = end
                 continue
-            # Same arithmetic as the reference: sqrt(sum((anchor_centre - gt_centre)^2)).
-            dist = (anchor_pts[None, start:end, :] - gt_pts[g0:g1, None, :]).pow(2).sum(-1).sqrt()  # (g, n_l)
+            # The reference's sqrt(sum((anchor_centre - gt_centre)^2)), written without a reduction over the
+            # coordinate pair (same float result: x*x == x.pow(2) and 0 + a + b == a + b), which is much faster.
+            dx = anchor_pts[None, start:end, 0] - gt_pts[g0:g1, None, 0]
+            dy = anchor_pts[None, start:end, 1] - gt_pts[g0:g1, None, 1]
+            dist = (dx * dx).add_(dy * dy).sqrt_()  # (g, n_l)
+            del dx, dy
             if blocked is not None:
-                dist = dist.masked_fill(blocked[:, start:end], _IGNORE_DIST)
-            ok = ok_rows[:, start:end]
-            dist = dist.masked_fill(~ok, float("inf"))
+                dist.masked_fill_(blocked[:, start:end], _IGNORE_DIST)
+            if ok_rows is not None:
+                ok = ok_rows[:, start:end]
+                dist.masked_fill_(~ok, float("inf"))
             idx = dist.topk(k, dim=1, largest=False).indices  # (g, k)
             per_level.append(idx + start)
-            ok_level.append(ok.gather(1, idx))
+            ok_level.append(torch.ones_like(idx, dtype=torch.bool) if ok_rows is None else ok.gather(1, idx))
             start = end
         cand_chunks.append(torch.cat(per_level, dim=1))
         cand_ok_chunks.append(torch.cat(ok_level, dim=1))
