@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError", "load_config", "apply_override", "validate_config"]
 
 
 @dataclass
@@ -31,6 +31,8 @@ class ModelConfig:
     # input: keep-ratio resize inside the model (None disables it), normalisation, padding
     min_size: int | None = 800
     max_size: int | None = 1333
+    # multi-scale training: in train mode each batch's short side is drawn from these (None: min_size)
+    train_min_sizes: tuple[int, ...] | None = None
     size_divisor: int = 32
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -64,3 +66,257 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {unknown}")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
         return cls(**kw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The training / evaluation configuration tree (`gfldet train CONFIG.yaml --set key=value ...`).
+
+import dataclasses
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+
+
+@dataclass
+class ModelSettings:
+    """The model section of a run config; the number of classes comes from the annotation file and the input
+    sizes from ``input``. Defaults are the paper's GFL R-50-FPN."""
+
+    arch: str = "gfl_resnet50_fpn"  # a builder: gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn
+    weights_backbone: str | None = None  # torchvision ImageNet weights, e.g. IMAGENET1K_V1 (torchvision downloads them)
+    init: str | None = None  # a gfldet or mmdetection checkpoint to start from (same architecture)
+    reg_max: int = ModelConfig.reg_max
+    fpn_channels: int = ModelConfig.fpn_channels
+    head_channels: int = ModelConfig.head_channels
+    stacked_convs: int = ModelConfig.stacked_convs
+    frozen_stages: int = ModelConfig.frozen_stages
+    atss_topk: int = ModelConfig.atss_topk
+    ignore_iof_thr: float = ModelConfig.ignore_iof_thr
+    qfl_beta: float = ModelConfig.qfl_beta
+    loss_qfl_weight: float = ModelConfig.loss_qfl_weight
+    loss_bbox_weight: float = ModelConfig.loss_bbox_weight
+    loss_dfl_weight: float = ModelConfig.loss_dfl_weight
+    score_thr: float = ModelConfig.score_thr
+    nms_pre: int = ModelConfig.nms_pre
+    nms_iou: float = ModelConfig.nms_iou
+    max_per_img: int = ModelConfig.max_per_img
+
+
+@dataclass
+class SplitConfig:
+    ann: str = ""  # COCO-format annotation JSON
+    images: str = ""  # folder the JSON's file_name entries are relative to
+
+
+@dataclass
+class DataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    num_workers: int = 2
+    check_images: bool = True
+
+
+@dataclass
+class InputConfig:
+    min_size: int = 800  # short side (test, and training without multi-scale)
+    max_size: int = 1333  # long side cap
+    multiscale: list[int] | None = None  # training short sides to draw from per batch (the paper's 2x: 480..960)
+    flip_prob: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 2  # images per process
+    lr: float | None = None  # None: 0.01 x total batch / 16, the paper's rate scaled linearly
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    schedule: str = "step"  # "step" (x gamma at each milestone epoch) or "cosine"
+    milestones: list[int] = field(default_factory=lambda: [8, 11])
+    gamma: float = 0.1
+    grad_clip: float | None = None  # max global grad norm; None: no clipping (as the reference's GFL config)
+    amp: bool = False  # mixed precision on CUDA
+    ema: bool = False
+    ema_decay: float = 0.9998
+    seed: int = 0
+    eval_interval: int = 1  # epochs between evaluations on data.val (0: never)
+    log_interval: int = 20  # iterations between metric lines
+    checkpoint_iters: int = 0  # also write last.pt every N iterations (0: only at epoch ends)
+    max_iters: int | None = None  # stop (and checkpoint) after this many iterations in total
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class Config:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/exp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        """The detector's :class:`ModelConfig` for this run."""
+        from .models.zoo import ARCHS
+
+        if self.model.arch not in ARCHS:
+            raise ConfigError(f"model.arch: unknown builder {self.model.arch!r}; choose from {sorted(ARCHS)}")
+        m = asdict(self.model)
+        for k in ("arch", "weights_backbone", "init"):
+            m.pop(k)
+        ms = tuple(self.input.multiscale) if self.input.multiscale else None
+        return ModelConfig(num_classes=num_classes, min_size=self.input.min_size, max_size=self.input.max_size,
+                           train_min_sizes=ms, **ARCHS[self.model.arch][0], **m)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key."""
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Check (and lightly coerce: int -> float, list -> tuple) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not a valid {_tname(tp)}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        items = [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _tname(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)}")
+    kw = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kw[name] = _from_dict(tp, value, f"{prefix}{name}.")
+        else:
+            kw[name] = _check_type(prefix + name, value, tp)
+    return cls(**kw)
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    """Apply one ``key=value`` (value in YAML syntax, e.g. ``train.lr=0.02``, ``input.multiscale=[480,800]``)."""
+    import yaml
+
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from e
+    parts = key.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise ConfigError(f"unknown config key: {'.'.join(parts[: i + 1])}")
+        node = getattr(node, part)
+    last = parts[-1]
+    if not dataclasses.is_dataclass(node) or last not in {f.name for f in dataclasses.fields(node)}:
+        raise ConfigError(f"unknown config key: {key}")
+    tp = typing.get_type_hints(type(node))[last]
+    if dataclasses.is_dataclass(tp):
+        setattr(node, last, _from_dict(tp, value, key + "."))
+    else:
+        setattr(node, last, _check_type(key, value, tp))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (a dump of :class:`Config`, any subset of keys) and apply ``key=value`` overrides."""
+    import yaml
+
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        try:
+            cfg = _from_dict(Config, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    for a in overrides:
+        apply_override(cfg, a)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: Config) -> None:
+    """Value checks beyond types."""
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
+        (t.lr is None or t.lr > 0, "train.lr", t.lr, "must be > 0"),
+        (t.schedule in ("step", "cosine"), "train.schedule", t.schedule, "must be 'step' or 'cosine'"),
+        (t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, "must be >= 0"),
+        (0 < t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio, "must be in (0, 1]"),
+        (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 or null"),
+        (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),
+        (t.max_iters is None or t.max_iters >= 1, "train.max_iters", t.max_iters, "must be >= 1 or null"),
+        (cfg.input.min_size >= 1 and cfg.input.max_size >= cfg.input.min_size, "input.min_size/max_size",
+         (cfg.input.min_size, cfg.input.max_size), "need 1 <= min_size <= max_size"),
+        (0 <= cfg.input.flip_prob <= 1, "input.flip_prob", cfg.input.flip_prob, "must be in [0, 1]"),
+        (not cfg.input.multiscale or min(cfg.input.multiscale) >= 1, "input.multiscale", cfg.input.multiscale, "sizes must be >= 1"),
+    ]
+    for ok, key, value, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} {why}")

@@ -72,6 +72,9 @@ class GFL(nn.Module):
             images = list(images) if images.dim() == 4 else [images]
         if len(images) == 0:
             raise ValueError("expected a non-empty list of (3, H, W) images")
+        min_size = cfg.min_size
+        if self.training and cfg.train_min_sizes:  # multi-scale training: one short side per batch
+            min_size = cfg.train_min_sizes[int(torch.randint(len(cfg.train_min_sizes), (1,)))]
         tensors, sizes, scales, originals = [], [], [], []
         for i, img in enumerate(images):
             if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
@@ -91,10 +94,10 @@ class GFL(nn.Module):
             else:
                 raise ValueError(f"image {i}: dtype {img.dtype} is not supported (use uint8 or float in [0, 1])")
             nh, nw = h, w
-            if cfg.min_size is not None or cfg.max_size is not None:
+            if min_size is not None or cfg.max_size is not None:
                 s = math.inf
-                if cfg.min_size is not None:
-                    s = min(s, cfg.min_size / min(h, w))
+                if min_size is not None:
+                    s = min(s, min_size / min(h, w))
                 if cfg.max_size is not None:
                     s = min(s, cfg.max_size / max(h, w))
                 nh, nw = max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
