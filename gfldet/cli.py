@@ -35,6 +35,61 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.train import train
+
+    cfg = load_config(args.config, args.set or [])
+    if args.out_dir:
+        cfg.out_dir = args.out_dir
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    from .engine.distributed import is_main
+
+    if is_main():
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data.coco import CocoDetection
+    from .engine.checkpoint import load_model
+    from .engine.evaluate import evaluate, format_metrics
+
+    overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
+    model = load_model(args.checkpoint, **overrides)
+    dataset = CocoDetection(args.ann, args.images, train=False)
+    if model.class_names is not None and list(model.class_names) != list(dataset.classes):
+        raise ValueError(f"{args.ann}: categories {dataset.classes} differ from the model's {model.class_names}")
+    device = _device(args.device)
+    out_dir = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+    metrics = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, num_workers=args.workers,
+                       progress=not args.no_progress, out_dir=out_dir)
+    print(format_metrics(metrics))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({k: v for k, v in metrics.items() if k != "results"}, f, indent=2)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    result = predict(args.checkpoint, args.inputs, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
+                     draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gfldet", description="Generalized Focal Loss object detection in pure PyTorch")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -46,6 +101,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--trusted", action="store_true", help="allow full unpickling of SRC (only for files you trust)")
     c.add_argument("--force", action="store_true", help="replace DST if it exists")
     c.set_defaults(func=_cmd_convert)
+
+    t = sub.add_parser("train", help="train on a COCO-format dataset (torchrun --nproc_per_node=K -m gfldet train ... for DDP)")
+    t.add_argument("config", nargs="?", default=None, help="YAML config (a dump of gfldet.config.Config; any subset of keys)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=0.02")
+    t.add_argument("--out-dir", default=None, help="shorthand for --set out_dir=...")
+    t.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last.pt")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="COCO metrics of a checkpoint on a COCO-format dataset")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--ann", required=True, help="COCO annotation JSON")
+    e.add_argument("--images", required=True, help="image folder")
+    e.add_argument("--out", default=None, help="write the metrics here (JSON); pictures go beside it")
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--score-thr", type=float, default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="detect objects in images or folders; COCO-results JSON and pictures out")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    pr.add_argument("--score-thr", type=float, default=0.3, help="minimum score kept (default 0.3)")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--no-draw", action="store_true", help="write only the JSON")
+    pr.add_argument("--show-distributions", action="store_true", help="also draw each box's four edge distributions")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=_cmd_predict)
 
     d = sub.add_parser("demo", help="generate data, train a small GFL on the CPU, write pictures and metrics")
     d.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
@@ -61,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"gfldet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

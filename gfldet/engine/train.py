@@ -1,0 +1,380 @@
+"""The training loop: SGD with linear warm-up and a step (or cosine) schedule, optional gradient clipping,
+AMP on CUDA, optional EMA, periodic COCO evaluation keeping ``best.pt``, atomic checkpoints and exact resume,
+and DDP under ``torchrun``.
+
+A run folder holds ``config.yaml`` (the resolved config), ``last.pt``, ``best.pt``, ``metrics.jsonl`` (one JSON
+object per logged iteration and per evaluation) and the pictures ``loss_curves.png`` / ``val_ap.png``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..models.zoo import build_model
+from . import distributed as D
+from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "lr_factor", "ModelEMA", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; the message names the term and the step."""
+
+
+def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
+    """Multiplier of the base learning rate at global iteration ``it`` (0-based) in ``epoch`` (0-based).
+
+    Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations (the reference's LinearLR), times either
+    ``gamma`` per milestone epoch reached (MultiStepLR: with milestones [8, 11] epochs 9-11 run at 0.1x and
+    epoch 12 at 0.01x) or a per-iteration cosine decay to 0 over the whole run.
+    """
+    t = cfg.train
+    warm = 1.0
+    if t.warmup_iters > 0 and it < t.warmup_iters:
+        warm = t.warmup_ratio + (1.0 - t.warmup_ratio) * it / t.warmup_iters
+    if t.schedule == "cosine":
+        total = max(1, t.epochs * iters_per_epoch)
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+    else:
+        decay = t.gamma ** sum(1 for m in t.milestones if epoch >= m)
+    return warm * decay
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights (decay ramped up over the first updates, so that early
+    averages are not dominated by the random initialisation)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9998, ramp: float = 2000.0):
+        self.module = copy.deepcopy(_unwrap(model)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.ramp, self.updates = decay, ramp, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1.0 - math.exp(-self.updates / self.ramp))
+        src = _unwrap(model).state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.is_floating_point():
+                v.mul_(d).add_(src[k].detach(), alpha=1.0 - d)
+            else:
+                v.copy_(src[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state_dict": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["state_dict"])
+        self.updates = int(state["updates"])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_tuples(state["python"]))
+
+
+def _tuples(x: Any) -> Any:
+    """``random.setstate`` needs tuples; a checkpoint round trip may give lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class _Run:
+    """State of one training run (kept in one object so that the loop reads top to bottom)."""
+
+    def __init__(self, cfg: Config, resume: bool, progress: bool):
+        self.cfg, self.progress = cfg, progress
+        self.device = D.init_distributed(cfg.train.device)
+        self.main = D.is_main()
+        self.out = Path(cfg.out_dir)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        _seed_all(cfg.train.seed + D.rank())
+
+        from ..data.coco import CocoDetection
+
+        d = cfg.data
+        if not d.train.ann or not d.train.images:
+            raise ValueError("data.train.ann and data.train.images must be set (a COCO JSON file and its image folder)")
+        self.train_set = CocoDetection(d.train.ann, d.train.images, train=True, flip_prob=cfg.input.flip_prob,
+                                       seed=cfg.train.seed, check_images=d.check_images)
+        self.val_set = None
+        if d.val.ann and cfg.train.eval_interval > 0:
+            self.val_set = CocoDetection(d.val.ann, d.val.images, train=False, check_images=d.check_images)
+            if self.val_set.classes != self.train_set.classes:
+                raise ValueError(f"{d.val.ann}: categories {self.val_set.classes} differ from the training set's {self.train_set.classes}")
+
+        mcfg = cfg.model_config(self.train_set.num_classes)
+        model = build_model(cfg.model.arch, class_names=self.train_set.classes, weights_backbone=cfg.model.weights_backbone,
+                            **{k: v for k, v in dataclasses.asdict(mcfg).items() if k not in ("depth", "groups", "width_per_group")})
+        if cfg.model.init:
+            load_weights_into(model, cfg.model.init)
+            log.info("initialised from %s", cfg.model.init)
+        self.model = model.to(self.device)
+        self.world = D.world_size()
+        total_batch = cfg.train.batch_size * self.world
+        self.base_lr = cfg.train.lr if cfg.train.lr is not None else 0.01 * total_batch / 16
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+        self.amp = bool(cfg.train.amp and self.device.type == "cuda")
+        if cfg.train.amp and not self.amp:
+            log.warning("train.amp is set but the device is %s: training in float32", self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ema = ModelEMA(self.model, cfg.train.ema_decay) if cfg.train.ema else None
+        self.ddp_model: nn.Module = self.model
+        if self.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=D.rank(), shuffle=True,
+                                          seed=cfg.train.seed, drop_last=False)
+        self.iters_per_epoch = max(1, math.ceil(len(self.sampler) / cfg.train.batch_size))
+        self.epoch, self.epoch_iter, self.it, self.best_ap = 0, 0, 0, -1.0
+        if resume:
+            self._resume()
+        elif self.main:
+            (self.out / "config.yaml").write_text(cfg.to_yaml())
+            (self.out / "metrics.jsonl").write_text("")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "epoch_iter": self.epoch_iter,
+            "iteration": self.it,
+            "best_ap": self.best_ap,
+            "rng": _rng_state(),
+            "config": self.cfg.to_dict(),
+            "world_size": self.world,
+            "cat_ids": self._cat_ids(),
+        }
+
+    def _cat_ids(self) -> list[int]:
+        return [int(c) for c in self.train_set.cat_ids]
+
+    def save_last(self) -> None:
+        if self.main:
+            save_checkpoint(self.out / "last.pt", self.model, **self._state())
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        ck = load_checkpoint(path, map_location="cpu")
+        if "optimizer" not in ck:
+            raise ValueError(f"{path}: has no training state to resume from (a converted or exported checkpoint?)")
+        if ck.get("world_size", 1) != self.world:
+            log.warning("resuming a run saved with %d processes on %d: data order changes", ck.get("world_size", 1), self.world)
+        self.model.load_state_dict(ck["state_dict"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None:
+            if ck.get("ema") is None:
+                raise ValueError(f"{path}: run was saved without EMA but train.ema is now true")
+            self.ema.load_state_dict(ck["ema"])
+        self.epoch, self.epoch_iter, self.it = int(ck["epoch"]), int(ck["epoch_iter"]), int(ck["iteration"])
+        self.best_ap = float(ck["best_ap"])
+        _set_rng_state(ck["rng"])
+        if self.main:  # drop metric lines written after this checkpoint (they will be written again)
+            mpath = self.out / "metrics.jsonl"
+            lines = mpath.read_text().splitlines() if mpath.exists() else []
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("iter", 0) <= self.it]
+            mpath.write_text("".join(ln + "\n" for ln in keep))
+        log.info("resumed from %s at epoch %d, iteration %d", path, self.epoch + 1, self.it)
+
+    # ------------------------------------------------------------------ metrics
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        if not self.main:
+            return
+        from ..viz import plot_curves
+
+        recs = [json.loads(ln) for ln in (self.out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        train_recs = [r for r in recs if "loss" in r]
+        if train_recs:
+            keys = ["loss", "loss_qfl", "loss_bbox", "loss_dfl", "lr"]
+            plot_curves({k: [r[k] for r in train_recs] for k in keys}, self.out / "loss_curves.png",
+                        smooth=3, title=f"training losses (every {self.cfg.train.log_interval} iterations)")
+        evals = [r for r in recs if "eval" in r]
+        if evals:
+            nan = float("nan")  # COCO leaves a metric undefined (None) when e.g. no GT falls in its range
+            plot_curves({k: [nan if r["eval"][k] is None else r["eval"][k] for r in evals] for k in ("AP", "AP50", "AP75")},
+                        self.out / "val_ap.png",
+                        smooth=1, title="validation AP per evaluation")
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any] | None:
+        from .evaluate import evaluate
+
+        model = self.ema.module if self.ema is not None else self.model
+        metrics = evaluate(model, self.val_set, batch_size=self.cfg.train.batch_size, device=self.device,
+                           num_workers=self.cfg.data.num_workers, progress=self.progress and self.main,
+                           out_dir=str(self.out) if self.main else None, amp=self.amp)
+        self.model.train()
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+    def batches(self, epoch: int, skip: int):
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        order = list(self.sampler)[skip * self.cfg.train.batch_size:]
+        batches = [order[i:i + self.cfg.train.batch_size] for i in range(0, len(order), self.cfg.train.batch_size)]
+        from ..data.coco import collate
+
+        nw = self.cfg.data.num_workers
+        # An own generator: creating the loader must not draw from the global RNG (exact resume).
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + epoch)
+        return DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate, num_workers=nw, generator=gen,
+                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+
+    def step(self, images, targets) -> dict[str, float]:
+        t = self.cfg.train
+        factor = lr_factor(self.it, self.epoch, self.iters_per_epoch, self.cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.base_lr * factor
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in tg.items()} for tg in targets]
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            losses = self.ddp_model(images, targets)
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {self.epoch + 1}, iteration {self.it + 1}: "
+                + ", ".join(f"{k} = {values[k]}" for k in bad) + "; last.pt keeps the last good state (try a lower train.lr or train.grad_clip)")
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            values["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        values["loss"] = sum(values[k] for k in losses)
+        values["lr"] = self.base_lr * factor
+        return values
+
+    def run(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        self.model.train()
+        total = t.epochs * self.iters_per_epoch
+        if t.max_iters is not None:
+            total = min(total, t.max_iters)
+        if self.main:
+            log.info("training %s on %d images (%d classes), %d process(es) x batch %d, lr %.5g, %d iterations",
+                     cfg.model.arch, len(self.train_set), self.train_set.num_classes, self.world, t.batch_size,
+                     self.base_lr, total)
+        last_metrics: dict[str, Any] | None = None
+        stopped = False
+        while self.epoch < t.epochs and not stopped:
+            loader = self.batches(self.epoch, self.epoch_iter)
+            bar = tqdm(loader, total=self.iters_per_epoch, initial=self.epoch_iter, disable=not (self.progress and self.main),
+                       desc=f"epoch {self.epoch + 1}/{t.epochs}", dynamic_ncols=True)
+            window: list[dict[str, float]] = []
+            tick = time.perf_counter()
+            for images, targets in bar:
+                values = self.step(images, targets)
+                self.it += 1
+                self.epoch_iter += 1
+                window.append(values)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", qfl=f"{values['loss_qfl']:.3f}", bbox=f"{values['loss_bbox']:.3f}",
+                                dfl=f"{values['loss_dfl']:.3f}", lr=f"{values['lr']:.2e}")
+                if self.it % t.log_interval == 0 or self.epoch_iter == self.iters_per_epoch:
+                    mean = {k: sum(w[k] for w in window) / len(window) for k in window[0] if k != "lr"}
+                    mean = D.all_reduce_mean(mean, self.device)
+                    now = time.perf_counter()
+                    self.log_metrics({"iter": self.it, "epoch": self.epoch + 1, "lr": values["lr"], **mean,
+                                      "sec_per_iter": (now - tick) / len(window)})
+                    window, tick = [], now
+                if t.checkpoint_iters and self.it % t.checkpoint_iters == 0 and self.epoch_iter < self.iters_per_epoch:
+                    self.save_last()
+                if t.max_iters is not None and self.it >= t.max_iters:
+                    stopped = True
+                    break
+            bar.close()
+            if self.epoch_iter >= self.iters_per_epoch:
+                self.epoch += 1
+                self.epoch_iter = 0
+                if self.val_set is not None and (self.epoch % t.eval_interval == 0 or self.epoch == t.epochs):
+                    metrics = self.evaluate()
+                    if self.main and metrics is not None:
+                        last_metrics = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")}
+                        self.log_metrics({"iter": self.it, "epoch": self.epoch, "eval": last_metrics,
+                                          "per_class": metrics.get("per_class")})
+                        log.info("epoch %d: AP %s AP50 %s", self.epoch, metrics["AP"], metrics["AP50"])
+                        if metrics["AP"] is not None and metrics["AP"] > self.best_ap:
+                            self.best_ap = float(metrics["AP"])
+                            best_model = self.ema.module if self.ema is not None else self.model
+                            save_checkpoint(self.out / "best.pt", best_model, epoch=self.epoch, iteration=self.it,
+                                            metrics=last_metrics, config=cfg.to_dict(), cat_ids=self._cat_ids())
+            self.save_last()
+            self.plot()
+            D.barrier()
+        if self.main and self.val_set is None:  # without validation, best.pt is the final model
+            final = self.ema.module if self.ema is not None else self.model
+            save_checkpoint(self.out / "best.pt", final, epoch=self.epoch, iteration=self.it, config=cfg.to_dict(),
+                            cat_ids=self._cat_ids())
+        return {"out_dir": str(self.out), "iterations": self.it, "epochs_done": self.epoch, "stopped_early": stopped,
+                "best_ap": self.best_ap if self.best_ap >= 0 else None, "last_eval": last_metrics}
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a GFL detector as ``cfg`` says; with ``resume``, continue the run in ``cfg.out_dir`` from its
+    ``last.pt`` (model, optimiser, GradScaler, EMA, RNG states and position), so that an interrupted run ends
+    with the same weights as an uninterrupted one."""
+    if not resume and (Path(cfg.out_dir) / "last.pt").exists():
+        raise ValueError(f"{cfg.out_dir} already holds a run (last.pt); pass --resume to continue it or choose another out_dir")
+    run = _Run(cfg, resume, progress)
+    try:
+        return run.run()
+    finally:
+        D.barrier()
+

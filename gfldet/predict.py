@@ -1,0 +1,112 @@
+"""``gfldet predict``: run a checkpoint on image files or folders; write COCO-results JSON and pictures."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+__all__ = ["collect_images", "read_image", "predict", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files named directly, plus the image files inside named folders (recursively, sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                log.warning("%s: no image files (%s)", p, ", ".join(sorted(IMAGE_EXTENSIONS)))
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    if not out:
+        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+    return out
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """``(3, H, W)`` uint8 RGB; a file that is not a readable image raises ValueError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+    return arr.reshape(h, w, 3).permute(2, 0, 1).contiguous()
+
+
+def predict(
+    checkpoint: str | os.PathLike,
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike = "predictions",
+    score_thr: float = 0.3,
+    device: torch.device | str = "cpu",
+    draw: bool = True,
+    show_distributions: bool = False,
+    progress: bool = True,
+    max_distribution_plots: int = 5,
+) -> dict[str, Any]:
+    """Detect objects in each image; write ``predictions.json`` (COCO results: ``image_id`` is the index in
+    ``images``, plus ``file_name`` and ``category`` name) and, with ``draw``, ``<name>_det.png`` per image and,
+    with ``show_distributions``, ``<name>_dist<k>.png`` for the top boxes (the four learned edge distributions)."""
+    from .engine.checkpoint import load_checkpoint, load_model
+
+    files = collect_images(inputs)
+    model = load_model(checkpoint, score_thr=score_thr).to(device)
+    meta = load_checkpoint(checkpoint)
+    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    cat_ids = meta.get("cat_ids") or list(range(1, model.config.num_classes + 1))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results, failed, picture_files = [], [], []
+    for idx, f in enumerate(tqdm(files, desc="predict", disable=not progress)):
+        try:
+            img = read_image(f)
+        except ValueError as e:
+            log.warning("%s", e)
+            failed.append(str(f))
+            continue
+        with torch.inference_mode():
+            det = model([img.to(device)])[0]
+        det = {k: v.cpu() for k, v in det.items()}
+        for b, s, lab in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            results.append({"image_id": idx, "file_name": str(f), "category_id": int(cat_ids[lab]), "category": names[lab],
+                            "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+                            "score": round(s, 5)})
+        stem = f"{idx:04d}_{f.stem}"
+        if draw:
+            from .viz import draw_detections
+
+            p = out / f"{stem}_det.png"
+            draw_detections(img, det["boxes"], det["labels"], det["scores"], class_names=names, path=p)
+            picture_files.append(str(p))
+        if show_distributions:
+            from .viz import draw_distributions
+
+            for k in range(min(max_distribution_plots, det["boxes"].shape[0])):
+                p = out / f"{stem}_dist{k}.png"
+                draw_distributions(img, det["boxes"][k], det["distributions"][k], p,
+                                   title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}")
+                picture_files.append(str(p))
+    if len(failed) == len(files):
+        raise ValueError(f"none of the {len(files)} inputs could be read (first: {failed[0]})")
+    json_path = out / "predictions.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results))
+    os.replace(tmp, json_path)
+    return {"images": len(files), "failed": failed, "detections": len(results), "json": str(json_path),
+            "pictures": len(picture_files), "out_dir": str(out)}
