@@ -190,14 +190,14 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message is the precise one
+            return _check_type(key, value, options[0])
+        for a in options:
             try:
                 return _check_type(key, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} is not a valid {_tname(tp)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

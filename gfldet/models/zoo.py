@@ -1,12 +1,14 @@
 """Builders: ``gfl_resnet50_fpn(num_classes=80, weights=None, weights_backbone=None, **config)``.
 
 Nothing is downloaded unless ``weights_backbone`` names torchvision ImageNet weights (torchvision fetches
-them then). ``weights`` is a path to a gfldet or mmdetection checkpoint of the same architecture.
+them then); it may also be the path of a local state dict with torchvision's ResNet parameter names. ``weights`` is a path to a gfldet or mmdetection checkpoint of the same architecture.
 """
 from __future__ import annotations
 
 import os
 from typing import Any
+
+import torch
 
 from torchvision.models import get_weight
 
@@ -35,7 +37,14 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
         raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
     cfg = ModelConfig(num_classes=num_classes, **fixed, **kwargs)
     model = GFL(cfg, class_names=class_names)
-    if weights_backbone is not None:
+    if isinstance(weights_backbone, (str, os.PathLike)) and os.path.isfile(weights_backbone):
+        # a local ImageNet state dict with torchvision's ResNet names (an "fc.*" head is ignored)
+        try:
+            sd = torch.load(weights_backbone, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{weights_backbone}: not a readable state dict ({type(e).__name__}: {e})") from e
+        model.backbone.load_torchvision_weights(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
+    elif weights_backbone is not None:
         if not tv_name:
             raise ValueError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
                              "model.backbone.load_torchvision_weights(state_dict)")
