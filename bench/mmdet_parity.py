@@ -168,7 +168,12 @@ def main():
         rec["batch_input_sum"] = float(ref["batch_input"].double().sum())
         records.append(rec)
     if args.write:
-        torch.save({"about": "mmdetection 3.3.0 outputs for seeded gfldet weights; see bench/mmdet_parity.py", "cases": records}, args.write)
+        import mmcv
+        import mmdet
+
+        versions = {"torch": str(torch.__version__), "mmdet": str(mmdet.__version__), "mmcv": str(mmcv.__version__)}
+        torch.save({"about": "mmdetection 3.3.0 outputs for seeded gfldet weights; see bench/mmdet_parity.py",
+                    "versions": versions, "cases": records}, args.write)
         print(f"wrote {args.write} ({os.path.getsize(args.write) / 1e6:.1f} MB)")
 
 
