@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "Timing",
     "time_fn",
+    "time_interleaved",
     "rss_kib",
     "reset_peak_rss",
     "peak_rss_kib",
@@ -27,12 +28,21 @@ __all__ = [
 
 
 class Timing:
-    """Wall-clock samples (seconds) of one measurement."""
+    """Wall-clock samples and process CPU-time samples (seconds, all threads) of one measurement.
 
-    def __init__(self, samples: Sequence[float]):
+    On a shared machine the wall clock includes time spent waiting for a core; the process CPU time
+    does not (it still includes OpenMP spin-waiting), so it is the steadier of the two under contention.
+    """
+
+    def __init__(self, samples: Sequence[float], cpu_samples: Sequence[float] | None = None):
         if not samples:
             raise ValueError("no timing samples")
         self.samples = list(samples)
+        self.cpu_samples = list(cpu_samples) if cpu_samples else []
+
+    @property
+    def cpu_min(self) -> float:
+        return min(self.cpu_samples) if self.cpu_samples else float("nan")
 
     @property
     def min(self) -> float:
@@ -43,29 +53,89 @@ class Timing:
         return statistics.median(self.samples)
 
     def __repr__(self) -> str:
-        return f"Timing(min={self.min * 1e3:.2f} ms, median={self.median * 1e3:.2f} ms, n={len(self.samples)})"
+        return (f"Timing(min={self.min * 1e3:.2f} ms, median={self.median * 1e3:.2f} ms, "
+                f"cpu_min={self.cpu_min * 1e3:.2f} ms, n={len(self.samples)})")
 
 
-def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, setup: Callable[[], object] | None = None) -> Timing:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed with ``time.perf_counter``.
+def time_fn(
+    fn: Callable[[], object],
+    repeats: int = 5,
+    warmup: int = 1,
+    setup: Callable[[], object] | None = None,
+    min_time: float = 0.0,
+    max_repeats: int = 50,
+) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (``time.perf_counter`` wall clock and
+    ``time.process_time`` CPU time of the whole process).
 
     ``setup`` (untimed) runs before every call, e.g. to clear gradients. The result of ``fn`` is dropped
-    after the clock stops, so freeing it is not timed either.
+    after the clock stops, so freeing it is not timed either. With ``min_time`` > 0, timing goes on past
+    ``repeats`` until the timed calls add up to ``min_time`` seconds (at most ``max_repeats`` calls): cheap
+    calls get more samples, which makes their minimum robust on a shared machine.
     """
     for _ in range(warmup):
         if setup is not None:
             setup()
         fn()
-    samples = []
-    for _ in range(repeats):
+    samples, cpu = [], []
+    while len(samples) < repeats or (sum(samples) < min_time and len(samples) < max_repeats):
         if setup is not None:
             setup()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = fn()
         t1 = time.perf_counter()
+        c1 = time.process_time()
         del out
         samples.append(t1 - t0)
-    return Timing(samples)
+        cpu.append(c1 - c0)
+    return Timing(samples, cpu)
+
+
+def time_interleaved(
+    cells: dict[str, tuple[Callable[[], object], Callable[[], object] | None]],
+    repeats: int = 5,
+    warmup: int = 1,
+    min_time: float = 0.0,
+    max_inner: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Timing]:
+    """Time several calls in interleaved rounds, so that a burst of load from other processes hits all
+    of them alike instead of spoiling the samples of whichever call happened to run then.
+
+    ``cells`` maps a name to ``(fn, setup)``. After ``warmup`` untimed rounds, ``repeats`` rounds run every
+    cell; a cell whose warm-up call was cheap runs several times per round (up to ``max_inner``) so that
+    its timed calls add up to about ``min_time`` seconds. Returns a ``Timing`` per cell.
+    """
+    inner = {k: 1 for k in cells}
+    for r in range(warmup):
+        for name, (fn, setup) in cells.items():
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t0
+            del out
+            if r == warmup - 1 and min_time > 0:
+                inner[name] = max(1, min(max_inner, int(min_time / max(repeats * dt, 1e-9))))
+    wall: dict[str, list[float]] = {k: [] for k in cells}
+    cpu: dict[str, list[float]] = {k: [] for k in cells}
+    for r in range(repeats):
+        for name, (fn, setup) in cells.items():
+            for _ in range(inner[name]):
+                if setup is not None:
+                    setup()
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                out = fn()
+                t1 = time.perf_counter()
+                c1 = time.process_time()
+                del out
+                wall[name].append(t1 - t0)
+                cpu[name].append(c1 - c0)
+        if progress is not None:
+            progress(f"round {r + 1}/{repeats} done")
+    return {k: Timing(wall[k], cpu[k]) for k in cells}
 
 
 def _status_kib(field: str) -> int:
@@ -108,16 +178,16 @@ def fmt_ms(seconds: float) -> str:
     return f"{ms:.2f}"
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-markdown table with right-aligned cells except the first column."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
+    """A GitHub-markdown table: the first ``left`` columns left-aligned, the others right-aligned."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     out = []
     for j, r in enumerate(cells):
-        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        parts = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
         out.append("| " + " | ".join(parts) + " |")
         if j == 0:
-            out.append("|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|")
+            out.append("|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
     return "\n".join(out)
 
 
@@ -133,10 +203,22 @@ def machine_info() -> str:
     except OSError:
         pass
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (
+    line = (
         f"CPU: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}, {now}, {load_average()}"
+        f"({torch.get_num_threads()} intra-op threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+        f"Python {platform.python_version()}, {now}, {load_average()}"
     )
+    try:
+        busy = os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        busy = False
+    if busy and torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        line += (
+            "\nWARNING: the load average exceeds the core count. With several intra-op threads, OpenMP threads "
+            "spin-wait for a descheduled sibling at every parallel region, which can inflate timings several-fold; "
+            "consider OMP_WAIT_POLICY=PASSIVE or --threads 1 (see docs/benchmarks.md)."
+        )
+    return line
 
 
 def load_average() -> str:

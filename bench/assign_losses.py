@@ -8,10 +8,15 @@ only for its methods, the backbone never runs.
 
 Measured per number of GTs per image:
   (a) ``model.compute_targets``      ATSS assignment + target tensors (no autograd)
-  (b) ``model.compute_losses``       (a) + QFL / GIoU / DFL forward, building the autograd graph
+  (a') ``gfl_losses`` on precomputed targets: the loss terms alone (QFL / GIoU / DFL forward)
+  (b) ``model.compute_losses``       (a) + (a'), building the autograd graph
   (c) (b) + ``backward()`` of the summed losses
 
-Timings: wall clock, ``--warmup`` untimed calls then ``--repeats`` timed calls, min and median.
+Timings: all (GT count, measurement) cells are timed in interleaved rounds: ``--warmup`` untimed rounds,
+then ``--repeats`` timed rounds in which every cell runs once (a cheap cell several times, to about
+``--min-time`` seconds in all); min and median of the wall clock and min of the process CPU time (both
+threads, including OpenMP spin-waiting). On a shared machine the minimum is the figure to compare;
+medians carry the contention.
 Peak memory: each (configuration, measurement) in a fresh subprocess; after one warm-up call the
 kernel's peak-RSS mark is reset (/proc/self/clear_refs) and the reported figure is VmHWM minus the RSS
 just before the measured call (inputs, model and anchor cache already resident). glibc is told to
@@ -31,20 +36,27 @@ import sys
 
 import torch
 
-from _util import machine_info, markdown_table, fmt_ms, peak_rss_kib, reset_peak_rss, rss_kib, time_fn
+from _util import fmt_ms, load_average, machine_info, markdown_table, peak_rss_kib, reset_peak_rss, rss_kib, time_interleaved
 
 IMAGE_HW = (800, 1333)
 NUM_IMAGES = 2
 NUM_CLASSES = 80
-MODES = ("targets", "losses_fwd", "losses_fwd_bwd")
+MODES = ("targets", "loss_terms", "losses_fwd", "losses_fwd_bwd")
+LABELS = {
+    "targets": "(a) compute_targets",
+    "loss_terms": "(a') loss terms only, fwd",
+    "losses_fwd": "(b) compute_losses fwd",
+    "losses_fwd_bwd": "(c) compute_losses fwd+bwd",
+}
 
 
-def build(num_gt: int, seed: int = 0):
+def build(num_gt: int, seed: int = 0, model=None):
     """Model, synthetic head outputs and random valid GT boxes for ``num_gt`` boxes per image."""
     from gfldet.models.zoo import gfl_resnet50_fpn
 
     torch.manual_seed(seed)
-    model = gfl_resnet50_fpn(num_classes=NUM_CLASSES)
+    if model is None:
+        model = gfl_resnet50_fpn(num_classes=NUM_CLASSES)
     cfg = model.config
     h, w = IMAGE_HW
     d = cfg.size_divisor
@@ -80,6 +92,19 @@ def make_call(mode: str, model, cls, reg, boxes, labels, pad_shapes):
 
     if mode == "targets":
         return (lambda: model.compute_targets(cls, boxes, labels, pad_shapes)), None
+    if mode == "loss_terms":
+        # gfl_losses on precomputed targets: what compute_losses adds on top of compute_targets.
+        from gfldet.models.criterion import gfl_losses
+
+        cfg = model.config
+        targets = model.compute_targets(cls, boxes, labels, pad_shapes)
+        anchors = model.anchors([tuple(c.shape[-2:]) for c in cls], cls[0].device)
+        strides = torch.repeat_interleave(torch.tensor(cfg.strides, dtype=torch.float32),
+                                          torch.tensor([a.shape[0] for a in anchors]))
+        flat_anchors = torch.cat(anchors)
+        return (lambda: gfl_losses(model._flatten(cls), model._flatten(reg), flat_anchors, strides, targets, cfg.reg_max,
+                                   beta=cfg.qfl_beta,
+                                   weights=(cfg.loss_qfl_weight, cfg.loss_bbox_weight, cfg.loss_dfl_weight))), None
     if mode == "losses_fwd":
         return (lambda: model.compute_losses(cls, reg, boxes, labels, pad_shapes)), None
     if mode == "losses_fwd_bwd":
@@ -144,8 +169,10 @@ def profile_ops(num_gt: int, rows: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gts", default="10,100,1000", help="comma-separated GT boxes per image")
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds (each measurement once or more per round)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
+    ap.add_argument("--min-time", type=float, default=2.0,
+                    help="a cheap measurement runs several times per round, to about this many seconds in all")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -162,65 +189,71 @@ def main() -> None:
     gts = [int(x) for x in args.gts.split(",") if x.strip()]
     print(machine_info())
     print(f"batch {NUM_IMAGES} x {IMAGE_HW[0]}x{IMAGE_HW[1]} (padded 800x1344), {NUM_CLASSES} classes, "
-          f"warm-up {args.warmup}, repeats {args.repeats}\n")
+          f"warm-up {args.warmup} round(s), {args.repeats} timed rounds, interleaved; cheap calls repeated within a "
+          f"round to ~{args.min_time:g} s\n")
 
-    times: dict[tuple[int, str], object] = {}
-    mems: dict[tuple[int, str], dict] = {}
-    extra = {}
+    # All configurations are built first and timed in interleaved rounds (every cell once per round), so
+    # that load from other processes on a shared machine spreads over all cells alike.
+    model = None
+    cells, extra = {}, {}
     for g in gts:
-        model, cls, reg, boxes, labels, pad_shapes, sizes = build(g)
-        if not extra:
-            extra["sizes"] = sizes
-            extra["anchors"] = sum(a * b for a, b in sizes)
+        model, cls, reg, boxes, labels, pad_shapes, sizes = build(g, model=model)
+        extra["sizes"] = sizes
+        extra["anchors"] = sum(a * b for a, b in sizes)
         # Positives actually assigned (a sanity figure, and what the box losses scale with).
-        t = model.compute_targets(cls, boxes, labels, pad_shapes)
-        extra[g] = int(t.positive.sum())
+        extra[g] = int(model.compute_targets(cls, boxes, labels, pad_shapes).positive.sum())
         for mode in MODES:
-            fn, setup = make_call(mode, model, cls, reg, boxes, labels, pad_shapes)
-            times[g, mode] = time_fn(fn, repeats=args.repeats, warmup=args.warmup, setup=setup)
-            print(f"  {g:5d} GTs/img  {mode:15s} {times[g, mode]}", flush=True)
-        del model, cls, reg, boxes, labels
-        if not args.no_memory:
+            cells[f"{g}:{mode}"] = make_call(mode, model, cls, reg, boxes, labels, pad_shapes)
+    timed = time_interleaved(cells, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
+                             progress=lambda msg: print(f"  timing: {msg} ({load_average()})", flush=True))
+    times = {(g, mode): timed[f"{g}:{mode}"] for g in gts for mode in MODES}
+    for (g, mode), tm in times.items():
+        print(f"  {g:5d} GTs/img  {mode:15s} {tm}", flush=True)
+    del cells, timed
+
+    mems: dict[tuple[int, str], dict] = {}
+    if not args.no_memory:
+        for g in gts:
             for mode in MODES:
                 mems[g, mode] = measure_memory(mode, g, args.threads)
                 print(f"  {g:5d} GTs/img  {mode:15s} peak +{mems[g, mode]['delta_kib'] / 1024:.1f} MiB", flush=True)
 
-    print(f"\nfeature maps {extra['sizes']}, {extra['anchors']} anchors/image")
-    heads = ["GTs/img", "positives (batch)", "(a) targets min / med ms", "(b) losses fwd min / med ms",
-             "(b)-(a) loss terms med ms", "(c) fwd+bwd min / med ms"]
+    print(f"\nfeature maps {extra['sizes']}, {extra['anchors']} anchors/image; {load_average()} at the end")
+    heads = ["GTs/img", "measurement", "positives (batch)", "wall min ms", "wall median ms", "CPU min ms"]
     if mems:
-        heads += ["peak (a) MiB", "peak (b) MiB", "peak (c) MiB"]
+        heads.append("peak RSS increase MiB")
     rows = []
     for g in gts:
-        ta, tb, tc = (times[g, m] for m in MODES)
-        row = [g, extra[g], f"{fmt_ms(ta.min)} / {fmt_ms(ta.median)}", f"{fmt_ms(tb.min)} / {fmt_ms(tb.median)}",
-               fmt_ms(tb.median - ta.median), f"{fmt_ms(tc.min)} / {fmt_ms(tc.median)}"]
-        if mems:
-            row += [f"{mems[g, m]['delta_kib'] / 1024:.1f}" for m in MODES]
-        rows.append(row)
-    print("\nTime (wall clock, ms) and peak memory (peak-RSS increase over the RSS before the call, fresh "
-          "subprocess per cell, after one warm-up call)\n")
-    print(markdown_table(heads, rows))
+        for m in MODES:
+            tm = times[g, m]
+            row = [g, LABELS[m], extra[g], fmt_ms(tm.min), fmt_ms(tm.median), fmt_ms(tm.cpu_min)]
+            if mems:
+                row.append(f"{mems[g, m]['delta_kib'] / 1024:.1f}")
+            rows.append(row)
+    print("\nTime per call (wall clock; CPU = process CPU time of both threads) and peak memory (increase of the "
+          "peak RSS over the RSS before the call, fresh subprocess per cell, after one warm-up call)\n")
+    print(markdown_table(heads, rows, left=2))
 
     if len(gts) > 1:
-        # Growth: marginal cost per added GT between consecutive rows, on medians. Constant marginal cost
-        # across rows means linear growth; an intercept shows up as a fixed cost in the first row.
-        heads = ["GTs/img", "x GTs", "(a) x time", "(a) us per added GT", "(b) x time", "(b) us per added GT",
-                 "(c) x time", "(c) us per added GT"]
+        # Growth: marginal cost per added GT between consecutive GT counts, on the minima (the least
+        # contended samples). A constant marginal cost across rows means linear growth; a fixed cost
+        # shows up as a time ratio well below the GT ratio.
+        heads = ["GTs/img", "measurement", "x GTs", "x wall min", "wall us per added GT", "CPU us per added GT"]
         if mems:
-            heads += ["(c) KiB per added GT"]
+            heads.append("KiB per added GT")
         rows = []
         for g0, g1 in zip(gts, gts[1:]):
             dg = NUM_IMAGES * (g1 - g0)
-            row = [f"{g0} -> {g1}", f"{g1 / g0:.1f}"]
             for m in MODES:
-                t0, t1 = times[g0, m].median, times[g1, m].median
-                row += [f"{t1 / t0:.2f}", f"{(t1 - t0) / dg * 1e6:.1f}"]
-            if mems:
-                row.append(f"{(mems[g1, MODES[2]]['delta_kib'] - mems[g0, MODES[2]]['delta_kib']) / dg:.1f}")
-            rows.append(row)
-        print("\nGrowth with #GT (medians; 'per added GT' counts GTs of the whole batch, i.e. 2 x GTs/img)\n")
-        print(markdown_table(heads, rows))
+                a, b = times[g0, m], times[g1, m]
+                row = [f"{g0} -> {g1}", LABELS[m], f"{g1 / g0:.1f}", f"{b.min / a.min:.2f}",
+                       f"{(b.min - a.min) / dg * 1e6:.0f}", f"{(b.cpu_min - a.cpu_min) / dg * 1e6:.0f}"]
+                if mems:
+                    row.append(f"{(mems[g1, m]['delta_kib'] - mems[g0, m]['delta_kib']) / dg:.1f}")
+                rows.append(row)
+        print("\nGrowth with #GT (from the minima; 'per added GT' counts the GTs of the whole batch, "
+              "i.e. 2 x GTs/img)\n")
+        print(markdown_table(heads, rows, left=2))
 
     if args.profile:
         profile_ops(max(gts), args.profile)

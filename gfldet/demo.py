@@ -3,12 +3,18 @@
 ``run_demo(out_dir)`` generates a training and a validation split with :mod:`gfldet.data.synthetic`
 (objects with sharp edges next to blurred, faded and occluded ones), trains
 ``gfl_resnet18_fpn(num_classes=3, fpn_channels=64, head_channels=64)`` from random initialisation (nothing
-is downloaded) with SGD, warm-up and random horizontal flips, and writes into ``out_dir``:
+is downloaded; the backbone's frozen BatchNorm statistics are first set from training images, see
+:func:`calibrate_backbone_norms`) with SGD, warm-up, cosine decay and random horizontal flips, and writes
+into ``out_dir``:
 
 ``metrics.json``          the validation metrics (below), the training set-up and the timings;
 ``loss_curves.png``       the loss terms per step;
 ``detections_*.png``      detections on a few validation images (ground truth dashed);
 ``distributions_*.png``   the GFL paper's Fig. 3 for the top detection of a blurred and of a sharp object.
+
+Defaults (300 steps of 4 images of 256x256, 128 training and 24 validation images) take about 3.5 minutes
+on a quiet 2-core CPU with torch's default threads and reach a validation recall@0.5 of about 0.73 and
+AP@0.5 of about 0.56.
 
 Validation metrics (IoU 0.5, a detection counts only for a ground truth of its own class, each ground truth
 matched at most once, greedily by score):
@@ -41,7 +47,7 @@ from .models.zoo import gfl_resnet18_fpn
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions, infer_stride, plot_curves
 
-__all__ = ["run_demo", "train", "evaluate", "match_detections", "average_precision"]
+__all__ = ["run_demo", "train", "evaluate", "calibrate_backbone_norms", "match_detections", "average_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,35 @@ def _batch(samples: Sequence[dict[str, Any]], idx: Sequence[int], flips: Sequenc
 
 
 # --------------------------------------------------------------------------- training
+@torch.no_grad()
+def calibrate_backbone_norms(model: torch.nn.Module, samples: Sequence[dict[str, Any]], batches: int = 4,
+                             batch_size: int = 4, device: str | torch.device = "cpu") -> int:
+    """Data-dependent initialisation of a randomly initialised backbone's frozen BatchNorm statistics.
+
+    gfldet's backbone normalises with frozen running statistics (mmdetection's ``norm_eval``), which for
+    ImageNet weights are meaningful but for a random initialisation are mean 0 / variance 1, i.e. no
+    normalisation at all, and activations grow with depth. Here the statistics are set once, layer after
+    layer, to those of ``batches`` batches of ``samples`` (BatchNorm in training mode, cumulative average);
+    afterwards they are frozen again and training proceeds as usual. Returns the number of layers set.
+    """
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+        m.training = True  # bypasses FrozenStatsBatchNorm2d.train(), which always stays in eval mode
+    try:
+        for b in range(batches):
+            chunk = [samples[(b * batch_size + i) % len(samples)]["tensor"].to(device) for i in range(batch_size)]
+            x, _ = model.preprocess(chunk)
+            model.backbone(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+            m.training = False
+    return len(bns)
+
+
 def _lr_at(step: int, steps: int, lr: float, warmup: int, warmup_ratio: float = 0.1, final_ratio: float = 0.05) -> float:
     """Linear warm-up from ``warmup_ratio * lr`` over ``warmup`` steps, then a cosine decay to ``final_ratio * lr``."""
     if warmup > 0 and step < warmup:
@@ -285,29 +320,36 @@ def evaluate(model: torch.nn.Module, samples: Sequence[dict[str, Any]], *, batch
 
 
 def _pick_example(samples, dets, want_blur: bool, iou_thr: float = 0.5):
-    """The highest-scoring detection matched to a blurred (``want_blur``) or a fully sharp ground truth.
-    Falls back to the detection of highest IoU with such an object. Returns ``(sample index, gt index,
+    """The detection to draw for a blurred (``want_blur``) or a fully sharp ground truth.
+
+    Preference, in order: a detection of the right class with IoU >= ``iou_thr`` over one without; a
+    "clean" example (blurred on all four edges, or sharp on all four, and at least 4 px inside the image)
+    over others; then the higher score (matched) or IoU (unmatched). Returns ``(sample index, gt index,
     detection index)`` or ``None``."""
-    blur = EFFECTS.index("blur")
+    blur, sharp = EFFECTS.index("blur"), EFFECTS.index("sharp")
     best, best_key = None, None
     for si, (s, d) in enumerate(zip(samples, dets)):
         if d["boxes"].shape[0] == 0:
             continue
+        h, w = s["image"].shape[:2]
         gt_boxes = torch.from_numpy(s["boxes"]).float()
         iou = box_iou(d["boxes"].float(), gt_boxes)  # (D, M)
         for j in range(gt_boxes.shape[0]):
-            is_blur = int(s["effects"][j]) == blur
-            sharp = int(s["effects"][j]) == EFFECTS.index("sharp") and not bool(s["ambiguous"][j].any())
-            if (want_blur and not is_blur) or (not want_blur and not sharp):
+            effect, amb = int(s["effects"][j]), s["ambiguous"][j]
+            if want_blur and effect != blur:
                 continue
-            same = d["labels"] == int(s["labels"][j])
-            ok = same & (iou[:, j] >= iou_thr)
+            if not want_blur and (effect != sharp or bool(amb.any())):
+                continue
+            b = s["boxes"][j]
+            inside = bool(b[0] >= 4 and b[1] >= 4 and b[2] <= w - 4 and b[3] <= h - 4)
+            clean = int(inside and (bool(amb.all()) if want_blur else True))
+            ok = (d["labels"] == int(s["labels"][j])) & (iou[:, j] >= iou_thr)
             if ok.any():
                 di = int(torch.where(ok, d["scores"], torch.full_like(d["scores"], -1)).argmax())
-                key = (1, float(d["scores"][di]))
+                key = (1, clean, float(d["scores"][di]))
             else:
                 di = int(iou[:, j].argmax())
-                key = (0, float(iou[di, j]))
+                key = (0, clean, float(iou[di, j]))
             if best_key is None or key > best_key:
                 best, best_key = (si, j, di), key
     return best
@@ -319,14 +361,15 @@ def run_demo(
     steps: int = 300,
     seed: int = 0,
     device: str = "cpu",
-    image_size: int = 320,
+    image_size: int = 256,
     batch_size: int = 4,
     *,
-    train_images: int = 64,
-    val_images: int = 16,
+    train_images: int = 128,
+    val_images: int = 24,
     lr: float = 0.01,
     warmup: int = 50,
     num_pictures: int = 4,
+    calibrate_bn: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate data, train a small GFL from scratch, evaluate it and write pictures and ``metrics.json``.
@@ -353,9 +396,12 @@ def run_demo(
              image_size, image_size, t_data - t0)
 
     torch.manual_seed(seed)
-    model = gfl_resnet18_fpn(num_classes=NUM_CLASSES, fpn_channels=64, head_channels=64, min_size=None, max_size=None)
-    model.class_names = names
+    model = gfl_resnet18_fpn(num_classes=NUM_CLASSES, fpn_channels=64, head_channels=64, min_size=None, max_size=None,
+                             class_names=names)
     model.to(dev)
+    if calibrate_bn:
+        n = calibrate_backbone_norms(model, train_set, batch_size=batch_size, device=dev)
+        log.info("set the frozen statistics of %d backbone BatchNorm layers from training images", n)
     history = train(model, train_set, steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, device=dev,
                     progress=progress)
     t_train = time.perf_counter()
@@ -391,7 +437,8 @@ def run_demo(
         iou = float(box_iou(d["boxes"][di:di + 1].float(), torch.from_numpy(s["boxes"][gj:gj + 1]).float())[0, 0])
         effect = EFFECTS[int(s["effects"][gj])]
         title = (f"{kind} object (val {si}, {names[int(s['labels'][gj])]}, effect '{effect}'): "
-                 f"{names[int(d['labels'][di])]} {float(d['scores'][di]):.2f}, IoU {iou:.2f}, stride {stride:g}")
+                 f"{names[int(d['labels'][di])]} {float(d['scores'][di]):.2f}, IoU {iou:.2f}"
+                 + (f", stride {stride:g}" if stride else ""))
         p = os.path.join(out, f"distributions_{kind}.png")
         draw_distributions(s["image"], d["boxes"][di], dist, p, title=title, stride=stride, gt_box=s["boxes"][gj],
                            ambiguous=s["ambiguous"][gj].tolist())
@@ -408,6 +455,7 @@ def run_demo(
                       "pictures": round(t_end - t_eval, 2), "total": round(t_end - t0, 2)},
         "settings": {"steps": steps, "seed": seed, "device": str(dev), "image_size": image_size, "batch_size": batch_size,
                      "train_images": train_images, "val_images": val_images, "lr": lr, "warmup": warmup,
+                     "calibrate_bn": calibrate_bn,
                      "torch_threads": torch.get_num_threads(), "model": "gfl_resnet18_fpn(fpn_channels=64, head_channels=64)"},
     }
     paths["metrics"] = os.path.join(out, "metrics.json")

@@ -163,7 +163,7 @@ def draw_distributions(
         gt_box: optional ``(4,)`` xyxy ground truth, drawn dashed on the crop.
         ambiguous: optional four bools, shown in the panel titles (e.g. the synthetic data's edge flags).
     Each panel shows the probabilities as bars, the expectation (the predicted distance) as a solid line
-    and the target as a dashed one; the title gives the expectation and the standard deviation in bins,
+    and the target as a dashed one, over the range of bins that hold the mass; the title gives the expectation and the standard deviation in bins,
     the spread that GFL expects to be larger for ambiguous edges.
     """
     img = to_hwc_uint8(image)
@@ -210,16 +210,26 @@ def draw_distributions(
 
     positions = [(1, 1), (0, 1), (1, 2), (0, 2)]  # left, top, right, bottom panels
     ymax = float(dist.max()) * 1.15 if dist.size else 1.0
+    # all panels show the same bin range: the bins holding the mass (and the targets), plus 2 on each side
+    mass = np.nonzero((dist > 0.01).any(axis=0))[0]
+    lo_bin, hi_bin = (int(mass.min()), int(mass.max())) if mass.size else (0, n_bins - 1)
+    if targets is not None:
+        lo_bin = min(lo_bin, int(math.floor(np.clip(targets, 0, n_bins - 1).min())))
+        hi_bin = max(hi_bin, int(math.ceil(np.clip(targets, 0, n_bins - 1).max())))
+    lo_bin, hi_bin = max(0, lo_bin - 2), min(n_bins - 1, hi_bin + 2)
+    unit = stride if stride else 1.0
     for e, (r, c) in enumerate(positions):
         ax = fig.add_subplot(gs[r, c])
-        xs = bins * stride if stride else bins
-        width = 0.8 * (stride if stride else 1.0)
+        xs = bins * unit
+        width = 0.8 * unit
         ax.bar(xs, dist[e], width=width, color=_COLOURS[e + 1], alpha=0.85)
-        ax.axvline(expect[e] * (stride or 1.0), color="black", lw=1.2)
+        ax.axvline(expect[e] * unit, color="black", lw=1.2)
         if targets is not None:
-            ax.axvline(targets[e] * stride, color="#ff3b30", lw=1.2, ls="--")
+            ax.axvline(targets[e] * unit, color="#ff3b30", lw=1.2, ls="--")
         ax.set_ylim(0, max(ymax, 1e-3))
-        ax.set_xlim(xs[0] - width, xs[-1] + width)
+        ax.set_xlim((lo_bin - 0.6) * unit, (hi_bin + 0.6) * unit)
+        if not stride:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("distance (px)" if stride else "bin", fontsize=7)
         ax.tick_params(labelsize=6)
         flag = ""
@@ -228,6 +238,15 @@ def draw_distributions(
         ax.set_title(f"{EDGE_NAMES[e]}{flag}\nE={expect[e]:.2f} std={std[e]:.2f} bins", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
+    legend = "red box: detection"
+    if gt is not None:
+        legend += ", white dashed: ground truth"
+    if stride:
+        legend += ", +: anchor point (distances are measured from it)"
+    legend += "; bars: learned edge distribution, black line: its expectation (the prediction)"
+    if targets is not None:
+        legend += ", red dashed: ground truth"
+    fig.text(0.01, 0.015, legend, fontsize=6.5, color="#444444")
     _save(fig, path, dpi)
     return fig
 
