@@ -3,7 +3,10 @@
 It keeps torchvision's detection contract::
 
     model.train(); losses = model(images, targets)   # dict of already-weighted loss_* terms
-    model.eval();  detections = model(images)        # [{"boxes", "scores", "labels", "distributions"}]
+    model.eval();  detections = model(images)        # [{"boxes", "scores", "labels", "distributions", ...}]
+
+Each detection also carries its localisation uncertainty (gfldet.ops.uncertainty): ``edge_peak``,
+``edge_entropy``, ``edge_std`` (pixels of the image given) per edge and a box-level ``loc_conf``.
 
 Shapes: N images, A anchors of all levels, C classes, B = reg_max + 1 bins, M boxes of an image.
 """
@@ -266,4 +269,6 @@ class GFL(nn.Module):
             if (sx, sy) != (1.0, 1.0):
                 d["boxes"] = d["boxes"] / d["boxes"].new_tensor([sx, sy, sx, sy])
                 d["boxes"] = d["boxes"].clamp(min=0).minimum(d["boxes"].new_tensor([w, h, w, h]))
+                if "edge_std" in d:  # pixels of the network input -> pixels of the image given
+                    d["edge_std"] = d["edge_std"] / d["edge_std"].new_tensor([sx, sy, sx, sy])
         return dets

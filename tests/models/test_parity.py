@@ -95,7 +95,11 @@ def test_end_to_end_eval(model, fx):
     model.eval()
     dets = model(_rgb(fx))
     for ours, ref in zip(dets, fx["detections"]):
-        torch.testing.assert_close(ours["boxes"], ref["boxes"], rtol=0, atol=1e-4)
+        # The fixture's 1e-4 holds for boxes decoded from the recorded raw outputs (test above). From images,
+        # the convolutions round differently on different CPUs (oneDNN picks kernels by ISA): raw outputs stay
+        # within 1e-4 (4e-5 measured on an AMD EPYC against the fixture's machine), and a box edge is their
+        # expectation times the stride (up to 128 px), which amplifies that to ~6e-4 px. 2e-3 px bounds it.
+        torch.testing.assert_close(ours["boxes"], ref["boxes"], rtol=0, atol=2e-3)
         torch.testing.assert_close(ours["scores"], ref["scores"], rtol=0, atol=1e-4)
         assert torch.equal(ours["labels"], ref["labels"])
         d = ours["distributions"]
