@@ -75,8 +75,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
     result = predict(args.checkpoint, args.inputs, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
-                     draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress)
+                     draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress,
+                     backend=args.backend)
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.checkpoint import load_checkpoint, load_model
+    from .export import export_onnx
+
+    model = load_model(args.checkpoint)
+    meta = load_checkpoint(args.checkpoint)
+    if args.score_thr is not None:
+        model.config.score_thr = args.score_thr
+    h, w = args.example_size
+    path = export_onnx(model, args.out, mode=args.mode, example_size=(h, w), opset=args.opset,
+                       cat_ids=meta.get("cat_ids"), overwrite=args.force)
+    print(json.dumps({"written": str(path), "mode": args.mode, "bytes": os.path.getsize(path)}, indent=2))
     return 0
 
 
@@ -131,7 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-draw", action="store_true", help="write only the JSON")
     pr.add_argument("--show-distributions", action="store_true", help="also draw each box's four edge distributions")
     pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                    help="torch: CHECKPOINT is a gfldet checkpoint; onnxruntime: CHECKPOINT is a file from `gfldet export`")
     pr.set_defaults(func=_cmd_predict)
+
+    x = sub.add_parser("export", help="write a checkpoint as a self-contained ONNX file (dynamic batch and image size)")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True, help="ONNX file to write")
+    x.add_argument("--mode", choices=("decoded", "raw"), default="decoded",
+                   help="decoded: boxes, scores, distributions of every prior before NMS; raw: per-level logits (docs/onnx.md)")
+    x.add_argument("--example-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size traced with")
+    x.add_argument("--opset", type=int, default=18)
+    x.add_argument("--score-thr", type=float, default=None, help="score threshold stored for the reference post-processing")
+    x.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="generate data, train a small GFL on the CPU, write pictures and metrics")
     d.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
@@ -147,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"gfldet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

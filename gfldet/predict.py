@@ -59,17 +59,43 @@ def predict(
     show_distributions: bool = False,
     progress: bool = True,
     max_distribution_plots: int = 5,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Detect objects in each image; write ``predictions.json`` (COCO results: ``image_id`` is the index in
-    ``images``, plus ``file_name`` and ``category`` name) and, with ``draw``, ``<name>_det.png`` per image and,
-    with ``show_distributions``, ``<name>_dist<k>.png`` for the top boxes (the four learned edge distributions)."""
-    from .engine.checkpoint import load_checkpoint, load_model
+    ``images``, plus ``file_name`` and ``category`` name, and each box's localisation uncertainty: ``edge_std``
+    (l, t, r, b standard deviations in pixels), ``edge_entropy`` (nats), ``edge_peak`` and ``loc_conf``) and,
+    with ``draw``, ``<name>_det.png`` per image and, with ``show_distributions``, ``<name>_dist<k>.png`` for the
+    top boxes (the four learned edge distributions).
 
+    ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` runs a file written by
+    ``gfldet export`` (``checkpoint`` is then the ``.onnx`` path) with the NumPy reference post-processing.
+    """
     files = collect_images(inputs)
-    model = load_model(checkpoint, score_thr=score_thr).to(device)
-    meta = load_checkpoint(checkpoint)
-    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
-    cat_ids = meta.get("cat_ids") or list(range(1, model.config.num_classes + 1))
+    if backend == "torch":
+        from .engine.checkpoint import load_checkpoint, load_model
+
+        model = load_model(checkpoint, score_thr=score_thr).to(device)
+        meta = load_checkpoint(checkpoint)
+        names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+        cat_ids = meta.get("cat_ids") or list(range(1, model.config.num_classes + 1))
+
+        def run(img: torch.Tensor) -> dict[str, torch.Tensor]:
+            with torch.inference_mode():
+                det = model([img.to(device)])[0]
+            return {k: v.cpu() for k, v in det.items()}
+
+    elif backend == "onnxruntime":
+        from .deploy import OnnxDetector
+
+        onnx_model = OnnxDetector(checkpoint)
+        names = onnx_model.class_names
+        cat_ids = onnx_model.cat_ids
+
+        def run(img: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(v) for k, v in onnx_model([img.numpy()], score_thr=score_thr)[0].items()}
+
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose 'torch' or 'onnxruntime'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, failed, picture_files = [], [], []
@@ -80,13 +106,14 @@ def predict(
             log.warning("%s", e)
             failed.append(str(f))
             continue
-        with torch.inference_mode():
-            det = model([img.to(device)])[0]
-        det = {k: v.cpu() for k, v in det.items()}
-        for b, s, lab in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        det = run(img)
+        unc = zip(det["edge_std"].tolist(), det["edge_entropy"].tolist(), det["edge_peak"].tolist(), det["loc_conf"].tolist())
+        for b, s, lab, (std, ent, peak, conf) in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), unc):
             results.append({"image_id": idx, "file_name": str(f), "category_id": int(cat_ids[lab]), "category": names[lab],
                             "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                            "score": round(s, 5)})
+                            "score": round(s, 5), "edge_std": [round(v, 3) for v in std],
+                            "edge_entropy": [round(v, 4) for v in ent], "edge_peak": [round(v, 4) for v in peak],
+                            "loc_conf": round(conf, 4)})
         stem = f"{idx:04d}_{f.stem}"
         if draw:
             from .viz import draw_detections

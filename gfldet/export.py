@@ -1,0 +1,182 @@
+"""ONNX export of a GFL detector (``gfldet export``); the contract is documented in ``docs/onnx.md``.
+
+One input, ``images``: ``(N, 3, H, W)`` float32 RGB in 0..255, any N, H, W (dynamic). Resizing is the caller's
+job (:func:`gfldet.deploy.preprocess` does it the way the model does); normalisation and zero-padding to a
+multiple of the size divisor happen inside the graph, exactly as :meth:`gfldet.GFL.preprocess` does.
+
+Two modes:
+
+* ``decoded`` (default): ``boxes (N, A, 4)`` xyxy pixels of the input, unclipped; ``scores (N, A, C)`` sigmoid
+  class-quality scores; ``distributions (N, A, 4, n+1)`` the edge distributions; ``edge_std (N, A, 4)`` pixels;
+  ``loc_conf (N, A)``; ``priors (A, 3)`` ``(cx, cy, stride)`` of every prior (all levels, row-major per level).
+  Everything before score threshold and NMS.
+* ``raw``: per level ``cls_p3..cls_p7`` ``(N, C, H_l, W_l)`` logits, then ``reg_p3..reg_p7``
+  ``(N, 4(n+1), H_l, W_l)`` distribution logits (already multiplied by the level's learned scale).
+
+:func:`gfldet.deploy.postprocess` turns either into final detections, the same as the PyTorch model's.
+The model's settings (strides, classes, bins, test thresholds, input sizes) are stored in the file's
+``metadata_props`` under ``gfldet.*`` keys so that a runtime needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ops.uncertainty import edge_uncertainty
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_onnx", "ExportModule", "MODES", "output_names"]
+
+MODES = ("decoded", "raw")
+_LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7", "p8", "p9")
+
+
+def output_names(mode: str, num_levels: int) -> list[str]:
+    if mode == "decoded":
+        return ["boxes", "scores", "distributions", "edge_std", "loc_conf", "priors"]
+    if mode == "raw":
+        levels = _LEVEL_NAMES[:num_levels]
+        return [f"cls_{l}" for l in levels] + [f"reg_{l}" for l in levels]
+    raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
+
+
+class ExportModule(nn.Module):
+    """The traced graph: ``images (N, 3, H, W)`` float 0..255 -> the outputs of ``mode`` (see module doc)."""
+
+    def __init__(self, model: nn.Module, mode: str = "decoded"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
+        cfg = model.config
+        if getattr(cfg, "quality", "qfl") != "qfl" or getattr(cfg, "box", "distribution") != "distribution":
+            raise ValueError("ONNX export supports the GFL head (quality='qfl', box='distribution') only")
+        self.model, self.mode = model, mode
+        self.strides = tuple(int(s) for s in cfg.strides)
+        self.divisor = int(cfg.size_divisor)
+        self.reg_max = int(cfg.reg_max)
+
+    def forward(self, images: Tensor):
+        m = self.model
+        x = (images - m.pixel_mean) / m.pixel_std
+        h, w = x.shape[-2], x.shape[-1]
+        # zero-pad (in normalised space, as GFL.preprocess) up to a multiple of the size divisor
+        x = F.pad(x, (0, (self.divisor - w % self.divisor) % self.divisor, 0, (self.divisor - h % self.divisor) % self.divisor))
+        cls_logits, reg_logits = m.forward_features(x)
+        if self.mode == "raw":
+            return (*cls_logits, *reg_logits)
+        bins = m.integral.project
+        boxes, scores, dists, stds, confs, priors = [], [], [], [], [], []
+        for cls, reg, stride in zip(cls_logits, reg_logits, self.strides):
+            n, c, fh, fw = cls.shape
+            scores.append(cls.permute(0, 2, 3, 1).reshape(n, -1, c).sigmoid())
+            logits = reg.permute(0, 2, 3, 1).reshape(n, -1, 4, self.reg_max + 1)
+            p = F.softmax(logits, dim=-1)
+            # the same F.linear as gfldet.ops.integral (identical floats to the eager model)
+            d = F.linear(p, bins[None]).squeeze(-1) * stride
+            ys = torch.arange(fh, device=x.device, dtype=torch.float32) * stride
+            xs = torch.arange(fw, device=x.device, dtype=torch.float32) * stride
+            cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+            cx, cy = cx.reshape(1, -1), cy.reshape(1, -1)
+            boxes.append(torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], dim=-1))
+            u = edge_uncertainty(p, bins, float(stride))
+            dists.append(p)
+            stds.append(u["edge_std"])
+            confs.append(u["loc_conf"])
+            priors.append(torch.stack([cx[0], cy[0], torch.full_like(cx[0], float(stride))], dim=-1))
+        return (torch.cat(boxes, 1), torch.cat(scores, 1), torch.cat(dists, 1), torch.cat(stds, 1),
+                torch.cat(confs, 1), torch.cat(priors, 0))
+
+
+def _metadata(model: nn.Module, mode: str, class_names: list[str] | None, cat_ids: list[int] | None) -> dict[str, str]:
+    cfg = model.config
+    names = class_names or model.class_names or [str(i) for i in range(cfg.num_classes)]
+    return {
+        "gfldet.format": "1",
+        "gfldet.mode": mode,
+        "gfldet.num_classes": str(cfg.num_classes),
+        "gfldet.reg_max": str(cfg.reg_max),
+        "gfldet.strides": json.dumps(list(cfg.strides)),
+        "gfldet.size_divisor": str(cfg.size_divisor),
+        "gfldet.pixel_mean": json.dumps(list(cfg.pixel_mean)),
+        "gfldet.pixel_std": json.dumps(list(cfg.pixel_std)),
+        "gfldet.min_size": json.dumps(cfg.min_size),
+        "gfldet.max_size": json.dumps(cfg.max_size),
+        "gfldet.score_thr": repr(float(cfg.score_thr)),
+        "gfldet.nms_pre": str(cfg.nms_pre),
+        "gfldet.nms_iou": repr(float(cfg.nms_iou)),
+        "gfldet.max_per_img": str(cfg.max_per_img),
+        "gfldet.class_names": json.dumps(list(names)),
+        "gfldet.cat_ids": json.dumps(list(cat_ids) if cat_ids else list(range(1, cfg.num_classes + 1))),
+        "gfldet.outputs": json.dumps(output_names(mode, len(cfg.strides))),
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    mode: str = "decoded",
+    example_size: tuple[int, int] = (320, 320),
+    opset: int = 18,
+    class_names: list[str] | None = None,
+    cat_ids: list[int] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` as one self-contained ONNX file with dynamic batch and image size.
+
+    The file is written beside ``path`` and renamed into place, so an existing file is never left half
+    written; it is replaced only with ``overwrite``.
+    """
+    import onnx  # noqa: F401  (torch.onnx needs onnx and onnxscript; fail here with a clear message)
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass overwrite=True / --force to replace it)")
+    # A feature map of size 1 in the traced example makes the exporter specialise the image size (torch.export
+    # treats sizes 0 and 1 as constants), so every level must be at least 2 x 2 in the example.
+    need = 2 * max(model.config.strides)
+    if min(example_size) < need:
+        raise ValueError(f"example_size {tuple(example_size)} is too small to trace dynamic shapes: each side must be "
+                         f">= {need} (twice the coarsest stride) so that no feature map is 1 pixel wide")
+    wrapper = ExportModule(model, mode).eval()
+    names = output_names(mode, len(model.config.strides))
+    example = torch.randint(0, 256, (1, 3, *example_size), dtype=torch.float32, device=model.pixel_mean.device)
+    batch, height, width = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with torch.no_grad():
+            prog = torch.onnx.export(
+                wrapper,
+                (example,),
+                dynamic_shapes={"images": {0: batch, 2: height, 3: width}},
+                input_names=["images"],
+                output_names=names,
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        import onnx
+
+        proto = prog.model_proto
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        if any(not dims[i].dim_param for i in (0, 2, 3)):
+            raise RuntimeError(f"the exporter fixed the input shape to {[d.dim_value or d.dim_param for d in dims]}; "
+                               "batch, height and width must stay dynamic")
+        for k, v in _metadata(model, mode, class_names, cat_ids).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save_model(proto, os.fspath(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("wrote %s (%s mode, outputs %s)", path, mode, ", ".join(names))
+    return path

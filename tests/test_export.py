@@ -1,0 +1,186 @@
+"""ONNX export: dynamic shapes, raw outputs against PyTorch, identical final detections through the NumPy
+reference post-processing, the CLI (export, predict --backend onnxruntime)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import batched_nms as tv_batched_nms
+
+import gfldet
+from gfldet.cli import main
+from gfldet.deploy import OnnxDetector, batched_nms, edge_uncertainty_np, postprocess, preprocess, read_metadata
+from gfldet.engine.checkpoint import save_checkpoint
+from gfldet.export import export_onnx, output_names
+from gfldet.ops.uncertainty import edge_uncertainty
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def _model():
+    torch.manual_seed(0)
+    m = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, gn_groups=8)
+    torch.nn.init.constant_(m.head.gfl_cls.bias, -1.0)  # scores around 0.27: many boxes pass the threshold
+    torch.nn.init.normal_(m.head.gfl_reg.weight, std=0.05)
+    m.config.min_size, m.config.max_size = 160, 256
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    return {mode: export_onnx(model, d / f"{mode}.onnx", mode=mode, example_size=(256, 320)) for mode in ("decoded", "raw")}
+
+
+def _images():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, 256, (3, 120, 200), dtype=torch.uint8, generator=g),
+            torch.randint(0, 256, (3, 300, 170), dtype=torch.uint8, generator=g)]
+
+
+def test_raw_outputs_match_pytorch_at_another_size_and_batch(model, exported):
+    meta = read_metadata(exported["raw"])
+    batch, sizes, _, _ = preprocess(_images(), meta)  # batch 2, 256x256 padded; traced at 1x128x160
+    sess = ort.InferenceSession(str(exported["raw"]), providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": batch})))
+    assert list(outs) == output_names("raw", 5)
+    with torch.no_grad():
+        x, m = model.preprocess(_images())
+        assert m.image_sizes == sizes
+        cls, reg = model.forward_features(x)
+    for name, ref in zip(outs, [*cls, *reg]):
+        assert outs[name].shape == tuple(ref.shape), name
+        np.testing.assert_allclose(outs[name], ref.numpy(), rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_decoded_outputs_match_pytorch(model, exported):
+    meta = read_metadata(exported["decoded"])
+    assert meta["mode"] == "decoded" and meta["strides"] == [8, 16, 32, 64, 128] and meta["reg_max"] == 16
+    batch, sizes, _, _ = preprocess(_images(), meta)
+    sess = ort.InferenceSession(str(exported["decoded"]), providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": batch})))
+    with torch.no_grad():
+        x, m = model.preprocess(_images())
+        assert m.image_sizes == sizes
+        cls, reg = model.forward_features(x)
+    n, a = batch.shape[0], sum(c.shape[2] * c.shape[3] for c in cls)
+    assert outs["boxes"].shape == (n, a, 4) and outs["scores"].shape == (n, a, 3)
+    assert outs["distributions"].shape == (n, a, 4, 17) and outs["edge_std"].shape == (n, a, 4)
+    assert outs["loc_conf"].shape == (n, a) and outs["priors"].shape == (a, 3)
+    flat = lambda ms: torch.cat([m.permute(0, 2, 3, 1).reshape(n, -1, m.shape[1]) for m in ms], 1)
+    np.testing.assert_allclose(outs["scores"], flat(cls).sigmoid().numpy(), rtol=0, atol=1e-5)
+    probs = flat(reg).reshape(n, a, 4, 17).softmax(-1)
+    np.testing.assert_allclose(outs["distributions"], probs.numpy(), rtol=0, atol=1e-5)
+    # boxes: prior centre -/+ expected distance * stride, against the model's own anchors
+    anchors = torch.cat(model.anchors([tuple(c.shape[-2:]) for c in cls], torch.device("cpu")))
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    np.testing.assert_allclose(outs["priors"][:, :2], centres.numpy(), rtol=0, atol=0)
+    dist = (probs * torch.arange(17.0)).sum(-1) * torch.from_numpy(outs["priors"][:, 2])[None, :, None]
+    ref_boxes = torch.cat([centres - dist[..., :2], centres + dist[..., 2:]], -1)
+    np.testing.assert_allclose(outs["boxes"], ref_boxes.numpy(), rtol=1e-5, atol=1e-3)
+    u = edge_uncertainty(probs.reshape(-1, 4, 17), torch.arange(17.0), torch.from_numpy(outs["priors"][:, 2]).repeat(n))
+    np.testing.assert_allclose(outs["edge_std"].reshape(-1, 4), u["edge_std"].numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["decoded", "raw"])
+def test_final_detections_identical_to_pytorch(model, exported, mode):
+    imgs = _images()
+    with torch.no_grad():
+        ref = model(imgs)
+    dets = OnnxDetector(exported[mode])([im.numpy() for im in imgs])
+    for d, r in zip(dets, ref):
+        assert d["boxes"].shape[0] == r["boxes"].shape[0] > 10
+        np.testing.assert_array_equal(d["labels"], r["labels"].numpy())
+        np.testing.assert_allclose(d["boxes"], r["boxes"].numpy(), rtol=0, atol=1e-3)
+        np.testing.assert_allclose(d["scores"], r["scores"].numpy(), rtol=0, atol=1e-5)
+        for k in ("edge_std", "edge_entropy", "edge_peak", "loc_conf", "distributions", "strides"):
+            np.testing.assert_allclose(d[k], r[k].numpy(), rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_numpy_nms_matches_torchvision():
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(300, 2, generator=g) * 200
+    wh = torch.rand(300, 2, generator=g) * 60 + 1
+    boxes = torch.cat([xy, xy + wh], 1)
+    scores = torch.rand(300, generator=g)
+    labels = torch.randint(0, 4, (300,), generator=g)
+    ref = tv_batched_nms(boxes, scores, labels, 0.5).numpy()
+    ours = batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), 0.5)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_numpy_uncertainty_matches_torch():
+    p = torch.rand(7, 4, 9).softmax(-1)
+    s = torch.tensor([8.0, 8, 16, 16, 32, 64, 128])
+    ref = edge_uncertainty(p, torch.arange(9.0), s)
+    ours = edge_uncertainty_np(p.numpy(), s.numpy())
+    for k, v in ref.items():
+        np.testing.assert_allclose(ours[k], v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_empty_image_gives_no_detection(model, exported):
+    meta = dict(read_metadata(exported["decoded"]))
+    sess = ort.InferenceSession(str(exported["decoded"]), providers=["CPUExecutionProvider"])
+    batch, sizes, scales, originals = preprocess([np.zeros((3, 64, 64), np.uint8)], meta)
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": batch})))
+    det = postprocess(outs, sizes, meta, scales, originals, score_thr=1.0)[0]
+    assert det["boxes"].shape == (0, 4) and det["edge_std"].shape == (0, 4) and det["loc_conf"].shape == (0,)
+
+
+def test_export_never_overwrites(model, exported):
+    before = exported["raw"].read_bytes()
+    with pytest.raises(FileExistsError, match="exists"):
+        export_onnx(model, exported["raw"], mode="raw")
+    assert exported["raw"].read_bytes() == before
+    with pytest.raises(ValueError, match="too small to trace dynamic shapes"):
+        export_onnx(model, exported["raw"].with_name("x.onnx"), mode="raw", example_size=(128, 320))
+    with pytest.raises(ValueError, match="unknown export mode"):
+        export_onnx(model, exported["raw"].with_name("x.onnx"), mode="nms")
+
+
+def test_foreign_onnx_file_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["y"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    p = tmp_path / "other.onnx"
+    onnx.save_model(helper.make_model(graph), str(p))
+    with pytest.raises(ValueError, match="not an ONNX file exported by gfldet"):
+        OnnxDetector(p)
+
+
+def test_cli_export_and_predict_with_onnxruntime(tmp_path, capsys):
+    from PIL import Image
+
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, _model(), cat_ids=[5, 7, 9])
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--example-size", "256", "288"]) == 0
+    assert out.is_file() and read_metadata(out)["cat_ids"] == [5, 7, 9]
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2  # exists: refused, not replaced
+    assert "exists" in capsys.readouterr().err
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i, im in enumerate(_images()):
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(imgs / f"{i}.png")
+    results = {}
+    for backend, src in (("onnxruntime", out), ("torch", ckpt)):
+        d = tmp_path / backend
+        assert main(["predict", "--checkpoint", str(src), str(imgs), "--out", str(d), "--backend", backend,
+                     "--score-thr", "0.2", "--no-draw", "--no-progress"]) == 0
+        results[backend] = json.loads((d / "predictions.json").read_text())
+    a, b = results["onnxruntime"], results["torch"]
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x["category_id"] == y["category_id"] and x["category_id"] in (5, 7, 9)
+        np.testing.assert_allclose(x["bbox"], y["bbox"], atol=0.02)
+        assert len(x["edge_std"]) == 4 and 0 < x["loc_conf"] <= 1
+        np.testing.assert_allclose(x["edge_std"], y["edge_std"], atol=0.01)
