@@ -30,8 +30,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device)
-    print(json.dumps(result, indent=2, default=str))
+    result = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, progress=not args.no_progress)
+    print(json.dumps({k: result[k] for k in ("coco", "uncertainty", "timings_s")} | {"out_dir": result["paths"]["out_dir"]}, indent=2, default=str))
     return 0
 
 
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate data, train a small GFL on the CPU, write pictures and metrics")
     d.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
-    d.add_argument("--steps", type=int, default=300)
+    d.add_argument("--epochs", type=int, default=12, help="training epochs over the 192 generated images (default 12)")
+    d.add_argument("--no-progress", action="store_true")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu")
     d.set_defaults(func=_cmd_demo)

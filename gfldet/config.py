@@ -147,6 +147,9 @@ class TrainConfig:
     checkpoint_iters: int = 0  # also write last.pt every N iterations (0: only at epoch ends)
     max_iters: int | None = None  # stop (and checkpoint) after this many iterations in total
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Training from scratch (no backbone weights): set the frozen backbone BatchNorm statistics from this many
+    # training batches before the first step (gfldet.engine.norm_init). 0: keep them as built.
+    norm_init_batches: int = 0
 
 
 @dataclass
@@ -308,6 +311,7 @@ def validate_config(cfg: Config) -> None:
         (t.lr is None or t.lr > 0, "train.lr", t.lr, "must be > 0"),
         (t.schedule in ("step", "cosine"), "train.schedule", t.schedule, "must be 'step' or 'cosine'"),
         (t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, "must be >= 0"),
+        (t.norm_init_batches >= 0, "train.norm_init_batches", t.norm_init_batches, "must be >= 0"),
         (0 < t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio, "must be in (0, 1]"),
         (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 or null"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),

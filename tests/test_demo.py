@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from gfldet.data import EFFECTS, class_names, make_sample, make_split, write_coco
-from gfldet.demo import average_precision, match_detections, run_demo
+from gfldet.demo import demo_data, load_split, run_demo
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -120,27 +121,6 @@ def test_write_coco(tmp_path):
         assert json.load(f)["annotations"] == data["annotations"]
 
 
-# --------------------------------------------------------------------------- metrics
-def test_match_detections_greedy_by_score_and_class():
-    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
-    gl = torch.tensor([0, 1])
-    det = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]])
-    dl = torch.tensor([0, 0, 0, 1])  # the third detection has the wrong class
-    sc = torch.tensor([0.5, 0.9, 0.8, 0.7])
-    dm, gm = match_detections(det, sc, dl, gt, gl)
-    assert dm.tolist() == [-1, 0, -1, -1]  # the higher-scoring duplicate takes GT 0
-    assert gm.tolist() == [1, -1]
-    dm, gm = match_detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), gt, gl)
-    assert gm.tolist() == [-1, -1]
-
-
-def test_average_precision():
-    assert average_precision(np.array([0.9, 0.8]), np.array([True, True]), 2) == pytest.approx(1.0)
-    assert average_precision(np.array([0.9, 0.8]), np.array([False, True]), 2) == pytest.approx(0.25)
-    assert average_precision(np.array([]), np.array([], dtype=bool), 3) == 0.0
-    assert math.isnan(average_precision(np.array([0.5]), np.array([False]), 0))
-
-
 # --------------------------------------------------------------------------- the demo, end to end
 @pytest.fixture
 def one_thread():
@@ -152,30 +132,44 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def test_demo_data_is_cached_and_complete(tmp_path):
+    a = demo_data(tmp_path, train_images=3, val_images=2, image_size=64)
+    stamp = {p: p.stat().st_mtime_ns for p in Path(a["root"]).rglob("*") if p.is_file()}
+    b = demo_data(tmp_path, train_images=3, val_images=2, image_size=64)
+    assert a == b
+    assert {p: p.stat().st_mtime_ns for p in Path(a["root"]).rglob("*") if p.is_file()} == stamp  # reused, not rewritten
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    split = load_split(a["val_ann"], a["val_images"])
+    assert len(split) == 2 and all(s["image"].shape == (64, 64, 3) for s in split)
+    assert all(s["ambiguous"].shape == (len(s["boxes"]), 4) for s in split)
+    c = demo_data(tmp_path, train_images=4, val_images=2, image_size=64)  # other settings: another folder
+    assert c["root"] != a["root"]
+
+
 def test_run_demo_tiny(tmp_path, one_thread):
     out = tmp_path / "demo"
-    result = run_demo(out, steps=3, image_size=128, batch_size=2, train_images=6, val_images=4, warmup=2,
-                      num_pictures=2, progress=False)
+    result = run_demo(out, epochs=1, image_size=128, batch_size=2, train_images=4, val_images=3, num_pictures=2,
+                      cache_dir=tmp_path / "cache", progress=False)
     paths = result["paths"]
-    assert (out / "metrics.json").is_file() and paths["metrics"] == str(out / "metrics.json")
-    assert (out / "loss_curves.png").stat().st_size > 0
-    assert len(paths["detections"]) == 2
-    for p in paths["detections"]:
-        assert p.endswith(".png") and (out / p.split("/")[-1]).stat().st_size > 0
+    assert paths["out_dir"] == str(out) and (out / "metrics.json").is_file()
+    for name in ("last.pt", "config.yaml", "metrics.jsonl", "loss_curves.png", "pr_curve.png", "per_class_ap.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(paths["detections"]) == 2 and all(Path(p).stat().st_size > 0 for p in paths["detections"])
     # Fig. 3 pictures exist even for an untrained model (drawn from a low-threshold pass if need be)
-    assert set(paths["distributions"]) <= {"blurred", "sharp"} and paths["distributions"]
+    assert paths["distributions"] and set(paths["distributions"]) <= {"blurred", "sharp"}
     for p in paths["distributions"].values():
         with Image.open(p) as im:
             assert im.size[0] > 0
-    with open(out / "metrics.json") as f:
-        saved = json.load(f)
-    assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
-    m = saved["metrics"]
-    for key in ("recall@0.5", "AP@0.5", "precision@0.5_s0.3", "recall@0.5_s0.3", "recall@0.5_sharp",
-                "recall@0.5_ambiguous", "num_gt", "num_images", "edge_std_bins_sharp", "edge_std_bins_ambiguous"):
-        assert key in m
-    assert m["num_images"] == 4 and m["num_gt"] > 0
-    assert 0.0 <= m["recall@0.5"] <= 1.0 and 0.0 <= m["AP@0.5"] <= 1.0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["coco"] == json.loads(json.dumps(result["coco"]))
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+        assert key in saved["coco"] and (saved["coco"][key] is None or 0.0 <= saved["coco"][key] <= 1.0)
+    assert set(saved["uncertainty"]) >= {"spearman_std_vs_err", "mean_std_px_sharp", "mean_std_px_ambiguous"}
     for name in ("loss", "loss_qfl", "loss_bbox", "loss_dfl"):
-        assert math.isfinite(saved["final_losses"][name]) and math.isfinite(saved["initial_losses"][name])
-    assert saved["settings"]["steps"] == 3 and saved["timings_s"]["total"] > 0
+        assert math.isfinite(saved["final_losses"][name])
+    assert saved["settings"]["iterations"] == 2 and saved["timings_s"]["total"] > 0
+    # a second run never overwrites the first
+    again = run_demo(out, epochs=1, image_size=128, batch_size=2, train_images=4, val_images=3, num_pictures=0,
+                     cache_dir=tmp_path / "cache", progress=False)
+    assert again["paths"]["out_dir"] == f"{out}-1"
+    assert json.loads((out / "metrics.json").read_text()) == saved

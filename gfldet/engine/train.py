@@ -152,6 +152,17 @@ class _Run:
             load_weights_into(model, cfg.model.init)
             log.info("initialised from %s", cfg.model.init)
         self.model = model.to(self.device)
+        if cfg.train.norm_init_batches > 0 and not resume:
+            # the same images, in dataset order, on every process, so that all ranks get the same statistics
+            from .norm_init import init_backbone_norms
+
+            bs, n = cfg.train.batch_size, len(self.train_set)
+            batches = ([self.train_set[(b * bs + i) % n][0].to(self.device) for i in range(bs)]
+                       for b in range(cfg.train.norm_init_batches))
+            layers = init_backbone_norms(self.model, batches)
+            if D.is_main():
+                log.info("set the frozen statistics of %d backbone BatchNorm layers from %d training batches",
+                         layers, cfg.train.norm_init_batches)
         self.world = D.world_size()
         total_batch = cfg.train.batch_size * self.world
         self.base_lr = cfg.train.lr if cfg.train.lr is not None else 0.01 * total_batch / 16
