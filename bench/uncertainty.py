@@ -6,7 +6,7 @@
 A fresh split of the demo's synthetic data (other seed than training and validation; objects with sharp
 edges next to blurred, faded and occluded ones, each edge flagged ambiguous or not by the generator) is run
 through the model; every ground truth matched by a detection (IoU >= 0.5, same class) contributes its four
-edges: predicted ``edge_std`` (px), entropy, and the real |edge error| (px). Printed: rank correlations of
+edges: predicted ``edge_std`` (px), entropy, and the real abs edge error (px). Printed: rank correlations of
 uncertainty with error (all edges, sharp only, ambiguous only), mean uncertainty and error of sharp and of
 ambiguous edges, how well ``edge_std`` separates ambiguous from sharp edges (ROC AUC), and box level:
 ``loc_conf`` against the box's IoU beside the classification score against IoU.
@@ -56,16 +56,17 @@ def main() -> None:
     print(f"matched boxes: {r['matched_boxes']} of {sum(len(s['boxes']) for s in samples)} ground truths; "
           f"edges: {r['edges']} ({r['ambiguous_edges']} ambiguous)\n")
     print(markdown_table(["relation", "value"], [
-        ["Spearman(edge_std, |edge error|), all edges", _f(r["spearman_std_vs_err"])],
-        ["Spearman(edge entropy, |edge error|), all edges", _f(r["spearman_entropy_vs_err"])],
-        ["Spearman(edge_std, |edge error|), sharp edges", _f(r["spearman_std_vs_err_sharp"])],
-        ["Spearman(edge_std, |edge error|), ambiguous edges", _f(r["spearman_std_vs_err_ambiguous"])],
+        ["Spearman(edge_std, abs edge error), all edges", _f(r["spearman_std_vs_err"])],
+        ["Spearman(edge entropy, abs edge error), all edges", _f(r["spearman_entropy_vs_err"])],
+        ["Spearman(edge_std / box extent, abs edge error / box extent)", _f(r["spearman_rel_std_vs_rel_err"])],
+        ["Spearman(edge_std, abs edge error), sharp edges", _f(r["spearman_std_vs_err_sharp"])],
+        ["Spearman(edge_std, abs edge error), ambiguous edges", _f(r["spearman_std_vs_err_ambiguous"])],
         ["ROC AUC of edge_std: ambiguous vs sharp edges", _f(r["auc_std_ambiguous_vs_sharp"])],
         ["Spearman(loc_conf, box IoU)", _f(r["spearman_loc_conf_vs_iou"])],
         ["Spearman(class score, box IoU) (for comparison)", _f(r["spearman_score_vs_iou"])],
     ]))
     print()
-    print(markdown_table(["edges", "mean edge_std px", "mean |error| px", "median |error| px"], [
+    print(markdown_table(["edges", "mean edge_std px", "mean abs error px", "median abs error px"], [
         ["sharp", _f(r["mean_std_px_sharp"], 2), _f(r["mean_err_px_sharp"], 2), _f(r["median_err_px_sharp"], 2)],
         ["ambiguous (blurred, faded, occluded)", _f(r["mean_std_px_ambiguous"], 2), _f(r["mean_err_px_ambiguous"], 2),
          _f(r["median_err_px_ambiguous"], 2)],

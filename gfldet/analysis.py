@@ -45,13 +45,13 @@ def match_detections(det_boxes: Tensor, det_scores: Tensor, det_labels: Tensor, 
 
 def edge_records(dets: Sequence[dict[str, Any]], gts: Sequence[dict[str, Any]], iou_thr: float = 0.5) -> dict[str, np.ndarray]:
     """Per edge of every matched ground truth (4 rows per box, order l, t, r, b): ``std`` (px), ``entropy``,
-    ``peak``, ``err`` (|edge error| px), ``ambiguous`` (bool; False where ``gts`` carry no flags), and per box:
+    ``peak``, ``err`` (|edge error| px), ``size`` (the true box's width for l/r, height for t/b), ``ambiguous`` (bool; False where ``gts`` carry no flags), and per box:
     ``box_iou``, ``loc_conf``, ``score``.
 
     ``dets``: per image the model's output dict; ``gts``: per image ``boxes (M, 4)``, ``labels (M,)`` and
     optionally ``ambiguous (M, 4)``.
     """
-    cols: dict[str, list] = {k: [] for k in ("std", "entropy", "peak", "err", "ambiguous", "box_iou", "loc_conf", "score")}
+    cols: dict[str, list] = {k: [] for k in ("std", "entropy", "peak", "err", "size", "ambiguous", "box_iou", "loc_conf", "score")}
     for d, g in zip(dets, gts):
         gt_boxes = torch.as_tensor(np.asarray(g["boxes"]), dtype=torch.float32).reshape(-1, 4)
         gt_labels = torch.as_tensor(np.asarray(g["labels"])).long().reshape(-1)
@@ -68,12 +68,14 @@ def edge_records(dets: Sequence[dict[str, Any]], gts: Sequence[dict[str, Any]], 
             cols["entropy"].append(np.asarray(d["edge_entropy"][di], np.float64))
             cols["peak"].append(np.asarray(d["edge_peak"][di], np.float64))
             cols["err"].append(err.astype(np.float64))
+            gw, gh = float(gt_boxes[j, 2] - gt_boxes[j, 0]), float(gt_boxes[j, 3] - gt_boxes[j, 1])
+            cols["size"].append(np.array([gw, gh, gw, gh], np.float64))  # the extent along each edge's axis
             cols["ambiguous"].append(amb[j])
             cols["box_iou"].append(float(box_iou(boxes[di:di + 1], gt_boxes[j:j + 1])[0, 0]))
             cols["loc_conf"].append(float(np.asarray(d["loc_conf"][di])))
             cols["score"].append(float(scores[di]))
     out = {}
-    for k in ("std", "entropy", "peak", "err", "ambiguous"):
+    for k in ("std", "entropy", "peak", "err", "size", "ambiguous"):
         out[k] = np.concatenate(cols[k]) if cols[k] else np.zeros(0, bool if k == "ambiguous" else np.float64)
     for k in ("box_iou", "loc_conf", "score"):
         out[k] = np.asarray(cols[k], np.float64)
@@ -128,6 +130,8 @@ def uncertainty_report(rec: dict[str, np.ndarray]) -> dict[str, Any]:
         "ambiguous_edges": int(amb.sum()),
         "spearman_std_vs_err": spearman(rec["std"], rec["err"]),
         "spearman_entropy_vs_err": spearman(rec["entropy"], rec["err"]),
+        # pixels grow with the object: relative to the box's extent, size drops out of the relation
+        "spearman_rel_std_vs_rel_err": spearman(rec["std"] / np.maximum(rec["size"], 1e-6), rec["err"] / np.maximum(rec["size"], 1e-6)),
         "spearman_std_vs_err_sharp": spearman(rec["std"][~amb], rec["err"][~amb]),
         "spearman_std_vs_err_ambiguous": spearman(rec["std"][amb], rec["err"][amb]),
         "spearman_loc_conf_vs_iou": spearman(rec["loc_conf"], rec["box_iou"]),
