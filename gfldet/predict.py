@@ -126,8 +126,14 @@ def predict(
 
             for k in range(min(max_distribution_plots, det["boxes"].shape[0])):
                 p = out / f"{stem}_dist{k}.png"
-                draw_distributions(img, det["boxes"][k], det["distributions"][k], p,
-                                   title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}")
+                std = "/".join(f"{v:.1f}" for v in det["edge_std"][k].tolist())
+                # bins -> pixels of this image: the box's width is (E[l] + E[r]) strides, after the model's resize
+                e = det["distributions"][k].double() @ torch.arange(det["distributions"].shape[-1], dtype=torch.float64)
+                bw = float(det["boxes"][k, 2] - det["boxes"][k, 0])
+                px_per_bin = bw / float(e[0] + e[2]) if float(e[0] + e[2]) > 0 else float(det["strides"][k])
+                draw_distributions(img, det["boxes"][k], det["distributions"][k], p, stride=px_per_bin,
+                                   title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}, "
+                                         f"loc_conf {float(det['loc_conf'][k]):.2f}, edge std l/t/r/b {std} px")
                 picture_files.append(str(p))
     if len(failed) == len(files):
         raise ValueError(f"none of the {len(files)} inputs could be read (first: {failed[0]})")
