@@ -7,6 +7,11 @@ from typing import Any
 __all__ = ["ModelConfig", "Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError", "load_config", "apply_override", "validate_config"]
 
 
+QUALITIES = ("qfl", "none", "centerness", "iou")
+BOXES = ("distribution", "dirac", "gaussian")
+ASSIGNERS = ("atss", "fcos", "retina")
+
+
 @dataclass
 class ModelConfig:
     """Everything that defines a GFL detector: architecture, training targets and losses, test settings.
@@ -44,12 +49,66 @@ class ModelConfig:
     qfl_beta: float = 2.0
     loss_qfl_weight: float = 1.0
     loss_bbox_weight: float = 2.0
-    loss_dfl_weight: float = 0.25
+    loss_dfl_weight: float = 0.25  # also the weight of the Gaussian NLL when box="gaussian"
     # test
     score_thr: float = 0.05
     nms_pre: int = 1000
     nms_iou: float = 0.6
     max_per_img: int = 100
+    # The representations the paper ablates (Table 1; gfldet.models.variants). The defaults are GFL itself.
+    quality: str = "qfl"  # qfl (joint, QFL) | none (focal loss) | centerness | iou (separate branches, BCE)
+    box: str = "distribution"  # distribution (DFL) | dirac (direct distances, GIoU) | gaussian (mean, log-var, NLL)
+    bin_width: float = 1.0  # delta: bins at 0, delta, ..., n * delta strides (box="distribution")
+    assigner: str = "atss"  # atss | fcos | retina
+    anchor_ratios: tuple[float, ...] = (1.0,)  # h / w of the anchors of a location (RetinaNet: 0.5, 1, 2)
+    scales_per_octave: int = 1  # anchor sizes octave_base_scale * 2^(i / scales_per_octave) (RetinaNet: 3)
+    fcos_radius: float = 1.5  # FCOS centre sampling radius, strides (0: inside the box is enough)
+    fcos_range_bounds: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)  # FCOS regression range edges, pixels
+    retina_pos_iou: float = 0.5
+    retina_neg_iou: float = 0.4
+    retina_min_pos_iou: float = 0.0
+    focal_alpha: float = 0.25  # focal loss of the quality="none" | "centerness" | "iou" classifiers
+    focal_gamma: float = 2.0
+    loss_quality_weight: float = 1.0  # the centerness / IoU branch's BCE
+
+    def __post_init__(self) -> None:
+        choices = {"quality": QUALITIES, "box": BOXES, "assigner": ASSIGNERS}
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"model config {key}={value!r} is not one of {allowed}")
+        ratios = tuple(self.anchor_ratios)
+        checks = [
+            (self.bin_width > 0, "bin_width", self.bin_width, "must be > 0"),
+            (len(ratios) >= 1 and all(r > 0 for r in ratios), "anchor_ratios", ratios, "must be one or more numbers > 0"),
+            (self.scales_per_octave >= 1, "scales_per_octave", self.scales_per_octave, "must be >= 1"),
+            (self.fcos_radius >= 0, "fcos_radius", self.fcos_radius, "must be >= 0"),
+            (0 <= self.retina_neg_iou <= self.retina_pos_iou <= 1, "retina_neg_iou/retina_pos_iou",
+             (self.retina_neg_iou, self.retina_pos_iou), "need 0 <= neg <= pos <= 1"),
+            (0 <= self.retina_min_pos_iou <= 1, "retina_min_pos_iou", self.retina_min_pos_iou, "must be in [0, 1]"),
+            (0 <= self.focal_alpha <= 1, "focal_alpha", self.focal_alpha, "must be in [0, 1]"),
+            (self.focal_gamma >= 0, "focal_gamma", self.focal_gamma, "must be >= 0"),
+            (self.assigner != "fcos" or self.num_anchors == 1, "assigner", self.assigner,
+             f"assigns locations and needs one anchor per location, got {self.num_anchors} "
+             f"(anchor_ratios={ratios}, scales_per_octave={self.scales_per_octave})"),
+            (self.assigner != "fcos" or len(self.fcos_range_bounds) == len(self.strides) - 1, "fcos_range_bounds",
+             tuple(self.fcos_range_bounds), f"must hold {len(self.strides) - 1} edges for {len(self.strides)} levels"),
+        ]
+        for ok, key, value, why in checks:
+            if not ok:
+                raise ValueError(f"model config {key}={value!r} {why}")
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per feature-map location (1 for GFL)."""
+        return len(self.anchor_ratios) * self.scales_per_octave
+
+    @property
+    def is_variant(self) -> bool:
+        """True when the config departs from GFL's representations (QFL, distribution with unit bins, ATSS,
+        one anchor per location); such a detector runs through :mod:`gfldet.models.variants`."""
+        current = (self.quality, self.box, float(self.bin_width), self.assigner, tuple(self.anchor_ratios), self.scales_per_octave)
+        return current != ("qfl", "distribution", 1.0, "atss", (1.0,), 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,6 +160,22 @@ class ModelSettings:
     nms_pre: int = ModelConfig.nms_pre
     nms_iou: float = ModelConfig.nms_iou
     max_per_img: int = ModelConfig.max_per_img
+    # representation variants (gfldet.models.variants; defaults: GFL)
+    quality: str = ModelConfig.quality
+    box: str = ModelConfig.box
+    bin_width: float = ModelConfig.bin_width
+    assigner: str = ModelConfig.assigner
+    octave_base_scale: float = ModelConfig.octave_base_scale
+    anchor_ratios: list[float] = field(default_factory=lambda: list(ModelConfig.anchor_ratios))
+    scales_per_octave: int = ModelConfig.scales_per_octave
+    fcos_radius: float = ModelConfig.fcos_radius
+    fcos_range_bounds: list[float] = field(default_factory=lambda: list(ModelConfig.fcos_range_bounds))
+    retina_pos_iou: float = ModelConfig.retina_pos_iou
+    retina_neg_iou: float = ModelConfig.retina_neg_iou
+    retina_min_pos_iou: float = ModelConfig.retina_min_pos_iou
+    focal_alpha: float = ModelConfig.focal_alpha
+    focal_gamma: float = ModelConfig.focal_gamma
+    loss_quality_weight: float = ModelConfig.loss_quality_weight
 
 
 @dataclass
@@ -177,6 +252,7 @@ class Config:
         m = asdict(self.model)
         for k in ("arch", "weights_backbone", "init"):
             m.pop(k)
+        m = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
         ms = tuple(self.input.multiscale) if self.input.multiscale else None
         return ModelConfig(num_classes=num_classes, min_size=self.input.min_size, max_size=self.input.max_size,
                            train_min_sizes=ms, **ARCHS[self.model.arch][0], **m)

@@ -249,7 +249,7 @@ class _Run:
         recs = [json.loads(ln) for ln in (self.out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
         train_recs = [r for r in recs if "loss" in r]
         if train_recs:
-            keys = ["loss", "loss_qfl", "loss_bbox", "loss_dfl", "lr"]
+            keys = ["loss"] + [k for k in train_recs[0] if k.startswith("loss_")] + ["lr"]
             plot_curves({k: [r[k] for r in train_recs] for k in keys}, self.out / "loss_curves.png",
                         smooth=3, title=f"training losses (every {self.cfg.train.log_interval} iterations)")
         evals = [r for r in recs if "eval" in r]
@@ -336,8 +336,9 @@ class _Run:
                 self.it += 1
                 self.epoch_iter += 1
                 window.append(values)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", qfl=f"{values['loss_qfl']:.3f}", bbox=f"{values['loss_bbox']:.3f}",
-                                dfl=f"{values['loss_dfl']:.3f}", lr=f"{values['lr']:.2e}")
+                # the loss terms present (representation variants name theirs differently, gfldet.models.variants)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", **{k[5:]: f"{v:.3f}" for k, v in values.items() if k.startswith("loss_")},
+                                lr=f"{values['lr']:.2e}")
                 if self.it % t.log_interval == 0 or self.epoch_iter == self.iters_per_epoch:
                     mean = {k: sum(w[k] for w in window) / len(window) for k in window[0] if k != "lr"}
                     mean = D.all_reduce_mean(mean, self.device)

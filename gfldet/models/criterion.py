@@ -11,12 +11,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..ops.assign import atss_assign
+from ..ops.assign import AssignResult, atss_assign
 from ..ops.boxes import box_centers, box_iou_aligned, box_to_distance, distance_to_box
 from ..ops.integral import distribution_expectation
 from ..ops.losses import _dfl, giou_loss, quality_focal_loss_sparse
 
-__all__ = ["GFLTargets", "gfl_targets", "gfl_losses", "reduce_mean"]
+__all__ = ["GFLTargets", "gfl_targets", "targets_from_assignment", "gfl_losses", "reduce_mean"]
 
 # The reference divides a loss sum by (avg_factor + float32 eps).
 _EPS32 = float(torch.finfo(torch.float32).eps)
@@ -61,6 +61,14 @@ def gfl_targets(
     ignore_iof_thr: float = 0.5,
 ) -> GFLTargets:
     res = atss_assign(anchors, num_level_anchors, gt_boxes, valid, gt_ignore, topk=topk, ignore_iof_thr=ignore_iof_thr)
+    return targets_from_assignment(res, anchors, gt_boxes, gt_labels, num_classes)
+
+
+@torch.no_grad()
+def targets_from_assignment(
+    res: AssignResult, anchors: Tensor, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor], num_classes: int
+) -> GFLTargets:
+    """Class labels, weights and target boxes of every anchor from an assignment (ATSS, FCOS or max-IoU)."""
     num_images, num_anchors = res.gt_index.shape
     device = anchors.device
     labels = torch.full((num_images, num_anchors), num_classes, dtype=torch.long, device=device)

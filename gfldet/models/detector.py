@@ -27,6 +27,7 @@ from .backbone import FPN, ResNetBackbone
 from .criterion import GFLTargets, gfl_losses, gfl_targets
 from .head import GFLHead
 from .postprocess import decode_image
+from .variants import VariantHead, variant_decode, variant_losses, variant_targets
 
 __all__ = ["GFL", "BatchMeta"]
 
@@ -59,9 +60,12 @@ class GFL(nn.Module):
             raise ValueError(f"{len(self.class_names)} class names given for num_classes={cfg.num_classes}")
         self.backbone = ResNetBackbone(cfg.depth, cfg.groups, cfg.width_per_group, cfg.frozen_stages)
         self.neck = FPN(self.backbone.out_channels, cfg.fpn_channels, num_outs=len(cfg.strides))
-        self.head = GFLHead(
-            cfg.num_classes, cfg.fpn_channels, cfg.head_channels, cfg.stacked_convs, cfg.reg_max, len(cfg.strides), cfg.gn_groups
-        )
+        if cfg.is_variant:  # another quality / box representation, assigner or anchors (gfldet.models.variants)
+            self.head = VariantHead(cfg)
+        else:
+            self.head = GFLHead(
+                cfg.num_classes, cfg.fpn_channels, cfg.head_channels, cfg.stacked_convs, cfg.reg_max, len(cfg.strides), cfg.gn_groups
+            )
         self.integral = Integral(cfg.reg_max)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
@@ -148,6 +152,8 @@ class GFL(nn.Module):
         gt_ignore: Sequence[Tensor | None] | None = None,
     ) -> GFLTargets:
         """ATSS targets for boxes given in the network-input frame."""
+        if self.config.is_variant:
+            return variant_targets(self, cls_logits, gt_boxes, gt_labels, pad_shapes, gt_ignore)[0]
         sizes = [tuple(m.shape[-2:]) for m in cls_logits]
         device = cls_logits[0].device
         anchors = self.anchors(sizes, device)
@@ -174,6 +180,8 @@ class GFL(nn.Module):
         gt_ignore: Sequence[Tensor | None] | None = None,
     ) -> dict[str, Tensor]:
         """Weighted losses from raw head outputs and boxes in the network-input frame."""
+        if self.config.is_variant:
+            return variant_losses(self, cls_logits, reg_logits, gt_boxes, gt_labels, pad_shapes, gt_ignore)
         cfg = self.config
         targets = self.compute_targets(cls_logits, gt_boxes, gt_labels, pad_shapes, gt_ignore)
         sizes = [tuple(m.shape[-2:]) for m in cls_logits]
@@ -234,6 +242,8 @@ class GFL(nn.Module):
         self, cls_logits: Sequence[Tensor], reg_logits: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """Detections (in the network-input frame, clipped to each image's size) from raw head outputs."""
+        if self.config.is_variant:  # representation variants decode in gfldet.models.variants
+            return variant_decode(self, cls_logits, reg_logits, image_sizes)
         cfg = self.config
         sizes = [tuple(m.shape[-2:]) for m in cls_logits]
         anchors = self.anchors(sizes, cls_logits[0].device)
