@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "VariantHead", "is_variant", "atss_config", "box_channels", "multi_anchors", "sigmoid_focal_loss",
-    "gaussian_nll", "centerness_target", "variant_targets", "variant_losses", "variant_decode", "variant_outputs",
+    "gaussian_nll", "centerness_target", "dfl_targets", "variant_targets", "variant_losses", "variant_decode", "variant_outputs",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,12 @@ def centerness_target(points: Tensor, boxes: Tensor) -> Tensor:
     return ratio.sqrt()
 
 
+def dfl_targets(distances: Tensor, bin_width: float, reg_max: int) -> Tensor:
+    """DFL targets in bins for distances in strides, with bins at ``0, delta, ..., n delta`` strides: ``y / delta``,
+    clamped to ``[0, n - 0.1]`` as the reference clamps (so that the right bin ``floor + 1`` exists)."""
+    return (distances / bin_width).clamp(min=0, max=reg_max - 0.1)
+
+
 def _distances(cfg: ModelConfig, box_logits: Tensor, project: Tensor) -> Tensor:
     """``(..., K)`` box outputs -> ``(..., 4)`` distances in strides (the mean for the Gaussian)."""
     if cfg.box == "distribution":
@@ -313,8 +319,7 @@ def variant_losses(
         box_norm = reduce_mean(weight.sum().float()).clamp(min=1.0)
         losses["loss_bbox"] = cfg.loss_bbox_weight * giou_loss(pred_boxes, target_boxes, weight=weight, reduction="sum") / box_norm
         if cfg.box == "distribution":
-            # DFL with bin width delta: the target y (strides) sits between bins floor(y / delta) and the next one
-            t = (box_to_distance(centers, target_boxes) / cfg.bin_width).clamp(min=0, max=cfg.reg_max - 0.1)
+            t = dfl_targets(box_to_distance(centers, target_boxes), cfg.bin_width, cfg.reg_max)
             dfl = _dfl(pos_box.reshape(-1, cfg.reg_max + 1), t.reshape(-1)).reshape(-1, 4)
             losses[box_key] = cfg.loss_dfl_weight * (dfl * weight[:, None]).sum() / 4.0 / box_norm
         elif cfg.box == "gaussian":

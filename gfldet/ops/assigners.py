@@ -210,7 +210,7 @@ def retina_assign(
         best = iou.amax(dim=1)  # (N, a)
         arg = iou.argmax(dim=1)  # the first GT on ties, as torch's argmax documents
         idx = torch.where(best >= pos_iou_thr, arg, torch.full_like(arg, -1))
-        negative = (best >= 0) & (best < neg_iou_thr)
+        negative = valid[:, a0:a1] & (best < neg_iou_thr)  # also every valid anchor of an image without GTs
         eq = (iou == gt_max[..., None]) & low_ok[..., None]  # (N, M, a)
         has = eq.any(dim=1)
         last = (m - 1) - eq.flip(1).to(torch.uint8).argmax(dim=1)  # the last GT wins (it is assigned last)
