@@ -400,3 +400,7 @@ def validate_config(cfg: Config) -> None:
     for ok, key, value, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {value!r} {why}")
+    for key, allowed in (("quality", QUALITIES), ("box", BOXES), ("assigner", ASSIGNERS)):
+        value = getattr(cfg.model, key)
+        if value not in allowed:
+            raise ConfigError(f"model.{key}: {value!r} is not one of {allowed}")

@@ -361,3 +361,17 @@ def test_old_configs_and_run_config():
     assert mc.is_variant and mc.num_anchors == 9 and mc.anchor_ratios == (0.5, 1.0, 2.0)
     assert "anchor_ratios" in cfg.to_yaml()
     assert ModelConfig.from_dict(mc.to_dict()) == mc
+
+
+def test_atss_yaml_config():
+    from pathlib import Path
+
+    from gfldet.config import ConfigError, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "atss_r50_fpn_1x_coco.yaml")
+    mc = cfg.model_config(num_classes=80)
+    ref = atss_config(num_classes=80, min_size=800, max_size=1333)
+    keys = ("quality", "box", "assigner", "num_anchors", "focal_alpha", "focal_gamma", "loss_bbox_weight", "reg_max")
+    assert [getattr(mc, k) for k in keys] == [getattr(ref, k) for k in keys]
+    with pytest.raises(ConfigError, match="model.box: 'gauss'"):
+        load_config(None, ["model.box=gauss"])
