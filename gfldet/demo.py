@@ -108,8 +108,8 @@ def load_split(ann_file: str | os.PathLike, image_dir: str | os.PathLike) -> lis
     return out
 
 
-def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 12, batch_size: int = 4,
-                lr: float = 0.01, seed: int = 0, device: str = "cpu", image_size: int = 256) -> Config:
+def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 24, batch_size: int = 4,
+                lr: float = 0.02, seed: int = 0, device: str = "cpu", image_size: int = 256) -> Config:
     """The demo's training configuration (a :class:`gfldet.config.Config`, as ``gfldet train`` takes)."""
     cfg = Config()
     cfg.out_dir = os.fspath(out_dir)
@@ -196,7 +196,7 @@ def _detect(model: torch.nn.Module, samples: list[dict[str, Any]], device: torch
 
 def run_demo(
     out_dir: str | os.PathLike = "runs/demo",
-    epochs: int = 12,
+    epochs: int = 24,
     seed: int = 0,
     device: str = "cpu",
     *,
@@ -205,7 +205,7 @@ def run_demo(
     val_images: int = 48,
     image_size: int = 256,
     batch_size: int = 4,
-    lr: float = 0.01,
+    lr: float = 0.02,
     num_pictures: int = 4,
     progress: bool = True,
 ) -> dict[str, Any]:
