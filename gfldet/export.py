@@ -55,8 +55,8 @@ class ExportModule(nn.Module):
         if mode not in MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
         cfg = model.config
-        if getattr(cfg, "quality", "qfl") != "qfl" or getattr(cfg, "box", "distribution") != "distribution":
-            raise ValueError("ONNX export supports the GFL head (quality='qfl', box='distribution') only")
+        if getattr(cfg, "is_variant", False):
+            raise ValueError("ONNX export supports the GFL detector only (not the ablation variants of gfldet.models.variants)")
         self.model, self.mode = model, mode
         self.strides = tuple(int(s) for s in cfg.strides)
         self.divisor = int(cfg.size_divisor)
