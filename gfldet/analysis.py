@@ -93,10 +93,10 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation (Pearson correlation of average ranks); None with fewer than 3 pairs or a
-    constant input."""
+    """Spearman rank correlation (Pearson correlation of average ranks); None with fewer than 3 pairs, a
+    non-finite value or a constant input."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if x.size < 3:
+    if x.size < 3 or not (np.isfinite(x).all() and np.isfinite(y).all()):
         return None
     rx, ry = _ranks(x), _ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()

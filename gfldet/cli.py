@@ -18,8 +18,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise ValueError(f"refusing to overwrite the source checkpoint {args.src}; choose another output path")
     if os.path.exists(args.dst) and not args.force:
         raise ValueError(f"{args.dst} exists; pass --force to replace it")
+    from .data.coco_classes import coco_category_ids
+
     model = from_mmdet(args.src, trusted=args.trusted)
-    save_checkpoint(args.dst, model, source={"kind": "mmdetection", "path": os.path.abspath(args.src)})
+    cat_ids = coco_category_ids(model.class_names, model.config.num_classes)
+    extra = {"cat_ids": cat_ids} if cat_ids else {}
+    if cat_ids:
+        log.info("80 COCO classes: predictions will carry COCO's category ids (1..90)")
+    else:
+        log.warning("no dataset category ids known for these %d classes: COCO-format results will use label + 1",
+                    model.config.num_classes)
+    save_checkpoint(args.dst, model, source={"kind": "mmdetection", "path": os.path.abspath(args.src)}, **extra)
     cfg = model.config
     print(json.dumps({"written": args.dst, "depth": cfg.depth, "groups": cfg.groups, "num_classes": cfg.num_classes,
                       "reg_max": cfg.reg_max, "fpn_channels": cfg.fpn_channels, "head_channels": cfg.head_channels,

@@ -388,6 +388,9 @@ def validate_config(cfg: Config) -> None:
         (t.schedule in ("step", "cosine"), "train.schedule", t.schedule, "must be 'step' or 'cosine'"),
         (t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, "must be >= 0"),
         (t.norm_init_batches >= 0, "train.norm_init_batches", t.norm_init_batches, "must be >= 0"),
+        (t.norm_init_batches == 0 or not (cfg.model.weights_backbone or cfg.model.init), "train.norm_init_batches",
+         t.norm_init_batches, "is for training from scratch: it would replace the BatchNorm statistics of "
+         "model.weights_backbone / model.init (set it to 0)"),
         (0 < t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio, "must be in (0, 1]"),
         (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 or null"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),

@@ -17,7 +17,7 @@
 The results folder gets ``metrics.json`` (COCO metrics, the uncertainty report, timings, settings), the run's
 ``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``loss_curves.png``, ``pr_curve.png``,
 ``per_class_ap.md``, ``detections_*.png`` and ``distributions_*.png``. An existing run is never overwritten:
-the next free ``<out>-1``, ``<out>-2``, ... is used instead. ``docs/demo.md`` has measured figures.
+the next free ``<out>-1``, ``<out>-2``, ... is used instead (an existing folder, even empty, is never reused). ``docs/demo.md`` has measured figures.
 """
 from __future__ import annotations
 
@@ -72,15 +72,24 @@ def demo_data(cache_dir: str | os.PathLike | None = None, train_images: int = 19
     tmp = root / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    size = (image_size, image_size)
-    write_coco(tmp / "train", train_images, seed, size, NUM_CLASSES)
-    write_coco(tmp / "val", val_images, seed + 1_000_003, size, NUM_CLASSES)
-    (tmp / "done.json").write_text(json.dumps({"version": DEMO_DATA_VERSION, "train_images": train_images,
-                                               "val_images": val_images, "image_size": image_size, "seed": seed}))
-    if folder.exists():  # another process finished first: keep its copy
+    try:
+        size = (image_size, image_size)
+        write_coco(tmp / "train", train_images, seed, size, NUM_CLASSES)
+        write_coco(tmp / "val", val_images, seed + 1_000_003, size, NUM_CLASSES)
+        (tmp / "done.json").write_text(json.dumps({"version": DEMO_DATA_VERSION, "train_images": train_images,
+                                                   "val_images": val_images, "image_size": image_size, "seed": seed}))
+        if folder.exists() and not (folder / "done.json").is_file():
+            # an incomplete folder (not written by this function, or damaged): set it aside, never delete it
+            aside = root / f".{name}.incomplete{os.getpid()}"
+            os.replace(folder, aside)
+            log.warning("%s was incomplete (no done.json); moved it to %s and generated the data again", folder, aside)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "done.json").is_file():  # not another process finishing first: a real failure
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
     log.info("generated the demo dataset (%d train, %d val images of %dx%d) in %s in %.1fs", train_images, val_images,
              image_size, image_size, folder, time.perf_counter() - t0)
     return paths
@@ -130,14 +139,18 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
     return cfg
 
 
-def _free_dir(out: Path) -> Path:
-    """``out`` if it holds no run, else the first ``out-1``, ``out-2``, ... that does not exist."""
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    k = 1
-    while Path(f"{out}-{k}").exists():
-        k += 1
-    return Path(f"{out}-{k}")
+def _claim_dir(out: Path) -> Path:
+    """Create and return the first of ``out``, ``out-1``, ``out-2``, ... that does not exist yet. ``mkdir`` is
+    atomic, so two demos started at once never share (and overwrite) a folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    k = 0
+    while True:
+        cand = out if k == 0 else Path(f"{out}-{k}")
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            k += 1
 
 
 def _pick_example(samples, dets, want_blur: bool, iou_thr: float = 0.5):
@@ -224,7 +237,7 @@ def run_demo(
     t0 = time.perf_counter()
     data = demo_data(cache_dir, train_images, val_images, image_size, seed=0)  # one dataset, whatever the run seed
     t_data = time.perf_counter()
-    out = _free_dir(Path(out_dir))
+    out = _claim_dir(Path(out_dir))
     if out != Path(out_dir):
         log.info("%s already holds a run; writing to %s", out_dir, out)
     cfg = demo_config(data, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, image_size=image_size)

@@ -48,11 +48,22 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Class-aware NMS (boxes of different labels never suppress each other); kept indices, best first."""
+    """Class-aware NMS (boxes of different labels never suppress each other); kept indices, best first.
+
+    As torchvision's ``batched_nms`` on the CPU (which the PyTorch model uses, as the reference's mmcv does):
+    up to 1,000 boxes, one NMS over boxes shifted apart per class by ``label * (max coordinate + 1)`` in
+    float32 (the shift costs a little precision for high labels, so IoUs within ~1e-3 of the threshold
+    are decided as torchvision decides them); above that, one NMS per class. Exact score ties are broken by
+    index here; torchvision's unstable sort may break them otherwise.
+    """
     if boxes.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
+    boxes = boxes.astype(np.float32)
+    if boxes.size <= 4000:
+        offset = labels.astype(np.float32) * (boxes.max() + np.float32(1))
+        return nms(boxes + offset[:, None], scores, iou_thr)
     keep = [idx[nms(boxes[idx], scores[idx], iou_thr)] for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
-    keep = np.concatenate(keep)
+    keep = np.sort(np.concatenate(keep))
     return keep[np.argsort(-scores[keep], kind="stable")]
 
 
@@ -63,7 +74,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x < -88: the sigmoid is then 0, as it should be
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def edge_uncertainty_np(probs: np.ndarray, scale: np.ndarray | float) -> dict[str, np.ndarray]:
@@ -197,7 +209,7 @@ def resize_shape(h: int, w: int, min_size: int | None, max_size: int | None) -> 
 
 
 def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray, list, list, list]:
-    """``(3, H, W)`` uint8 RGB images (arrays or tensors) -> the ``images`` input of an exported model
+    """``(3, H, W)`` RGB images (arrays or tensors; uint8, or float in [0, 1]) -> the ``images`` input of an exported model
     (float32 0..255, resized as the model does, padded to a common size with the pixel mean, which the
     graph normalises to 0 as the model's zero padding), the resized sizes, scales and original sizes."""
     import torch
@@ -207,11 +219,21 @@ def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray,
     arrs, sizes, scales, originals = [], [], [], []
     for k, img in enumerate(images):
         t = torch.as_tensor(np.asarray(img))
-        if t.dim() != 3 or t.shape[0] != 3:
+        if t.dim() != 3 or t.shape[0] != 3 or t.shape[1] < 1 or t.shape[2] < 1:
             raise ValueError(f"image {k}: expected a (3, H, W) RGB array, got {tuple(t.shape)}")
         h, w = int(t.shape[1]), int(t.shape[2])
         nh, nw = resize_shape(h, w, meta.get("min_size"), meta.get("max_size"))
-        x = t.to(torch.float32)
+        # the same input contract as GFL.preprocess: uint8 0..255, or float in [0, 1]
+        if t.dtype == torch.uint8:
+            x = t.to(torch.float32)
+        elif t.is_floating_point():
+            x = t.to(torch.float32)
+            if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+                raise ValueError(f"image {k}: float images must hold values in [0, 1], got range "
+                                 f"[{float(x.min()):g}, {float(x.max()):g}] (pass uint8 for 0-255 data)")
+            x = x * 255.0
+        else:
+            raise ValueError(f"image {k}: dtype {t.dtype} is not supported (use uint8 or float in [0, 1])")
         if (nh, nw) != (h, w):  # the same bilinear resize as GFL.preprocess
             x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
         arrs.append(x.numpy())

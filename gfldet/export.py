@@ -99,7 +99,7 @@ def _metadata(model: nn.Module, mode: str, class_names: list[str] | None, cat_id
     names = class_names or model.class_names or [str(i) for i in range(cfg.num_classes)]
     return {
         "gfldet.format": "1",
-        "gfldet.mode": mode,
+        "gfldet.mode": json.dumps(mode),
         "gfldet.num_classes": str(cfg.num_classes),
         "gfldet.reg_max": str(cfg.reg_max),
         "gfldet.strides": json.dumps(list(cfg.strides)),
@@ -144,11 +144,12 @@ def export_onnx(
     if min(example_size) < need:
         raise ValueError(f"example_size {tuple(example_size)} is too small to trace dynamic shapes: each side must be "
                          f">= {need} (twice the coarsest stride) so that no feature map is 1 pixel wide")
+    was_training = model.training
     wrapper = ExportModule(model, mode).eval()
     names = output_names(mode, len(model.config.strides))
     example = torch.randint(0, 256, (1, 3, *example_size), dtype=torch.float32, device=model.pixel_mean.device)
     batch, height, width = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad():
@@ -176,6 +177,7 @@ def export_onnx(
         onnx.save_model(proto, os.fspath(tmp))
         os.replace(tmp, path)
     finally:
+        model.train(was_training)
         if tmp.exists():
             tmp.unlink()
     log.info("wrote %s (%s mode, outputs %s)", path, mode, ", ".join(names))

@@ -70,6 +70,8 @@ def predict(
     ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` runs a file written by
     ``gfldet export`` (``checkpoint`` is then the ``.onnx`` path) with the NumPy reference post-processing.
     """
+    from .deploy import resize_shape
+
     files = collect_images(inputs)
     if backend == "torch":
         from .engine.checkpoint import load_checkpoint, load_model
@@ -77,7 +79,12 @@ def predict(
         model = load_model(checkpoint, score_thr=score_thr).to(device)
         meta = load_checkpoint(checkpoint)
         names = model.class_names or [str(i) for i in range(model.config.num_classes)]
-        cat_ids = meta.get("cat_ids") or list(range(1, model.config.num_classes + 1))
+        cat_ids = meta.get("cat_ids")
+        if not cat_ids:
+            log.warning("%s carries no dataset category ids: category_id in the results is label + 1", checkpoint)
+            cat_ids = list(range(1, model.config.num_classes + 1))
+
+        min_size, max_size = model.config.min_size, model.config.max_size
 
         def run(img: torch.Tensor) -> dict[str, torch.Tensor]:
             with torch.inference_mode():
@@ -87,9 +94,12 @@ def predict(
     elif backend == "onnxruntime":
         from .deploy import OnnxDetector
 
+        if torch.device(device).type != "cpu":
+            log.warning("--device %s is ignored by the onnxruntime backend (it runs ONNX Runtime's CPU provider)", device)
         onnx_model = OnnxDetector(checkpoint)
         names = onnx_model.class_names
         cat_ids = onnx_model.cat_ids
+        min_size, max_size = onnx_model.meta.get("min_size"), onnx_model.meta.get("max_size")
 
         def run(img: torch.Tensor) -> dict[str, torch.Tensor]:
             return {k: torch.from_numpy(v) for k, v in onnx_model([img.numpy()], score_thr=score_thr)[0].items()}
@@ -127,10 +137,9 @@ def predict(
             for k in range(min(max_distribution_plots, det["boxes"].shape[0])):
                 p = out / f"{stem}_dist{k}.png"
                 std = "/".join(f"{v:.1f}" for v in det["edge_std"][k].tolist())
-                # bins -> pixels of this image: the box's width is (E[l] + E[r]) strides, after the model's resize
-                e = det["distributions"][k].double() @ torch.arange(det["distributions"].shape[-1], dtype=torch.float64)
-                bw = float(det["boxes"][k, 2] - det["boxes"][k, 0])
-                px_per_bin = bw / float(e[0] + e[2]) if float(e[0] + e[2]) > 0 else float(det["strides"][k])
+                # bins -> pixels of this image: a bin is one stride of the resized network input
+                nh, nw = resize_shape(int(img.shape[1]), int(img.shape[2]), min_size, max_size)
+                px_per_bin = float(det["strides"][k]) * img.shape[2] / nw
                 draw_distributions(img, det["boxes"][k], det["distributions"][k], p, stride=px_per_bin,
                                    title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}, "
                                          f"loc_conf {float(det['loc_conf'][k]):.2f}, edge std l/t/r/b {std} px")

@@ -55,3 +55,21 @@ def test_convert_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert r.returncode == 2
     assert "broken.pth" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_convert_maps_coco_classes_to_coco_category_ids(tmp_path, capsys):
+    from gfldet.data.coco_classes import COCO_CATEGORY_IDS, COCO_NAMES, coco_category_ids
+    from gfldet.engine.checkpoint import load_checkpoint
+
+    assert len(COCO_NAMES) == len(COCO_CATEGORY_IDS) == 80 and len(set(COCO_CATEGORY_IDS)) == 80
+    assert coco_category_ids(["cat", "dog"], 2) is None
+    assert coco_category_ids(list(COCO_NAMES[::-1]), 80) is None  # other order: not COCO's labels
+    m = gfldet.gfl_resnet18_fpn(num_classes=80, fpn_channels=32, head_channels=32, reg_max=4)
+    src = tmp_path / "coco.pth"
+    torch.save({"meta": {"CLASSES": COCO_NAMES}, "state_dict": to_mmdet_state_dict(m)}, src)
+    assert main(["convert", str(src), str(tmp_path / "coco.pt")]) == 0
+    ids = load_checkpoint(tmp_path / "coco.pt")["cat_ids"]
+    assert ids == list(COCO_CATEGORY_IDS) and ids[11] == 13 and ids[-1] == 90  # label 11 (stop sign) is id 13
+    _, other = _mmdet_file(tmp_path)
+    assert main(["convert", str(other), str(tmp_path / "two.pt")]) == 0
+    assert "cat_ids" not in load_checkpoint(tmp_path / "two.pt")

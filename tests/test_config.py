@@ -69,3 +69,11 @@ def test_unknown_arch_is_reported():
 def test_defaults_are_the_paper():
     c = Config()
     assert (c.train.lr, c.train.warmup_iters, c.train.weight_decay, c.model.qfl_beta) == (None, 500, 1e-4, 2.0)
+
+
+def test_norm_init_is_refused_with_pretrained_weights():
+    with pytest.raises(ConfigError, match="train.norm_init_batches.*from scratch"):
+        load_config(None, ["train.norm_init_batches=4", "model.weights_backbone=IMAGENET1K_V1"])
+    with pytest.raises(ConfigError, match="train.norm_init_batches"):
+        load_config(None, ["train.norm_init_batches=-1"])
+    assert load_config(None, ["train.norm_init_batches=4"]).train.norm_init_batches == 4

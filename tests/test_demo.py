@@ -173,3 +173,26 @@ def test_run_demo_tiny(tmp_path, one_thread):
                      cache_dir=tmp_path / "cache", progress=False)
     assert again["paths"]["out_dir"] == f"{out}-1"
     assert json.loads((out / "metrics.json").read_text()) == saved
+
+
+def test_demo_folders_are_claimed_atomically(tmp_path):
+    from gfldet.demo import _claim_dir
+
+    a, b = _claim_dir(tmp_path / "demo"), _claim_dir(tmp_path / "demo")
+    assert (a, b) == (tmp_path / "demo", Path(f"{tmp_path / 'demo'}-1"))  # even an empty claimed folder is taken
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert _claim_dir(tmp_path / "mine") == Path(f"{tmp_path / 'mine'}-1")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_damaged_demo_cache_is_regenerated_and_kept_aside(tmp_path):
+    a = demo_data(tmp_path, train_images=2, val_images=2, image_size=64)
+    root = Path(a["root"])
+    (root / "done.json").unlink()
+    Path(a["val_ann"]).unlink()
+    b = demo_data(tmp_path, train_images=2, val_images=2, image_size=64)
+    assert b == a and Path(b["val_ann"]).is_file() and (root / "done.json").is_file()
+    aside = [p for p in tmp_path.iterdir() if ".incomplete" in p.name]
+    assert len(aside) == 1 and (aside[0] / "train" / "annotations.json").is_file()  # set aside, not deleted
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

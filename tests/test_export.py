@@ -46,7 +46,7 @@ def _images():
 
 def test_raw_outputs_match_pytorch_at_another_size_and_batch(model, exported):
     meta = read_metadata(exported["raw"])
-    batch, sizes, _, _ = preprocess(_images(), meta)  # batch 2, 256x256 padded; traced at 1x128x160
+    batch, sizes, _, _ = preprocess(_images(), meta)  # batch 2, 256x256 padded; traced at 1x256x320
     sess = ort.InferenceSession(str(exported["raw"]), providers=["CPUExecutionProvider"])
     outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": batch})))
     assert list(outs) == output_names("raw", 5)
@@ -184,3 +184,48 @@ def test_cli_export_and_predict_with_onnxruntime(tmp_path, capsys):
         np.testing.assert_allclose(x["bbox"], y["bbox"], atol=0.02)
         assert len(x["edge_std"]) == 4 and 0 < x["loc_conf"] <= 1
         np.testing.assert_allclose(x["edge_std"], y["edge_std"], atol=0.01)
+
+
+def test_exact_score_ties_give_the_same_detections(tmp_path):
+    """All class logits equal: every (prior, class) pair ties; both decoders break ties by prior index."""
+    m = _model()
+    torch.nn.init.zeros_(m.head.gfl_cls.weight)
+    torch.nn.init.constant_(m.head.gfl_cls.bias, 0.0)
+    m.config.min_size, m.config.max_size, m.config.nms_pre, m.config.max_per_img = None, None, 30, 5
+    path = export_onnx(m, tmp_path / "ties.onnx", example_size=(256, 256))
+    img = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = m([img])[0]
+    got = OnnxDetector(path)([img.numpy()])[0]
+    np.testing.assert_array_equal(got["labels"], ref["labels"].numpy())
+    np.testing.assert_allclose(got["boxes"], ref["boxes"].numpy(), rtol=0, atol=1e-3)
+
+
+def test_numpy_nms_matches_torchvision_for_high_labels_near_the_threshold():
+    """torchvision shifts classes apart by label * (max + 1) in float32, which moves IoUs near the threshold
+    by ~1e-4 for label 79; the reference reproduces that decision."""
+    g = torch.Generator().manual_seed(5)
+    for n in (50, 400, 1500):  # the shifted path (<= 1000 boxes) and the per-class path
+        xy = torch.rand(n, 2, generator=g) * 1000
+        wh = torch.rand(n, 2, generator=g) * 12 + 8
+        boxes = torch.cat([xy, xy + wh], 1)
+        # near-duplicates of the first boxes, shifted so that the IoU is close to 0.6
+        boxes[n // 2:, :] = boxes[: n - n // 2] + torch.rand(n - n // 2, 1, generator=g) * 2.2
+        scores = torch.rand(n, generator=g)
+        labels = torch.randint(70, 80, (n,), generator=g)
+        ref = tv_batched_nms(boxes, scores, labels, 0.6).numpy()
+        ours = batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), 0.6)
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_onnx_detector_takes_float_images_like_the_model(model, exported):
+    imgs = _images()
+    det = OnnxDetector(exported["decoded"])
+    a = det([im.numpy() for im in imgs])
+    b = det([(im.float() / 255).numpy() for im in imgs])
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x["boxes"], y["boxes"], atol=1e-2)
+    with pytest.raises(ValueError, match=r"float images must hold values in \[0, 1\]"):
+        det([imgs[0].float().numpy()])
+    with pytest.raises(ValueError, match="dtype"):
+        det([imgs[0].to(torch.int32).numpy()])

@@ -47,7 +47,8 @@ def decode_image(
         keep = scores > score_thr
         flat_scores = scores[keep]
         idxs = keep.nonzero()  # (K, 2): (anchor, class), row-major as the reference
-        flat_scores, order = flat_scores.sort(descending=True)
+        # stable: exact ties keep the (anchor, class) order, so that any implementation can reproduce it
+        flat_scores, order = flat_scores.sort(descending=True, stable=True)
         top = min(nms_pre, idxs.shape[0])
         flat_scores, idxs = flat_scores[:top], idxs[order[:top]]
         a_idx, labels = idxs.unbind(dim=1)
