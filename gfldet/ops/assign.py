@@ -15,6 +15,7 @@ Shapes: N images, A anchors (all levels), L levels, G ground truths of the whole
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,12 @@ __all__ = ["atss_assign", "AssignResult"]
 # The reference marks ignored anchors with this distance; invalid anchors (outside an image's padded
 # size) get +inf so that they are never preferred over ignored ones.
 _IGNORE_DIST = 100000000.0
+
+
+# Windowed candidate search (docs/speed.md): on a level whose anchor centres form a regular grid and that has
+# more than this many anchors, a GT's k nearest anchors are first looked for in a small window of the grid
+# around its centre; the result is used only where it provably equals the search over the whole level.
+_WINDOW_MIN_ANCHORS = 1024
 
 
 @dataclass
@@ -112,41 +119,39 @@ def atss_assign(
 
     all_valid = bool(valid.all())
     # 1. Candidates: per level, the k anchors nearest to each GT centre.  cand: (G, K) anchor indices.
-    cand_chunks, cand_ok_chunks = [], []
-    max_level = max(num_level_anchors)
-    step = max(1, chunk_elements // max(1, 2 * max_level))
-    for g0 in range(0, num_gt, step):
-        g1 = min(num_gt, g0 + step)
-        img = gt_img[g0:g1]
-        ok_rows = None if all_valid else valid[img]  # (g, A)
-        blocked = None if ignore_dist is None else ignore_dist[img]
-        per_level, ok_level = [], []
-        start = 0
-        for n_l in num_level_anchors:
-            end = start + n_l
-            k = min(topk, n_l)
-            if k == 0:
-                start = end
-                continue
-            # The reference's sqrt(sum((anchor_centre - gt_centre)^2)), written without a reduction over the
-            # coordinate pair (same float result: x*x == x.pow(2) and 0 + a + b == a + b), which is much faster.
-            dx = anchor_pts[None, start:end, 0] - gt_pts[g0:g1, None, 0]
-            dy = anchor_pts[None, start:end, 1] - gt_pts[g0:g1, None, 1]
-            dist = (dx * dx).add_(dy * dy).sqrt_()  # (g, n_l)
-            del dx, dy
-            if blocked is not None:
-                dist.masked_fill_(blocked[:, start:end], _IGNORE_DIST)
-            if ok_rows is not None:
-                ok = ok_rows[:, start:end]
-                dist.masked_fill_(~ok, float("inf"))
-            idx = dist.topk(k, dim=1, largest=False).indices  # (g, k)
-            per_level.append(idx + start)
-            ok_level.append(torch.ones_like(idx, dtype=torch.bool) if ok_rows is None else ok.gather(1, idx))
+    cand = torch.empty(num_gt, 0, dtype=torch.long, device=device)
+    cand_ok = torch.empty(num_gt, 0, dtype=torch.bool, device=device)
+    per_level, ok_level = [], []
+    start = 0
+    for n_l in num_level_anchors:
+        end = start + n_l
+        k = min(topk, n_l)
+        if k == 0:
             start = end
-        cand_chunks.append(torch.cat(per_level, dim=1))
-        cand_ok_chunks.append(torch.cat(ok_level, dim=1))
-    cand = torch.cat(cand_chunks)  # (G, K)
-    cand_ok = torch.cat(cand_ok_chunks)  # (G, K): False where a level had fewer than k valid anchors
+            continue
+        idx = torch.empty(num_gt, k, dtype=torch.long, device=device)
+        ok = torch.ones(num_gt, k, dtype=torch.bool, device=device)
+        rest = None  # GTs whose candidates still need the search over the whole level
+        grid = _regular_grid(anchor_pts[start:end]) if n_l > _WINDOW_MIN_ANCHORS else None
+        if grid is not None:
+            w_idx, accept = _window_candidates(
+                anchor_pts, start, grid, gt_pts, gt_img, k, None if all_valid else valid, ignore_dist
+            )
+            idx[accept] = w_idx[accept]
+            rest = (~accept).nonzero().squeeze(1)
+        if rest is None or rest.numel() > 0:
+            rows = torch.arange(num_gt, device=device) if rest is None else rest
+            f_idx, f_ok = _full_candidates(
+                anchor_pts, start, end, k, gt_pts, rows, gt_img, None if all_valid else valid, ignore_dist, chunk_elements
+            )
+            idx[rows] = f_idx
+            ok[rows] = f_ok
+        per_level.append(idx + start)
+        ok_level.append(ok)
+        start = end
+    if per_level:
+        cand = torch.cat(per_level, dim=1)  # (G, K)
+        cand_ok = torch.cat(ok_level, dim=1)  # (G, K): False where a level had fewer than k valid anchors
 
     # 2. Adaptive threshold: mean + unbiased std of the candidates' IoUs.
     cand_boxes = anchors[cand]  # (G, K, 4)
@@ -189,3 +194,129 @@ def atss_assign(
         flat[hit] = first[hit] - gt_offset[gt_img[first[hit]]]
         ignored = ignored & ~(gt_index >= 0)
     return AssignResult(gt_index, gt_index >= 0, ignored, n_cand)
+
+
+def _level_distances(anchor_pts: Tensor, index: Tensor, gt_pts: Tensor) -> Tensor:
+    """Centre distances ``(g, n)`` between GTs ``(g, 2)`` and anchors ``anchor_pts[index]`` (``index`` ``(n,)`` or
+    ``(g, n)``). The reference's ``sqrt(sum((anchor_centre - gt_centre)^2))``, written without a reduction over
+    the coordinate pair (same float result: x*x == x.pow(2) and 0 + a + b == a + b), which is much faster; every
+    element is computed by the same correctly rounded operations wherever it is computed, so the windowed and
+    the whole-level searches see identical distances."""
+    ax, ay = anchor_pts[index, 0], anchor_pts[index, 1]
+    if index.dim() == 1:
+        ax, ay = ax[None], ay[None]
+    dx = ax - gt_pts[:, None, 0]
+    dy = ay - gt_pts[:, None, 1]
+    return (dx * dx).add_(dy * dy).sqrt_()
+
+
+def _full_candidates(
+    anchor_pts: Tensor,
+    start: int,
+    end: int,
+    k: int,
+    gt_pts: Tensor,
+    rows: Tensor,
+    gt_img: Tensor,
+    valid: Tensor | None,
+    ignore_dist: Tensor | None,
+    chunk_elements: int,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` anchors of level ``[start, end)`` nearest to the centres of GTs ``rows``, searched over the whole
+    level (GTs in chunks bounding the ``g x n_l`` distance block). Returns level-relative indices ``(r, k)`` and
+    whether each is a valid anchor."""
+    n_l = end - start
+    level = torch.arange(start, end, device=anchor_pts.device)
+    step = max(1, chunk_elements // max(1, 2 * n_l))
+    out_idx, out_ok = [], []
+    for r0 in range(0, rows.numel(), step):
+        g = rows[r0 : r0 + step]
+        dist = _level_distances(anchor_pts, level, gt_pts[g])  # (g, n_l)
+        if ignore_dist is not None:
+            dist.masked_fill_(ignore_dist[gt_img[g], start:end], _IGNORE_DIST)
+        ok = None
+        if valid is not None:
+            ok = valid[gt_img[g], start:end]
+            dist.masked_fill_(~ok, float("inf"))
+        idx = dist.topk(k, dim=1, largest=False).indices  # (g, k)
+        out_idx.append(idx)
+        out_ok.append(torch.ones_like(idx, dtype=torch.bool) if ok is None else ok.gather(1, idx))
+    return torch.cat(out_idx), torch.cat(out_ok)
+
+
+def _regular_grid(pts: Tensor) -> tuple[int, int, float, float, float, float] | None:
+    """``(h, w, x0, y0, sx, sy)`` when the anchor centres ``pts`` ``(n, 2)`` are exactly the row-major grid
+    ``(x0 + j * sx, y0 + i * sy)``, ``i < h``, ``j < w`` (one anchor per location, as gfldet's priors); else None."""
+    n = pts.shape[0]
+    if n < 4:
+        return None
+    ys = pts[:, 1]
+    w = int((ys == ys[0]).sum())
+    if w < 2 or n % w or n // w < 2:
+        return None
+    h = n // w
+    x0, y0 = float(pts[0, 0]), float(pts[0, 1])
+    sx, sy = float(pts[1, 0]) - x0, float(pts[w, 1]) - y0
+    if not (sx > 0 and sy > 0):
+        return None
+    xs = x0 + torch.arange(w, device=pts.device, dtype=pts.dtype) * sx
+    yv = y0 + torch.arange(h, device=pts.device, dtype=pts.dtype) * sy
+    grid = torch.stack(torch.meshgrid(yv, xs, indexing="ij")[::-1], dim=-1).reshape(n, 2)
+    return (h, w, x0, y0, sx, sy) if torch.equal(grid, pts) else None
+
+
+def _window_candidates(
+    anchor_pts: Tensor,
+    start: int,
+    grid: tuple[int, int, float, float, float, float],
+    gt_pts: Tensor,
+    gt_img: Tensor,
+    k: int,
+    valid: Tensor | None,
+    ignore_dist: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest anchors of each GT looked for among the anchors of a window of the level's grid around
+    the GT centre. Returns level-relative indices ``(G, k)`` and ``accept`` ``(G,)``: True where the result is
+    exactly what the search over the whole level gives (``topk`` of the whole row), i.e. where
+      * the k smallest window distances are finite, below the ignore marker and pairwise distinct, and the
+        (k+1)-th is strictly larger, so that the set and its ascending order do not depend on tie-breaking;
+      * the k-th is smaller than a lower bound on the distance of every anchor outside the window.
+    Elsewhere the caller falls back to the whole-level search (e.g. centres placed symmetrically between
+    anchors, whose equal distances ``topk`` orders by its own rules).
+    """
+    h, w, x0, y0, sx, sy = grid
+    device = anchor_pts.device
+    r = int(math.ceil(math.sqrt(k) / 2)) + 1
+    ww, wh = min(2 * r + 1, w), min(2 * r + 1, h)
+    gx, gy = gt_pts[:, 0], gt_pts[:, 1]
+    jc = torch.round((gx - x0) / sx).clamp(0, w - 1).long()
+    ic = torch.round((gy - y0) / sy).clamp(0, h - 1).long()
+    j0 = (jc - r).clamp(0, w - ww)
+    i0 = (ic - r).clamp(0, h - wh)
+    cols = j0[:, None] + torch.arange(ww, device=device)  # (G, ww)
+    rows = i0[:, None] + torch.arange(wh, device=device)  # (G, wh)
+    local = (rows[:, :, None] * w + cols[:, None, :]).reshape(gt_pts.shape[0], -1)  # (G, wh*ww), level-relative
+    dist = _level_distances(anchor_pts, local + start, gt_pts)
+    if ignore_dist is not None:
+        dist.masked_fill_(ignore_dist[gt_img[:, None], local + start], _IGNORE_DIST)
+    if valid is not None:
+        dist.masked_fill_(~valid[gt_img[:, None], local + start], float("inf"))
+    if dist.shape[1] <= k:
+        return local[:, :k], torch.zeros(gt_pts.shape[0], dtype=torch.bool, device=device)
+    vals, pos = dist.topk(k + 1, dim=1, largest=False)  # ascending
+    # Lower bound on the distance of anchors outside the window: the gap to the nearest column / row beyond it.
+    inf = torch.full_like(gx, float("inf"))
+    left = torch.where(j0 > 0, gx - (x0 + (j0 - 1).to(gx.dtype) * sx), inf)
+    right = torch.where(j0 + ww < w, (x0 + (j0 + ww).to(gx.dtype) * sx) - gx, inf)
+    top = torch.where(i0 > 0, gy - (y0 + (i0 - 1).to(gy.dtype) * sy), inf)
+    bottom = torch.where(i0 + wh < h, (y0 + (i0 + wh).to(gy.dtype) * sy) - gy, inf)
+    bound = torch.stack([left, right, top, bottom], dim=1).amin(dim=1)
+    kth = vals[:, k - 1]
+    accept = (
+        (kth < _IGNORE_DIST)
+        & (vals[:, k] > kth)
+        & (kth < bound * (1.0 - 1e-5))  # margin for the rounding of the bound and of the distances
+    )
+    if k > 1:
+        accept &= (vals[:, 1:k] > vals[:, : k - 1]).all(dim=1)
+    return local.gather(1, pos[:, :k]), accept
