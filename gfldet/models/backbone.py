@@ -81,9 +81,12 @@ class ResNetBackbone(nn.Module):
                     p.requires_grad_(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        if self.channels_last:
+        # Traced (torch.export / ONNX, torch.compile, jit): the plain NCHW modules. channels_last would make the
+        # tracer guard on the batch size (a size-1 dim has ambiguous strides) and the fused path cannot be traced.
+        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if self.channels_last and not traced:
             x = x.contiguous(memory_format=torch.channels_last)
-        fused = self.fuse_frozen_bn and _fused_ops_available()
+        fused = self.fuse_frozen_bn and not traced and _fused_ops_available()
         if fused and _no_grad_needed(x, (self.conv1, self.bn1)):
             x = _conv_bn(self.conv1, self.bn1, x, relu=True)
         else:
