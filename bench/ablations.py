@@ -42,6 +42,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "none_dirac": ("FL, no quality, Dirac", dict(quality="none", box="dirac")),
     "iou_dirac": ("FL + IoU branch, Dirac", dict(quality="iou", box="dirac")),
     "qfl_dirac": ("QFL, Dirac", dict(box="dirac")),
+    "none_dist": ("FL, no quality, distribution + DFL", dict(quality="none")),
+    "ctr_dist": ("FL + centerness branch, distribution + DFL", dict(quality="centerness")),
+    "iou_dist": ("FL + IoU branch, distribution + DFL", dict(quality="iou")),
     "qfl_gauss": ("QFL, Gaussian (NLL + GIoU)", dict(box="gaussian")),
     "n4": ("GFL, n=4", dict(reg_max=4)),
     "n8": ("GFL, n=8", dict(reg_max=8)),
@@ -56,6 +59,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 TABLES = [
     ("Table 1(a): quality representation (box: Dirac delta, ATSS assignment)",
      [("none (FL)", "none_dirac"), ("centerness branch", "atss"), ("IoU branch", "iou_dirac"), ("joint, QFL", "qfl_dirac")]),
+    ("Table 1(a'): quality representation with the general distribution box (n=16, delta=1, DFL; ATSS assignment)",
+     [("none (FL)", "none_dist"), ("centerness branch", "ctr_dist"), ("IoU branch", "iou_dist"), ("joint, QFL (GFL)", "gfl")]),
     ("Table 1(b): box representation (quality: QFL, ATSS assignment)",
      [("Dirac delta", "qfl_dirac"), ("Gaussian", "qfl_gauss"), ("general, n=4, delta=1", "n4"), ("general, n=8, delta=1", "n8"),
       ("general, n=16, delta=1 (GFL)", "gfl"), ("general, n=16, delta=0.5", "d05"), ("general, n=16, delta=2", "d2")]),
