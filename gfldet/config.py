@@ -24,6 +24,10 @@ class ModelConfig:
     groups: int = 1
     width_per_group: int = 64
     frozen_stages: int = 1  # stem + layer1 frozen, as the reference
+    # Backbone BatchNorm: True normalises with frozen running statistics (the reference's norm_eval=True, right
+    # for ImageNet-initialised backbones); False uses batch statistics in training and updates the running ones
+    # (ordinary BatchNorm, better when training from scratch, as the demo does). Not synchronised across DDP ranks.
+    norm_eval: bool = True
     # neck and head
     fpn_channels: int = 256
     head_channels: int = 256
@@ -150,6 +154,7 @@ class ModelSettings:
     head_channels: int = ModelConfig.head_channels
     stacked_convs: int = ModelConfig.stacked_convs
     frozen_stages: int = ModelConfig.frozen_stages
+    norm_eval: bool = ModelConfig.norm_eval
     atss_topk: int = ModelConfig.atss_topk
     ignore_iof_thr: float = ModelConfig.ignore_iof_thr
     qfl_beta: float = ModelConfig.qfl_beta

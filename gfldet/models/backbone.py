@@ -46,9 +46,12 @@ class ResNetBackbone(nn.Module):
         groups, width_per_group: ResNeXt cardinality and width (32, 4 for ResNeXt-101 32x4d).
         frozen_stages: stages whose parameters are frozen: 0 none, 1 the stem and ``layer1`` (the
             reference's default), up to 4.
+        norm_eval: BatchNorm with frozen running statistics (True, the reference) or ordinary BatchNorm that
+            uses batch statistics in training mode (False, for training from scratch).
     """
 
-    def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64, frozen_stages: int = 1):
+    def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64, frozen_stages: int = 1,
+                 norm_eval: bool = True):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
@@ -56,7 +59,7 @@ class ResNetBackbone(nn.Module):
         if block is tv_resnet.BasicBlock and (groups != 1 or width_per_group != 64):
             raise ValueError(f"ResNet-{depth} has basic blocks, which do not support groups/width_per_group")
         net = tv_resnet.ResNet(
-            block, layers, groups=groups, width_per_group=width_per_group, norm_layer=FrozenStatsBatchNorm2d
+            block, layers, groups=groups, width_per_group=width_per_group, norm_layer=FrozenStatsBatchNorm2d if norm_eval else nn.BatchNorm2d
         )
         self.depth, self.groups, self.width_per_group = depth, groups, width_per_group
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
@@ -73,12 +76,20 @@ class ResNetBackbone(nn.Module):
         self.channels_last = True
         self.fuse_frozen_bn = True
 
-    def _freeze(self) -> None:
+    def _frozen_modules(self) -> list[nn.Module]:
         stages = [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
-        for stage in stages[: self.frozen_stages + 1] if self.frozen_stages > 0 else []:
-            for m in stage:
-                for p in m.parameters():
-                    p.requires_grad_(False)
+        return [m for stage in (stages[: self.frozen_stages + 1] if self.frozen_stages > 0 else []) for m in stage]
+
+    def _freeze(self) -> None:
+        for m in self._frozen_modules():
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):  # noqa: D102 - frozen stages keep their BatchNorm statistics
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()
+        return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         # Traced (torch.export / ONNX, torch.compile, jit): the plain NCHW modules. channels_last would make the

@@ -1,0 +1,111 @@
+"""Backbone: the fast inference path (channels_last, BatchNorm folded into fused oneDNN convolutions) computes
+the same function as the plain modules; BatchNorm modes (frozen statistics / ordinary) and frozen stages."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gfldet.models.backbone import FrozenStatsBatchNorm2d, ResNetBackbone
+
+
+def _randomise_norms(net: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so that folding them is actually exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _plain(net: ResNetBackbone, x: torch.Tensor) -> list[torch.Tensor]:
+    fast = (net.channels_last, net.fuse_frozen_bn)
+    net.channels_last, net.fuse_frozen_bn = False, False
+    try:
+        return net(x)
+    finally:
+        net.channels_last, net.fuse_frozen_bn = fast
+
+
+@pytest.mark.parametrize("depth,groups,wpg", [(18, 1, 64), (50, 1, 64), (50, 4, 16)])
+def test_fast_inference_path_equals_plain_modules(depth, groups, wpg):
+    torch.manual_seed(0)
+    net = ResNetBackbone(depth, groups, wpg).eval()
+    _randomise_norms(net)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        fast, plain = net(x), _plain(net, x)
+    assert [f.shape for f in fast] == [p.shape for p in plain]
+    for f, p in zip(fast, plain):
+        scale = p.abs().max().item()
+        assert (f - p).abs().max().item() <= 1e-4 * scale, "fused / channels_last features differ from the plain modules"
+
+
+def test_training_gradients_unchanged_by_fast_path():
+    """In training the frozen stem and layer1 may run fused (no gradient flows there); the trainable stages run
+    the plain modules, so the gradients equal those of the plain path up to float rounding."""
+    torch.manual_seed(0)
+    net = ResNetBackbone(18).train()
+    _randomise_norms(net)
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for fast in (True, False):
+        net.zero_grad()
+        net.channels_last = net.fuse_frozen_bn = fast
+        sum(f.square().mean() for f in net(x)).backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        scale = grads[1][n].abs().max().item()
+        assert (grads[0][n] - grads[1][n]).abs().max().item() <= 1e-4 * scale, n  # float rounding only
+
+
+def test_folded_weights_follow_parameter_updates():
+    """The folded-weight cache must notice in-place updates (optimizer steps, load_state_dict)."""
+    torch.manual_seed(0)
+    net = ResNetBackbone(18).eval()
+    _randomise_norms(net)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        net(x)  # fills the cache
+        net.layer3[0].bn1.running_var.mul_(4.0)
+        net.layer3[0].conv1.weight.mul_(0.5)
+        fast, plain = net(x), _plain(net, x)
+    for f, p in zip(fast, plain):
+        assert (f - p).abs().max().item() <= 1e-4 * p.abs().max().item()
+
+
+def test_frozen_statistics_by_default_and_ordinary_batchnorm_on_request():
+    frozen = ResNetBackbone(18).train()
+    assert all(isinstance(m, FrozenStatsBatchNorm2d) and not m.training for m in frozen.modules() if isinstance(m, nn.BatchNorm2d))
+
+    torch.manual_seed(0)
+    net = ResNetBackbone(18, frozen_stages=1, norm_eval=False).train()
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(isinstance(m, FrozenStatsBatchNorm2d) for m in bns)
+    # frozen stages keep eval-mode BatchNorm (fixed statistics), the others train
+    assert not net.bn1.training and not net.layer1[0].bn1.training
+    assert net.layer2[0].bn1.training and net.layer4[1].bn2.training
+    stem, l1, l2 = net.bn1.running_mean.clone(), net.layer1[0].bn1.running_mean.clone(), net.layer2[0].bn1.running_mean.clone()
+    net(torch.rand(2, 3, 64, 64) * 3)
+    assert torch.equal(net.bn1.running_mean, stem) and torch.equal(net.layer1[0].bn1.running_mean, l1)
+    assert not torch.equal(net.layer2[0].bn1.running_mean, l2), "ordinary BatchNorm must update its statistics"
+    net.eval()
+    assert not any(m.training for m in bns)
+
+
+def test_norm_eval_reaches_the_detector_from_a_run_config():
+    from gfldet.config import Config
+
+    cfg = Config()
+    cfg.model.arch = "gfl_resnet18_fpn"
+    cfg.model.norm_eval = False
+    mcfg = cfg.model_config(num_classes=3)
+    assert mcfg.norm_eval is False
+    from gfldet.models.detector import GFL
+
+    model = GFL(mcfg)
+    assert not any(isinstance(m, FrozenStatsBatchNorm2d) for m in model.backbone.modules())
