@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
+
+from gfldet.models import fast_conv
 
 __all__ = ["ResNetBackbone", "FPN", "FrozenStatsBatchNorm2d", "RESNET_SPECS"]
 
@@ -94,24 +95,31 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         # Traced (torch.export / ONNX, torch.compile, jit): the plain NCHW modules. channels_last would make the
         # tracer guard on the batch size (a size-1 dim has ambiguous strides) and the fused path cannot be traced.
-        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        # channels_last only where no gradient flows: on this CPU oneDNN's NHWC convolution forward is faster, but
+        # its backward is ~1.5x slower than NCHW's (docs/speed.md), so trainable blocks get NCHW activations.
+        traced = fast_conv.tracing()
+        fused = self.fuse_frozen_bn and not traced and fast_conv.available()
         if self.channels_last and not traced:
             x = x.contiguous(memory_format=torch.channels_last)
-        fused = self.fuse_frozen_bn and not traced and _fused_ops_available()
-        if fused and _no_grad_needed(x, (self.conv1, self.bn1)):
-            x = _conv_bn(self.conv1, self.bn1, x, relu=True)
+        if fused and fast_conv.no_grad_needed(x, (self.conv1, self.bn1)):
+            x = fast_conv.conv2d(self.conv1, x, self.bn1, relu=True)
         else:
-            x = self.relu(self.bn1(self.conv1(x)))
+            x = self.relu(self.bn1(self.conv1(self._grad_layout(x))))
         x = self.maxpool(x)
         feats = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
-                if fused and _no_grad_needed(x, (block,)):
+                if fused and fast_conv.no_grad_needed(x, (block,)):
                     x = _fused_block(block, x)
                 else:
-                    x = block(x)
+                    x = block(self._grad_layout(x))
             feats.append(x)
         return feats[1:]
+
+    @staticmethod
+    def _grad_layout(x: Tensor) -> Tensor:
+        """NCHW for modules that record an autograd graph (see forward); unchanged otherwise."""
+        return x.contiguous() if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() else x
 
     def load_torchvision_weights(self, state_dict: dict[str, Tensor]) -> None:
         """Load an ImageNet classification state dict (its ``fc.*`` entries are dropped)."""
@@ -121,71 +129,6 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"backbone weights do not fit ResNet-{self.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def _fused_ops_available() -> bool:
-    return hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
-
-
-def _no_grad_needed(x: Tensor, modules: Sequence[nn.Module]) -> bool:
-    """True when running ``modules`` on ``x`` records no autograd graph and every BatchNorm in them uses its
-    running statistics (it does not, briefly, in gfldet.engine.norm_init)."""
-    for m in modules:
-        for sub in m.modules():
-            if isinstance(sub, nn.BatchNorm2d) and sub.training:
-                return False
-    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
-        return True
-    if x.requires_grad:
-        return False
-    return not any(p.requires_grad for m in modules for p in m.parameters())
-
-
-# id(conv) -> (version key, folded weight, folded bias, conv) ; see _folded
-_FOLD_CACHE: dict[int, tuple[tuple, Tensor, Tensor, nn.Conv2d]] = {}
-
-
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """``conv`` followed by eval-mode ``bn`` as one convolution: weight * a, bias b (a = gamma / sqrt(var + eps),
-    b = beta - mean * a, computed in float64). Cached until any of the tensors involved changes in place
-    (optimizer step, load_state_dict) or is replaced."""
-    tensors = [conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var]
-    if conv.bias is not None:
-        tensors.append(conv.bias)
-    key = tuple((t.data_ptr(), t._version) for t in tensors) + (bn.eps, conv.weight.dtype, conv.weight.device)
-    hit = _FOLD_CACHE.get(id(conv))
-    if hit is not None and hit[0] == key and hit[3] is conv:
-        return hit[1], hit[2]
-    with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode too
-        a = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
-        b = bn.bias.double() - bn.running_mean.double() * a
-        if conv.bias is not None:
-            b = b + conv.bias.double() * a
-        w = (conv.weight.double() * a[:, None, None, None]).to(conv.weight.dtype)
-        w = w.contiguous(memory_format=torch.channels_last)
-        b = b.to(conv.weight.dtype)
-    if len(_FOLD_CACHE) > 4096:
-        _FOLD_CACHE.clear()
-    _FOLD_CACHE[id(conv)] = (key, w, b, conv)
-    return w, b
-
-
-def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = False, residual: Tensor | None = None) -> Tensor:
-    """``relu?(bn(conv(x)) [+ residual])`` as one oneDNN convolution with the BatchNorm folded in and the
-    addition / ReLU as post-ops (the fused ReLU and addition round exactly as the separate ops do)."""
-    w, b = _folded(conv, bn)
-    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu":  # e.g. autocast or CUDA: plain ops on the folded weights
-        y = F.conv2d(x, w.to(x.dtype), b.to(x.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
-        if residual is not None:
-            y = y + residual
-        return y.relu_() if relu else y
-    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    if residual is not None:
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual.contiguous(memory_format=torch.channels_last), w, b, *args, "add", None,
-            "relu" if relu else "none", [], ""
-        )
-    return torch.ops.mkldnn._convolution_pointwise(x, w, b, *args, "relu" if relu else "none", [], "")
-
-
 def _fused_block(block: nn.Module, x: Tensor) -> Tensor:
     """A torchvision Bottleneck / BasicBlock (eval-mode BatchNorm, no autograd) with fused convolutions."""
     ds = block.downsample
@@ -193,17 +136,13 @@ def _fused_block(block: nn.Module, x: Tensor) -> Tensor:
         isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d) and isinstance(ds[1], nn.BatchNorm2d)
     ):
         return block(x)
-    if ds is not None:
-        ds_conv, ds_bn = block.downsample[0], block.downsample[1]
-        identity = _conv_bn(ds_conv, ds_bn, x)
-    else:
-        identity = x
+    identity = fast_conv.conv2d(ds[0], x, ds[1]) if ds is not None else x
     if isinstance(block, tv_resnet.Bottleneck):
-        out = _conv_bn(block.conv1, block.bn1, x, relu=True)
-        out = _conv_bn(block.conv2, block.bn2, out, relu=True)
-        return _conv_bn(block.conv3, block.bn3, out, relu=True, residual=identity)
-    out = _conv_bn(block.conv1, block.bn1, x, relu=True)
-    return _conv_bn(block.conv2, block.bn2, out, relu=True, residual=identity)
+        out = fast_conv.conv2d(block.conv1, x, block.bn1, relu=True)
+        out = fast_conv.conv2d(block.conv2, out, block.bn2, relu=True)
+        return fast_conv.conv2d(block.conv3, out, block.bn3, relu=True, residual=identity)
+    out = fast_conv.conv2d(block.conv1, x, block.bn1, relu=True)
+    return fast_conv.conv2d(block.conv2, out, block.bn2, relu=True, residual=identity)
 
 
 class FPN(nn.Module):
@@ -229,10 +168,26 @@ class FPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        if fast_conv.usable(feats[0], (self,)):
+            return self._forward_fast(feats)
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
         outs = [self.fpn_convs[i](lat) for i, lat in enumerate(laterals)]
         for conv in self.fpn_convs[len(laterals):]:
             outs.append(conv(outs[-1]))
+        return outs
+
+    def _forward_fast(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """forward() with gfldet.models.fast_conv: the top-down addition fused into the lateral convolutions
+        (same additions in the same order, so the same rounding)."""
+        n = len(feats)
+        laterals: list[Tensor] = [None] * n  # type: ignore[list-item]
+        laterals[-1] = fast_conv.conv2d(self.lateral_convs[-1], feats[-1])
+        for i in range(n - 1, 0, -1):
+            up = F.interpolate(laterals[i], size=feats[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = fast_conv.conv2d(self.lateral_convs[i - 1], feats[i - 1], residual=up)
+        outs = [fast_conv.conv2d(self.fpn_convs[i], lat) for i, lat in enumerate(laterals)]
+        for conv in self.fpn_convs[n:]:
+            outs.append(fast_conv.conv2d(conv, outs[-1]))
         return outs

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from gfldet.models import fast_conv
+
 __all__ = ["GFLHead", "Scale"]
 
 
@@ -38,6 +40,8 @@ class _ConvGN(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        if fast_conv.usable(x, (self,)):  # inference on CPU: pre-packed oneDNN convolution (docs/speed.md)
+            return self.gn(fast_conv.conv2d(self.conv, x)).relu_()
         return self.act(self.gn(self.conv(x)))
 
 

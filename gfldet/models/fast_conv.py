@@ -1,0 +1,121 @@
+"""The CPU inference fast path: oneDNN convolutions with pre-packed weights, frozen BatchNorm folded into the
+weights, and the ReLU / residual addition fused into the convolution.
+
+It computes the same function as the plain modules; float rounding differs by about 1e-6 relative, like any other
+convolution algorithm choice (tests/models/test_fast_conv.py). It is used only where it cannot change training:
+no autograd graph is recorded through the modules, every BatchNorm involved uses its running statistics, and the
+code is not being traced (torch.export / ONNX, torch.compile and jit see the plain modules). Inputs that are not
+float32 CPU tensors (CUDA, autocast) run ``F.conv2d`` on the folded weights. Measured effect: docs/speed.md.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["available", "tracing", "no_grad_needed", "usable", "conv2d"]
+
+
+def tracing() -> bool:
+    """True under torch.export / ONNX export, torch.compile or jit tracing."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def available() -> bool:
+    """The fused oneDNN convolution operators exist in this torch build."""
+    return (
+        hasattr(torch.ops, "mkldnn")
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def no_grad_needed(x: Tensor, modules: Sequence[nn.Module]) -> bool:
+    """True when running ``modules`` on ``x`` records no autograd graph and every BatchNorm in them uses its
+    running statistics (it does not, briefly, in gfldet.engine.norm_init)."""
+    for m in modules:
+        for sub in m.modules():
+            if isinstance(sub, nn.BatchNorm2d) and sub.training:
+                return False
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        return True
+    if x.requires_grad:
+        return False
+    return not any(p.requires_grad for m in modules for p in m.parameters())
+
+
+def usable(x: Tensor, modules: Sequence[nn.Module]) -> bool:
+    """The fast path may run ``modules`` on ``x``: fused operators available, not traced, no gradient needed."""
+    return available() and not tracing() and no_grad_needed(x, modules)
+
+
+# id(conv) -> (version key, plain folded weight, bias, conv, {input shape: packed weight}); see _prepared
+_CACHE: dict[int, tuple[tuple, Tensor, Tensor | None, nn.Conv2d, dict[tuple[int, ...], Tensor]]] = {}
+_PACKS_PER_CONV = 16
+
+
+def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``conv`` followed by eval-mode ``bn`` as one convolution: weight * a, bias b (a = gamma / sqrt(var + eps),
+    b = beta - mean * a, computed in float64; without ``bn`` the conv's own weight and bias). Returns the weight
+    in oneDNN's blocked layout for this input shape, the plain weight and the bias. oneDNN picks the layout from
+    the whole problem (a weight packed for an 80x80 input and used on a 40x40 one is re-ordered on every call,
+    3x slower), so packs are kept per input shape. Cached until any of the tensors involved changes in place
+    (optimizer step, load_state_dict) or is replaced."""
+    tensors = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
+    if bn is not None:
+        tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    key = tuple((t.data_ptr(), t._version) for t in tensors) + (
+        bn.eps if bn is not None else None, id(bn), conv.weight.dtype, conv.weight.device)
+    hit = _CACHE.get(id(conv))
+    if hit is None or hit[0] != key or hit[3] is not conv:
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode too
+            if bn is not None:
+                a = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+                b = bn.bias.double() - bn.running_mean.double() * a
+                if conv.bias is not None:
+                    b = b + conv.bias.double() * a
+                w = (conv.weight.double() * a[:, None, None, None]).to(conv.weight.dtype)
+                b = b.to(conv.weight.dtype)
+            else:
+                w = conv.weight.detach().clone()
+                b = conv.bias.detach().clone() if conv.bias is not None else None
+        if len(_CACHE) > 4096:
+            _CACHE.clear()
+        hit = _CACHE[id(conv)] = (key, w, b, conv, {})
+    _, w, b, _, packs = hit
+    if w.device.type != "cpu" or w.dtype != torch.float32 or not available():
+        return w, w, b
+    shape = tuple(int(d) for d in input_shape)
+    packed = packs.get(shape)
+    if packed is None:
+        if len(packs) >= _PACKS_PER_CONV:
+            packs.pop(next(iter(packs)))
+        with torch.inference_mode(False), torch.no_grad():
+            packed = packs[shape] = torch.ops.mkldnn._reorder_convolution_weight(
+                w, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(shape))
+    return packed, w, b
+
+
+def conv2d(conv: nn.Conv2d, x: Tensor, bn: nn.BatchNorm2d | None = None, relu: bool = False,
+           residual: Tensor | None = None) -> Tensor:
+    """``relu?(bn?(conv(x)) [+ residual])`` as one convolution (the fused ReLU and addition round exactly as the
+    separate ops do). Call it only where :func:`usable` holds. Output is channels_last for float32 CPU input."""
+    if isinstance(conv.padding, str):
+        raise ValueError(f"fast_conv.conv2d needs numeric padding, got {conv.padding!r}")
+    packed, w, b = _prepared(conv, bn, x.shape)
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu" or packed is w:
+        y = F.conv2d(x, w.to(x.dtype), None if b is None else b.to(x.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+        if residual is not None:
+            y = y + residual
+        return y.relu_() if relu else y
+    x = x.contiguous(memory_format=torch.channels_last)
+    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    if residual is not None:
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual.contiguous(memory_format=torch.channels_last), packed, b, *args, "add", None,
+            "relu" if relu else None, [], ""
+        )
+    return torch.ops.mkldnn._convolution_pointwise(x, packed, b, *args, "relu" if relu else "none", [], "")

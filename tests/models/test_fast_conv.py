@@ -1,0 +1,85 @@
+"""The CPU inference fast path (gfldet.models.fast_conv) in the FPN and the head computes what the plain modules
+compute, at any input size, and follows in-place weight updates; it stays out of training and tracing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gfldet
+from gfldet.models import fast_conv
+
+pytestmark = pytest.mark.skipif(not fast_conv.available(), reason="this torch build has no fused oneDNN convolutions")
+
+
+def _plain(monkeypatch, fn):
+    """Run ``fn`` with the fast path switched off everywhere (the modules' own forward)."""
+    with monkeypatch.context() as m:
+        m.setattr(fast_conv, "usable", lambda *a, **k: False)
+        m.setattr(fast_conv, "available", lambda: False)
+        return fn()
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=64, head_channels=64).eval()
+    with torch.no_grad():  # non-trivial head / FPN weights and biases, so a wrong weight or a dropped bias shows
+        for p in list(model.neck.parameters()) + list(model.head.parameters()):
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert [x.shape for x in a] == [y.shape for y in b]
+    for x, y in zip(a, b):
+        assert (x - y).abs().max().item() <= 1e-4 * max(1.0, y.abs().max().item())
+
+
+@pytest.mark.parametrize("size", [(1, 96, 128), (2, 64, 64), (1, 160, 96)])
+def test_fpn_and_head_fast_path_equal_plain_modules(monkeypatch, size):
+    model = _model()
+    n, h, w = size
+    x = torch.randn(n, 3, h, w)
+    with torch.no_grad():
+        cls_fast, reg_fast = model.forward_features(x)
+        cls_plain, reg_plain = _plain(monkeypatch, lambda: model.forward_features(x))
+    _close(cls_fast, cls_plain)
+    _close(reg_fast, reg_plain)
+
+
+def test_weights_packed_per_input_shape_and_refreshed_after_updates(monkeypatch):
+    model = _model()
+    # sizes whose smallest level is at least 2x2: GroupNorm over a 1x1 map with two values per group amplifies
+    # float rounding ~1000-fold (ill-conditioned whichever convolution algorithm runs)
+    a, b = torch.randn(1, 3, 256, 320), torch.randn(1, 3, 320, 256)
+    with torch.no_grad():
+        model.forward_features(a)
+        model.forward_features(b)  # another shape: its own packed weights, not the first shape's
+        for p in model.head.parameters():
+            p.mul_(1.5)  # in place, as an optimizer step or load_state_dict does
+        for p in model.neck.parameters():
+            p.mul_(0.5)
+        fast = model.forward_features(a)
+        plain = _plain(monkeypatch, lambda: model.forward_features(a))
+    _close(fast[0] + fast[1], plain[0] + plain[1])
+
+
+def test_training_runs_the_plain_modules_in_nchw(monkeypatch):
+    """Gradients flow through the FPN and head in training: no fast path there, and NCHW activations from the
+    first trainable backbone block on (oneDNN's NHWC convolution backward is slower on CPU)."""
+    model = _model().train()
+    feats = model.backbone(torch.randn(2, 3, 64, 64))  # the frozen stem and layer1 may run fused: no gradient there
+    assert all(f.is_contiguous() for f in feats)
+    calls = []
+    monkeypatch.setattr(fast_conv, "conv2d", lambda *a, **k: calls.append(a[0]) or pytest.fail("fast path in training"))
+    outs = model.neck(feats)
+    cls, reg = model.head(outs)
+    assert cls[0].requires_grad and reg[0].requires_grad and not calls
+
+
+def test_fast_path_not_used_under_grad_for_trainable_modules():
+    model = _model()  # eval mode, but gradients enabled and parameters trainable: autograd must see the modules
+    cls, reg = model.forward_features(torch.randn(1, 3, 64, 64))
+    loss = sum(c.sum() for c in cls) + sum(r.sum() for r in reg)
+    loss.backward()
+    assert model.head.cls_convs[0].conv.weight.grad is not None
+    assert model.neck.lateral_convs[0].weight.grad is not None
