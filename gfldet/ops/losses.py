@@ -100,11 +100,16 @@ def quality_focal_loss_sparse(
             f"expected logits (P, C), labels (P,), scores (P,); got {tuple(logits.shape)}, "
             f"{tuple(labels.shape)}, {tuple(scores.shape)}"
         )
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    num_classes = logits.shape[1]
+    pos = ((labels >= 0) & (labels < num_classes)).nonzero().squeeze(1)
+    if reduction != "none" and (weight is None or weight.dim() == 1):
+        # the training case: a scalar without the dense (P, C) temporaries (docs/speed.md, peak memory)
+        return _qfl_sparse_reduced(_upcast(logits), labels, scores, pos, beta, weight, reduction)
     logits = _upcast(logits)
     sigma = logits.sigmoid()
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * sigma.pow(beta)
-    num_classes = logits.shape[1]
-    pos = ((labels >= 0) & (labels < num_classes)).nonzero().squeeze(1)
     if pos.numel() > 0:
         pos_labels = labels[pos].long()
         pos_logits = logits[pos, pos_labels]
@@ -116,6 +121,72 @@ def quality_focal_loss_sparse(
     if weight is not None and weight.dim() == 1:
         weight = weight[:, None]
     return reduce_loss(loss, weight, reduction)
+
+
+_QFL_CHUNK = 1 << 20  # elements of (P, C) per chunk in _NegativeQFLSum
+
+
+def _negative_qfl(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """QFL at target 0, ``BCE(x, 0) * sigmoid(x)^beta = softplus(x) * sigma^beta``, and its derivative
+    ``sigma^beta * (sigma + beta * softplus(x) * (1 - sigma))``. softplus is computed as
+    ``max(x, 0) + log1p(exp(-|x|))``, the stable form of BCE with logits."""
+    sigma = x.sigmoid()
+    sp = x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+    mod = sigma.pow(beta)
+    return sp * mod, mod * (sigma + beta * sp * (1 - sigma))
+
+
+class _NegativeQFLSum(torch.autograd.Function):
+    """``sum_{i,c} w_i * QFL(x_ic, 0) * [ (i, c) is not a positive ]`` in chunks of rows, saving only the logits:
+    memory of one (P, C) gradient instead of the several (P, C) temporaries autograd would keep."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, row_weight: Tensor | None, pos: Tensor, pos_labels: Tensor, beta: float) -> Tensor:
+        ctx.save_for_backward(x, row_weight, pos, pos_labels)
+        ctx.beta = beta
+        total = x.new_zeros((), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        for start, stop, loss, _ in _negative_chunks(x, row_weight, pos, pos_labels, beta, with_grad=False):
+            total += loss.sum(dtype=total.dtype)
+        return total.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, row_weight, pos, pos_labels = ctx.saved_tensors
+        grad = torch.empty_like(x)
+        for start, stop, _, g in _negative_chunks(x, row_weight, pos, pos_labels, ctx.beta, with_grad=True):
+            grad[start:stop] = g * grad_out
+        return grad, None, None, None, None
+
+
+def _negative_chunks(x, row_weight, pos, pos_labels, beta, with_grad):
+    rows = max(1, _QFL_CHUNK // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        stop = min(start + rows, x.shape[0])
+        loss, dloss = _negative_qfl(x[start:stop], beta)
+        out = dloss if with_grad else loss
+        if row_weight is not None:
+            out = out * row_weight[start:stop, None]
+        inside = (pos >= start) & (pos < stop)
+        if inside.any():  # positives get their own term (quality target), not the negative one
+            out[pos[inside] - start, pos_labels[inside]] = 0
+        yield start, stop, (None if with_grad else out), (out if with_grad else None)
+
+
+def _qfl_sparse_reduced(logits, labels, scores, pos, beta, weight, reduction):
+    """quality_focal_loss_sparse for reduction "sum" / "mean" and an optional per-row weight."""
+    row_weight = None if weight is None else weight.to(logits.dtype)
+    pos_labels = labels[pos].long()
+    total = _NegativeQFLSum.apply(logits, row_weight, pos, pos_labels, beta)
+    if pos.numel() > 0:
+        pos_logits = logits[pos, pos_labels]
+        pos_scores = scores[pos].to(logits.dtype)
+        pos_loss = F.binary_cross_entropy_with_logits(pos_logits, pos_scores, reduction="none") * (
+            pos_scores - pos_logits.sigmoid()
+        ).abs().pow(beta)
+        if row_weight is not None:
+            pos_loss = pos_loss * row_weight[pos]
+        total = total + pos_loss.sum()
+    return total / logits.numel() if reduction == "mean" else total
 
 
 def distribution_focal_loss(

@@ -502,3 +502,36 @@ def test_losses_are_float32_under_bf16_autocast(name, reduction):
         out = fn(reduction)
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_qfl_sparse_reduced_path_in_chunks_equals_dense(monkeypatch, chunk):
+    """The training path (sum / mean, per-row weight) works in chunks of rows and keeps no dense temporaries;
+    a chunk boundary inside the rows (7 elements = 1 row of 5 classes per chunk) must not change anything."""
+    import gfldet.ops.losses as L
+
+    monkeypatch.setattr(L, "_QFL_CHUNK", chunk)
+    logits, labels, scores = _sparse_case(seed=5, P=23, C=5)
+    w = torch.rand(23, dtype=F64, generator=torch.Generator().manual_seed(6))
+    w[3] = 0.0  # an ignored anchor
+    for reduction in ("sum", "mean"):
+        a = logits.clone().requires_grad_()
+        b = logits.clone().requires_grad_()
+        got = quality_focal_loss_sparse(a, labels, scores, weight=w, reduction=reduction)
+        want = quality_focal_loss(b, _dense_target(labels, scores, 5), weight=w[:, None], reduction=reduction)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        got.backward()
+        want.backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)
+    x = logits.clone().requires_grad_()
+    assert gradcheck(lambda t: quality_focal_loss_sparse(t, labels, scores, weight=w, reduction="sum"), (x,))
+
+
+def test_qfl_sparse_reduced_path_float32_extremes_and_no_positive():
+    logits = torch.tensor([[-100.0, 100.0, 0.0], [30.0, -30.0, 5.0]], requires_grad=True)
+    labels = torch.tensor([3, 3])  # no positive anywhere
+    loss = quality_focal_loss_sparse(logits, labels, torch.zeros(2), reduction="sum")
+    loss.backward()
+    ref = quality_focal_loss(logits.detach(), torch.zeros(2, 3), reduction="sum")
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
