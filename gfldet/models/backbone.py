@@ -76,6 +76,10 @@ class ResNetBackbone(nn.Module):
         # addition fused into the convolution; same function, float rounding differs by ~1e-6 relative.
         self.channels_last = True
         self.fuse_frozen_bn = True
+        # Training with frozen statistics (norm_eval): each BatchNorm is a per-channel affine map, folded into its
+        # convolution's weight and bias inside the autograd graph (gradients reach conv, gamma and beta as before);
+        # saves BatchNorm's forward, backward and saved activations. Same function, rounding differs ~1e-6.
+        self.fold_frozen_bn_train = True
 
     def _frozen_modules(self) -> list[nn.Module]:
         stages = [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
@@ -111,6 +115,8 @@ class ResNetBackbone(nn.Module):
             for block in layer:
                 if fused and fast_conv.no_grad_needed(x, (block,)):
                     x = _fused_block(block, x)
+                elif self.fold_frozen_bn_train and not traced and _frozen_stats(block):
+                    x = _folded_train_block(block, self._grad_layout(x))
                 else:
                     x = block(self._grad_layout(x))
             feats.append(x)
@@ -143,6 +149,40 @@ def _fused_block(block: nn.Module, x: Tensor) -> Tensor:
         return fast_conv.conv2d(block.conv3, out, block.bn3, relu=True, residual=identity)
     out = fast_conv.conv2d(block.conv1, x, block.bn1, relu=True)
     return fast_conv.conv2d(block.conv2, out, block.bn2, relu=True, residual=identity)
+
+
+def _frozen_stats(block: nn.Module) -> bool:
+    """Every BatchNorm in ``block`` normalises with its running statistics (eval mode)."""
+    bns = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+    return bool(bns) and not any(m.training for m in bns)
+
+
+def _conv_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """``bn(conv(x))`` for an eval-mode ``bn``, as one convolution with folded weights, differentiable in the
+    conv weight and bn's weight and bias (``a = gamma / sqrt(var + eps)``, ``b = beta - mean * a``)."""
+    a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    b = bn.bias - bn.running_mean * a
+    if conv.bias is not None:
+        b = b + conv.bias * a
+    return F.conv2d(x, conv.weight * a.reshape(-1, 1, 1, 1), b, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _folded_train_block(block: nn.Module, x: Tensor) -> Tensor:
+    """A torchvision Bottleneck / BasicBlock with eval-mode BatchNorm, its BatchNorms folded (see _conv_affine)."""
+    ds = block.downsample
+    if ds is not None and not (
+        isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d) and isinstance(ds[1], nn.BatchNorm2d)
+    ):
+        return block(x)
+    identity = _conv_affine(ds[0], ds[1], x) if ds is not None else x
+    if isinstance(block, tv_resnet.Bottleneck):
+        out = F.relu(_conv_affine(block.conv1, block.bn1, x))
+        out = F.relu(_conv_affine(block.conv2, block.bn2, out))
+        out = _conv_affine(block.conv3, block.bn3, out)
+    else:
+        out = F.relu(_conv_affine(block.conv1, block.bn1, x))
+        out = _conv_affine(block.conv2, block.bn2, out)
+    return F.relu(out + identity)
 
 
 class FPN(nn.Module):

@@ -22,12 +22,12 @@ def _randomise_norms(net: nn.Module, seed: int = 0) -> None:
 
 
 def _plain(net: ResNetBackbone, x: torch.Tensor) -> list[torch.Tensor]:
-    fast = (net.channels_last, net.fuse_frozen_bn)
-    net.channels_last, net.fuse_frozen_bn = False, False
+    fast = (net.channels_last, net.fuse_frozen_bn, net.fold_frozen_bn_train)
+    net.channels_last, net.fuse_frozen_bn, net.fold_frozen_bn_train = False, False, False
     try:
         return net(x)
     finally:
-        net.channels_last, net.fuse_frozen_bn = fast
+        net.channels_last, net.fuse_frozen_bn, net.fold_frozen_bn_train = fast
 
 
 @pytest.mark.parametrize("depth,groups,wpg", [(18, 1, 64), (50, 1, 64), (50, 4, 16)])
@@ -44,20 +44,27 @@ def test_fast_inference_path_equals_plain_modules(depth, groups, wpg):
         assert (f - p).abs().max().item() <= 1e-4 * scale, "fused / channels_last features differ from the plain modules"
 
 
-def test_training_gradients_unchanged_by_fast_path():
-    """In training the frozen stem and layer1 may run fused (no gradient flows there); the trainable stages run
-    the plain modules, so the gradients equal those of the plain path up to float rounding."""
+@pytest.mark.parametrize("depth,groups,wpg", [(18, 1, 64), (50, 4, 16)])
+def test_training_gradients_unchanged_by_fast_path(depth, groups, wpg):
+    """In training the frozen stem and layer1 may run fused (no gradient flows there) and the trainable stages
+    fold their frozen-statistics BatchNorm into the convolutions inside the graph: features and the gradients of
+    every trainable parameter (convs, BatchNorm gamma / beta) equal those of the plain modules up to rounding."""
     torch.manual_seed(0)
-    net = ResNetBackbone(18).train()
+    net = ResNetBackbone(depth, groups, wpg).train()
     _randomise_norms(net)
     x = torch.randn(2, 3, 64, 64)
-    grads = []
+    grads, feats = [], []
     for fast in (True, False):
         net.zero_grad()
-        net.channels_last = net.fuse_frozen_bn = fast
-        sum(f.square().mean() for f in net(x)).backward()
+        net.channels_last = net.fuse_frozen_bn = net.fold_frozen_bn_train = fast
+        out = net(x)
+        sum(f.square().mean() for f in out).backward()
+        feats.append([f.detach() for f in out])
         grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad})
+    for f, p in zip(*feats):
+        assert (f - p).abs().max().item() <= 1e-4 * p.abs().max().item()
     assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert any(".bn" in n for n in grads[0]), "BatchNorm gamma / beta of trainable stages must get gradients"
     for n in grads[0]:
         scale = grads[1][n].abs().max().item()
         assert (grads[0][n] - grads[1][n]).abs().max().item() <= 1e-4 * scale, n  # float rounding only
