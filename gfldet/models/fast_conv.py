@@ -48,8 +48,10 @@ def no_grad_needed(x: Tensor, modules: Sequence[nn.Module]) -> bool:
 
 
 def usable(x: Tensor, modules: Sequence[nn.Module]) -> bool:
-    """The fast path may run ``modules`` on ``x``: fused operators available, not traced, no gradient needed."""
-    return available() and not tracing() and no_grad_needed(x, modules)
+    """The fast path may run ``modules`` on ``x``: fused operators available, not traced, no gradient needed, and
+    parameters that are not inference tensors (made under torch.inference_mode: their weights cannot be cached)."""
+    return (available() and not tracing() and no_grad_needed(x, modules)
+            and not any(p.is_inference() for m in modules for p in m.parameters()))
 
 
 # id(conv) -> (version key, plain folded weight, bias, conv, {input shape: packed weight}); see _prepared
@@ -67,9 +69,12 @@ def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[
     tensors = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
     if bn is not None:
         tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    # Tensors made under torch.inference_mode have no version counter, so an in-place change to them could not be
+    # seen: fold afresh on every call and do not pack (F.conv2d on the folded weight), never serve a stale copy.
+    cacheable = not any(t.is_inference() for t in tensors)
     key = tuple((t.data_ptr(), t._version) for t in tensors) + (
-        bn.eps if bn is not None else None, id(bn), conv.weight.dtype, conv.weight.device)
-    hit = _CACHE.get(id(conv))
+        bn.eps if bn is not None else None, id(bn), conv.weight.dtype, conv.weight.device) if cacheable else None
+    hit = _CACHE.get(id(conv)) if cacheable else None
     if hit is None or hit[0] != key or hit[3] is not conv:
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode too
             if bn is not None:
@@ -82,6 +87,8 @@ def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[
             else:
                 w = conv.weight.detach().clone()
                 b = conv.bias.detach().clone() if conv.bias is not None else None
+        if not cacheable:
+            return w, w, b
         if len(_CACHE) > 4096:
             _CACHE.clear()
         hit = _CACHE[id(conv)] = (key, w, b, conv, {})

@@ -83,3 +83,17 @@ def test_fast_path_not_used_under_grad_for_trainable_modules():
     loss.backward()
     assert model.head.cls_convs[0].conv.weight.grad is not None
     assert model.neck.lateral_convs[0].weight.grad is not None
+
+
+def test_model_built_and_changed_under_inference_mode(monkeypatch):
+    """Parameters created under torch.inference_mode have no version counter: the fast path must not cache them,
+    so an in-place change made under inference mode is seen by the next call."""
+    with torch.inference_mode():
+        model = _model().eval()
+        x = torch.randn(1, 3, 256, 320)  # smallest level 2x3 (see the shape note above)
+        model.forward_features(x)
+        for p in model.parameters():
+            p.mul_(0.9)  # in place, invisible to a version counter
+        cls, reg = model.forward_features(x)
+        cls_p, reg_p = _plain(monkeypatch, lambda: model.forward_features(x))
+    _close(cls + reg, cls_p + reg_p)
