@@ -126,14 +126,16 @@ def quality_focal_loss_sparse(
 _QFL_CHUNK = 1 << 20  # elements of (P, C) per chunk in _NegativeQFLSum
 
 
-def _negative_qfl(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """QFL at target 0, ``BCE(x, 0) * sigmoid(x)^beta = softplus(x) * sigma^beta``, and its derivative
-    ``sigma^beta * (sigma + beta * softplus(x) * (1 - sigma))``. softplus is computed as
+def _negative_qfl(x: Tensor, beta: float, derivative: bool) -> Tensor:
+    """QFL at target 0, ``BCE(x, 0) * sigmoid(x)^beta = softplus(x) * sigma^beta``, or (``derivative``) its
+    derivative ``sigma^beta * (sigma + beta * softplus(x) * (1 - sigma))``. softplus is computed as
     ``max(x, 0) + log1p(exp(-|x|))``, the stable form of BCE with logits."""
     sigma = x.sigmoid()
-    sp = x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+    sp = x.clamp(min=0).add_(torch.log1p(torch.exp(-x.abs())))
     mod = sigma.pow(beta)
-    return sp * mod, mod * (sigma + beta * sp * (1 - sigma))
+    if not derivative:
+        return sp.mul_(mod)
+    return mod.mul_(sp.mul_(1 - sigma).mul_(beta).add_(sigma))
 
 
 class _NegativeQFLSum(torch.autograd.Function):
@@ -162,8 +164,7 @@ def _negative_chunks(x, row_weight, pos, pos_labels, beta, with_grad):
     rows = max(1, _QFL_CHUNK // max(1, x.shape[1]))
     for start in range(0, x.shape[0], rows):
         stop = min(start + rows, x.shape[0])
-        loss, dloss = _negative_qfl(x[start:stop], beta)
-        out = dloss if with_grad else loss
+        out = _negative_qfl(x[start:stop], beta, derivative=with_grad)
         if row_weight is not None:
             out = out * row_weight[start:stop, None]
         inside = (pos >= start) & (pos < stop)
