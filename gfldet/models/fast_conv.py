@@ -48,9 +48,11 @@ def no_grad_needed(x: Tensor, modules: Sequence[nn.Module]) -> bool:
 
 
 def usable(x: Tensor, modules: Sequence[nn.Module]) -> bool:
-    """The fast path may run ``modules`` on ``x``: fused operators available, not traced, no gradient needed, and
-    parameters that are not inference tensors (made under torch.inference_mode: their weights cannot be cached)."""
-    return (available() and not tracing() and no_grad_needed(x, modules)
+    """The fast path may run ``modules`` on ``x``: a float32 CPU tensor (elsewhere it would only run ``F.conv2d``
+    on a cached copy of the weights), fused operators available, not traced, no gradient needed, and parameters
+    that are not inference tensors (made under torch.inference_mode: their weights cannot be cached)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and available() and not tracing()
+            and no_grad_needed(x, modules)
             and not any(p.is_inference() for m in modules for p in m.parameters()))
 
 
