@@ -102,10 +102,9 @@ class ResNetBackbone(nn.Module):
         # channels_last only where no gradient flows: on this CPU oneDNN's NHWC convolution forward is faster, but
         # its backward is ~1.5x slower than NCHW's (docs/speed.md), so trainable blocks get NCHW activations.
         traced = fast_conv.tracing()
-        fused = self.fuse_frozen_bn and not traced and fast_conv.available()
         if self.channels_last and not traced:
             x = x.contiguous(memory_format=torch.channels_last)
-        if fused and fast_conv.no_grad_needed(x, (self.conv1, self.bn1)):
+        if self.fuse_frozen_bn and fast_conv.foldable(x, (self.conv1, self.bn1)):
             x = fast_conv.conv2d(self.conv1, x, self.bn1, relu=True)
         else:
             x = self.relu(self.bn1(self.conv1(self._grad_layout(x))))
@@ -113,10 +112,10 @@ class ResNetBackbone(nn.Module):
         feats = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
-                if fused and fast_conv.no_grad_needed(x, (block,)):
-                    x = _fused_block(block, x)
-                elif self.fold_frozen_bn_train and not traced and _frozen_stats(block):
-                    x = _folded_train_block(block, self._grad_layout(x))
+                if self.fuse_frozen_bn and fast_conv.foldable(x, (block,)):
+                    x = _block_as_convs(block, x, _fused_conv_bn)
+                elif self.fold_frozen_bn_train and not traced and _frozen_stats(block) and not fast_conv.plain_only((block,)):
+                    x = _block_as_convs(block, self._grad_layout(x), _affine_conv_bn)
                 else:
                     x = block(self._grad_layout(x))
             feats.append(x)
@@ -135,22 +134,6 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"backbone weights do not fit ResNet-{self.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def _fused_block(block: nn.Module, x: Tensor) -> Tensor:
-    """A torchvision Bottleneck / BasicBlock (eval-mode BatchNorm, no autograd) with fused convolutions."""
-    ds = block.downsample
-    if ds is not None and not (
-        isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d) and isinstance(ds[1], nn.BatchNorm2d)
-    ):
-        return block(x)
-    identity = fast_conv.conv2d(ds[0], x, ds[1]) if ds is not None else x
-    if isinstance(block, tv_resnet.Bottleneck):
-        out = fast_conv.conv2d(block.conv1, x, block.bn1, relu=True)
-        out = fast_conv.conv2d(block.conv2, out, block.bn2, relu=True)
-        return fast_conv.conv2d(block.conv3, out, block.bn3, relu=True, residual=identity)
-    out = fast_conv.conv2d(block.conv1, x, block.bn1, relu=True)
-    return fast_conv.conv2d(block.conv2, out, block.bn2, relu=True, residual=identity)
-
-
 def _frozen_stats(block: nn.Module) -> bool:
     """Every BatchNorm in ``block`` normalises with its running statistics (eval mode)."""
     bns = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -167,22 +150,35 @@ def _conv_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
     return F.conv2d(x, conv.weight * a.reshape(-1, 1, 1, 1), b, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def _folded_train_block(block: nn.Module, x: Tensor) -> Tensor:
-    """A torchvision Bottleneck / BasicBlock with eval-mode BatchNorm, its BatchNorms folded (see _conv_affine)."""
+def _affine_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = False, residual: Tensor | None = None) -> Tensor:
+    """``relu?(bn(conv(x)) [+ residual])`` through :func:`_conv_affine` (differentiable; training)."""
+    y = _conv_affine(conv, bn, x)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
+
+
+def _fused_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = False, residual: Tensor | None = None) -> Tensor:
+    """The same through gfldet.models.fast_conv (no autograd; inference and frozen stages)."""
+    return fast_conv.conv2d(conv, x, bn, relu=relu, residual=residual)
+
+
+def _block_as_convs(block: nn.Module, x: Tensor, conv_bn) -> Tensor:
+    """A torchvision Bottleneck / BasicBlock with eval-mode BatchNorm as a chain of ``conv_bn(conv, bn, x, relu,
+    residual)`` calls (BatchNorm folded into each convolution, the residual addition and ReLU into the last)."""
     ds = block.downsample
     if ds is not None and not (
         isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d) and isinstance(ds[1], nn.BatchNorm2d)
     ):
         return block(x)
-    identity = _conv_affine(ds[0], ds[1], x) if ds is not None else x
+    identity = conv_bn(ds[0], ds[1], x) if ds is not None else x
+    pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
     if isinstance(block, tv_resnet.Bottleneck):
-        out = F.relu(_conv_affine(block.conv1, block.bn1, x))
-        out = F.relu(_conv_affine(block.conv2, block.bn2, out))
-        out = _conv_affine(block.conv3, block.bn3, out)
-    else:
-        out = F.relu(_conv_affine(block.conv1, block.bn1, x))
-        out = _conv_affine(block.conv2, block.bn2, out)
-    return F.relu(out + identity)
+        pairs.append((block.conv3, block.bn3))
+    out = x
+    for conv, bn in pairs[:-1]:
+        out = conv_bn(conv, bn, out, relu=True)
+    return conv_bn(*pairs[-1], out, relu=True, residual=identity)
 
 
 class FPN(nn.Module):
@@ -208,7 +204,7 @@ class FPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        if fast_conv.usable(feats[0], (self,)):
+        if fast_conv.usable(feats, (self,)):
             return self._forward_fast(feats)
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         for i in range(len(laterals) - 1, 0, -1):

@@ -9,13 +9,14 @@ float32 CPU tensors (CUDA, autocast) run ``F.conv2d`` on the folded weights. Mea
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["available", "tracing", "no_grad_needed", "usable", "conv2d"]
+__all__ = ["available", "tracing", "no_grad_needed", "plain_only", "foldable", "usable", "conv2d", "clear_cache"]
 
 
 def tracing() -> bool:
@@ -33,32 +34,79 @@ def available() -> bool:
     )
 
 
-def no_grad_needed(x: Tensor, modules: Sequence[nn.Module]) -> bool:
-    """True when running ``modules`` on ``x`` records no autograd graph and every BatchNorm in them uses its
-    running statistics (it does not, briefly, in gfldet.engine.norm_init)."""
+def no_grad_needed(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
+    """True when running ``modules`` on ``x`` (one tensor or several) records no autograd graph and every
+    BatchNorm in them uses its running statistics (it does not, briefly, in gfldet.engine.norm_init)."""
     for m in modules:
         for sub in m.modules():
             if isinstance(sub, nn.BatchNorm2d) and sub.training:
                 return False
     if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         return True
-    if x.requires_grad:
+    if any(t.requires_grad for t in ([x] if isinstance(x, Tensor) else x)):
         return False
     return not any(p.requires_grad for m in modules for p in m.parameters())
 
 
-def usable(x: Tensor, modules: Sequence[nn.Module]) -> bool:
-    """The fast path may run ``modules`` on ``x``: a float32 CPU tensor (elsewhere it would only run ``F.conv2d``
-    on a cached copy of the weights), fused operators available, not traced, no gradient needed, and parameters
-    that are not inference tensors (made under torch.inference_mode: their weights cannot be cached)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and available() and not tracing()
-            and no_grad_needed(x, modules)
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as _m
+
+    return any(getattr(_m, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks"))
+
+
+def plain_only(modules: Sequence[nn.Module]) -> bool:
+    """Modules whose own forward must run: forward hooks (feature extraction, FLOP counters, pruning masks,
+    hook-based weight norm), a padding mode other than zeros, BatchNorm without running statistics or affine."""
+    if _global_hooks():
+        return True
+    for m in modules:
+        for sub in m.modules():
+            if sub._forward_hooks or sub._forward_pre_hooks:
+                return True
+            if isinstance(sub, nn.Conv2d) and sub.padding_mode != "zeros":
+                return True
+            if isinstance(sub, nn.BatchNorm2d) and not (sub.affine and sub.track_running_stats):
+                return True
+    return False
+
+
+def _autocast_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def foldable(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
+    """``modules`` may run as folded convolutions (:func:`conv2d`) on ``x``: fused operators available, not traced,
+    no gradient needed, no hooks or other reasons to run the modules' own forward, and not under CPU autocast
+    (which asks for bfloat16 convolutions; the fused path would compute in float32)."""
+    first = x if isinstance(x, Tensor) else x[0]
+    return (available() and not tracing() and not (first.device.type == "cpu" and _autocast_cpu())
+            and no_grad_needed(x, modules) and not plain_only(modules))
+
+
+def usable(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
+    """:func:`foldable`, and worth it for modules without BatchNorm: float32 CPU input (elsewhere :func:`conv2d`
+    would only run ``F.conv2d``) and parameters that are not inference tensors (made under
+    torch.inference_mode: their weights cannot be cached)."""
+    xs = [x] if isinstance(x, Tensor) else list(x)
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in xs) and foldable(xs, modules)
             and not any(p.is_inference() for m in modules for p in m.parameters()))
 
 
-# id(conv) -> (version key, plain folded weight, bias, conv, {input shape: packed weight}); see _prepared
-_CACHE: dict[int, tuple[tuple, Tensor, Tensor | None, nn.Conv2d, dict[tuple[int, ...], Tensor]]] = {}
-_PACKS_PER_CONV = 16
+def clear_cache() -> None:
+    """Forget every folded and packed weight. The cache notices in-place changes through the tensors' version
+    counters (optimizer steps, ``load_state_dict``, ``copy_``); a change made through ``.data`` or by code that
+    swaps storage without a version bump is invisible to it: call this after such a change."""
+    _CACHE.clear()
+
+
+# conv -> (version key, plain folded weight, bias, {input shape: packed weight}); see _prepared. Weak keys: an entry
+# goes with its module, and a dead module's id can never alias a live one.
+_CACHE: "weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple, Tensor, Tensor | None, dict[tuple[int, ...], Tensor]]]" = (
+    weakref.WeakKeyDictionary())
+_PACKS_PER_CONV = 4  # memory bound: at most this many packed copies of a weight (evaluation at varying sizes)
 
 
 def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -76,8 +124,8 @@ def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[
     cacheable = not any(t.is_inference() for t in tensors)
     key = tuple((t.data_ptr(), t._version) for t in tensors) + (
         bn.eps if bn is not None else None, id(bn), conv.weight.dtype, conv.weight.device) if cacheable else None
-    hit = _CACHE.get(id(conv)) if cacheable else None
-    if hit is None or hit[0] != key or hit[3] is not conv:
+    hit = _CACHE.get(conv) if cacheable else None
+    if hit is None or hit[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode too
             if bn is not None:
                 a = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
@@ -86,15 +134,13 @@ def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[
                     b = b + conv.bias.double() * a
                 w = (conv.weight.double() * a[:, None, None, None]).to(conv.weight.dtype)
                 b = b.to(conv.weight.dtype)
-            else:
-                w = conv.weight.detach().clone()
-                b = conv.bias.detach().clone() if conv.bias is not None else None
+            else:  # no copy: the version key notices any in-place change
+                w = conv.weight.detach()
+                b = conv.bias.detach() if conv.bias is not None else None
         if not cacheable:
             return w, w, b
-        if len(_CACHE) > 4096:
-            _CACHE.clear()
-        hit = _CACHE[id(conv)] = (key, w, b, conv, {})
-    _, w, b, _, packs = hit
+        hit = _CACHE[conv] = (key, w, b, {})
+    _, w, b, packs = hit
     if w.device.type != "cpu" or w.dtype != torch.float32 or not available():
         return w, w, b
     shape = tuple(int(d) for d in input_shape)

@@ -104,8 +104,9 @@ def quality_focal_loss_sparse(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     num_classes = logits.shape[1]
     pos = ((labels >= 0) & (labels < num_classes)).nonzero().squeeze(1)
-    if reduction != "none" and (weight is None or weight.dim() == 1):
-        # the training case: a scalar without the dense (P, C) temporaries (docs/speed.md, peak memory)
+    if reduction != "none" and (weight is None or (weight.shape == labels.shape and not weight.requires_grad)):
+        # the training case: a scalar without the dense (P, C) temporaries (docs/speed.md, peak memory); its
+        # backward gives no gradient to the weight, so a weight that needs one takes the dense path
         return _qfl_sparse_reduced(_upcast(logits), labels, scores, pos, beta, weight, reduction)
     logits = _upcast(logits)
     sigma = logits.sigmoid()

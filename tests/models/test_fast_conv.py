@@ -97,3 +97,42 @@ def test_model_built_and_changed_under_inference_mode(monkeypatch):
         cls, reg = model.forward_features(x)
         cls_p, reg_p = _plain(monkeypatch, lambda: model.forward_features(x))
     _close(cls + reg, cls_p + reg_p)
+
+
+def test_fpn_with_gradient_on_a_coarser_input_only():
+    """The FPN looks at all its inputs: a frozen FPN fed C4/C5 that need gradients must let them flow."""
+    fpn = gfldet.models.backbone.FPN([4, 8, 16], 8).requires_grad_(False)
+    feats = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8, requires_grad=True), torch.randn(1, 16, 4, 4, requires_grad=True)]
+    sum(o.sum() for o in fpn(feats)).backward()
+    assert feats[1].grad is not None and feats[1].grad.abs().sum() > 0
+
+
+def test_hooks_and_padding_modes_run_the_modules_own_forward(monkeypatch):
+    model = _model()
+    seen = []
+    handle = model.head.cls_convs[0].conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        model.forward_features(torch.randn(1, 3, 64, 64))
+    handle.remove()
+    assert len(seen) == 5, "a forward hook must fire at every level"
+    fpn = gfldet.models.backbone.FPN([4, 8, 16], 8).eval()
+    fpn.fpn_convs[0].padding_mode = "reflect"
+    feats = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)]
+    with torch.no_grad():
+        fast = fpn(feats)
+        plain = _plain(monkeypatch, lambda: fpn(feats))
+    _close(fast, plain)
+
+
+def test_cache_entries_go_with_their_model():
+    import gc
+    import weakref
+
+    model = _model()
+    with torch.no_grad():
+        model.forward_features(torch.randn(1, 3, 64, 64))
+    ref = weakref.ref(model.head.cls_convs[0].conv)
+    assert ref() in fast_conv._CACHE
+    del model
+    gc.collect()
+    assert ref() is None, "the fast-path cache must not keep a deleted model alive"

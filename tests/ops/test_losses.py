@@ -535,3 +535,14 @@ def test_qfl_sparse_reduced_path_float32_extremes_and_no_positive():
     ref = quality_focal_loss(logits.detach(), torch.zeros(2, 3), reduction="sum")
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_qfl_sparse_weight_gradient_and_broadcast_weight():
+    """A per-row weight that needs a gradient gets the dense one; a broadcastable (1,) weight still works."""
+    logits, labels, scores = _sparse_case(seed=7, P=7, C=4)
+    w = (torch.rand(7, dtype=F64, generator=torch.Generator().manual_seed(8)) + 0.1).requires_grad_()
+    x = logits.clone().requires_grad_()
+    assert gradcheck(lambda t, u: quality_focal_loss_sparse(t, labels, scores, weight=u, reduction="mean"), (x, w))
+    one = torch.tensor([0.5], dtype=F64)
+    torch.testing.assert_close(quality_focal_loss_sparse(logits, labels, scores, weight=one, reduction="sum"),
+                               0.5 * quality_focal_loss_sparse(logits, labels, scores, reduction="sum"))
