@@ -169,6 +169,24 @@ def peak_rss_kib() -> int:
     return _status_kib("VmHWM")
 
 
+def peak_rss_increase(fn: Callable[[], object], setup: Callable[[], object] | None = None) -> dict:
+    """Peak-RSS increase of one call of ``fn``: one warm-up call first (caches, lazy initialisation, allocator
+    structures), then ``setup`` again if given, the peak mark reset, and the peak after one more call minus the RSS
+    just before it. Returns ``base_kib``, ``peak_kib``, ``delta_kib`` and ``reset`` (whether the reset worked)."""
+    if setup:
+        setup()
+    out = fn()
+    del out
+    if setup:
+        setup()
+    base = rss_kib()
+    ok = reset_peak_rss()
+    out = fn()
+    peak = peak_rss_kib()
+    del out
+    return {"base_kib": base, "peak_kib": peak, "delta_kib": peak - base, "reset": ok}
+
+
 def fmt_ms(seconds: float) -> str:
     ms = seconds * 1e3
     if ms >= 100:

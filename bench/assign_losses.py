@@ -36,7 +36,7 @@ import sys
 
 import torch
 
-from _util import fmt_ms, load_average, machine_info, markdown_table, peak_rss_kib, reset_peak_rss, rss_kib, time_interleaved
+from _util import fmt_ms, load_average, machine_info, markdown_table, peak_rss_increase, time_interleaved
 
 IMAGE_HW = (800, 1333)
 NUM_IMAGES = 2
@@ -123,18 +123,7 @@ def mem_child(mode: str, num_gt: int, threads: int) -> None:
     torch.set_num_threads(threads)
     model, cls, reg, boxes, labels, pad_shapes, _ = build(num_gt)
     fn, setup = make_call(mode, model, cls, reg, boxes, labels, pad_shapes)
-    if setup:
-        setup()
-    out = fn()  # warm-up: anchor cache, projection cache, lazy inits, first-touch of allocator structures
-    del out
-    if setup:
-        setup()
-    base = rss_kib()
-    ok = reset_peak_rss()
-    out = fn()
-    peak = peak_rss_kib()
-    del out
-    print(json.dumps({"mode": mode, "gts": num_gt, "base_kib": base, "peak_kib": peak, "delta_kib": peak - base, "reset": ok}))
+    print(json.dumps({"mode": mode, "gts": num_gt, **peak_rss_increase(fn, setup)}))
 
 
 def measure_memory(mode: str, num_gt: int, threads: int) -> dict:

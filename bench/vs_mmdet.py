@@ -63,7 +63,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import fmt_ms, load_average, machine_info, markdown_table, peak_rss_kib, reset_peak_rss, rss_kib, time_interleaved  # noqa: E402
+from _util import fmt_ms, load_average, machine_info, markdown_table, peak_rss_increase, time_interleaved  # noqa: E402
 
 NUM_CLASSES = 80
 SEED = 0
@@ -410,16 +410,7 @@ def mem_child(spec: str, threads: int) -> None:
     impl, g, h, w = spec.split(":")
     torch.set_num_threads(threads)
     fn, setup = case3_setup(impl, int(g), (int(h), int(w)))
-    setup()
-    out = fn()  # warm-up: anchor caches, lazy inits, allocator structures
-    del out
-    setup()
-    base = rss_kib()
-    ok = reset_peak_rss()
-    out = fn()
-    peak = peak_rss_kib()
-    del out
-    print(json.dumps({"impl": impl, "gts": int(g), "base_kib": base, "peak_kib": peak, "delta_kib": peak - base, "reset": ok}))
+    print(json.dumps({"impl": impl, "gts": int(g), **peak_rss_increase(fn, setup)}))
 
 
 def measure_memory(impl: str, n_gt: int, hw, threads: int) -> dict:
