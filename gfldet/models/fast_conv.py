@@ -157,7 +157,8 @@ def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[
 def conv2d(conv: nn.Conv2d, x: Tensor, bn: nn.BatchNorm2d | None = None, relu: bool = False,
            residual: Tensor | None = None) -> Tensor:
     """``relu?(bn?(conv(x)) [+ residual])`` as one convolution (the fused ReLU and addition round exactly as the
-    separate ops do). Call it only where :func:`usable` holds. Output is channels_last for float32 CPU input."""
+    separate ops do). Call it only where :func:`foldable` holds (:func:`usable` for modules without BatchNorm).
+    Output is channels_last for float32 CPU input."""
     if isinstance(conv.padding, str):
         raise ValueError(f"fast_conv.conv2d needs numeric padding, got {conv.padding!r}")
     packed, w, b = _prepared(conv, bn, x.shape)

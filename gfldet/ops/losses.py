@@ -113,15 +113,19 @@ def quality_focal_loss_sparse(
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * sigma.pow(beta)
     if pos.numel() > 0:
         pos_labels = labels[pos].long()
-        pos_logits = logits[pos, pos_labels]
-        pos_scores = scores[pos].to(logits.dtype)
-        pos_loss = F.binary_cross_entropy_with_logits(pos_logits, pos_scores, reduction="none") * (
-            pos_scores - sigma[pos, pos_labels]
-        ).abs().pow(beta)
-        loss = loss.index_put((pos, pos_labels), pos_loss)
+        loss = loss.index_put((pos, pos_labels), _positive_qfl(logits, pos, pos_labels, scores, beta))
     if weight is not None and weight.dim() == 1:
         weight = weight[:, None]
     return reduce_loss(loss, weight, reduction)
+
+
+def _positive_qfl(logits: Tensor, pos: Tensor, pos_labels: Tensor, scores: Tensor, beta: float) -> Tensor:
+    """QFL at the positives' own class, whose target is their quality score: ``(P_pos,)``."""
+    pos_logits = logits[pos, pos_labels]
+    pos_scores = scores[pos].to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(pos_logits, pos_scores, reduction="none") * (
+        pos_scores - pos_logits.sigmoid()
+    ).abs().pow(beta)
 
 
 _QFL_CHUNK = 1 << 20  # elements of (P, C) per chunk in _NegativeQFLSum
@@ -148,7 +152,7 @@ class _NegativeQFLSum(torch.autograd.Function):
         ctx.save_for_backward(x, row_weight, pos, pos_labels)
         ctx.beta = beta
         total = x.new_zeros((), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-        for start, stop, loss, _ in _negative_chunks(x, row_weight, pos, pos_labels, beta, with_grad=False):
+        for _, _, loss in _negative_chunks(x, row_weight, pos, pos_labels, beta, derivative=False):
             total += loss.sum(dtype=total.dtype)
         return total.to(x.dtype)
 
@@ -156,22 +160,24 @@ class _NegativeQFLSum(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, row_weight, pos, pos_labels = ctx.saved_tensors
         grad = torch.empty_like(x)
-        for start, stop, _, g in _negative_chunks(x, row_weight, pos, pos_labels, ctx.beta, with_grad=True):
+        for start, stop, g in _negative_chunks(x, row_weight, pos, pos_labels, ctx.beta, derivative=True):
             grad[start:stop] = g * grad_out
         return grad, None, None, None, None
 
 
-def _negative_chunks(x, row_weight, pos, pos_labels, beta, with_grad):
+def _negative_chunks(x, row_weight, pos, pos_labels, beta, derivative):
+    """Yields ``(start, stop, rows)``: the weighted negative QFL (or its derivative) of rows start:stop, zero at the
+    positives."""
     rows = max(1, _QFL_CHUNK // max(1, x.shape[1]))
     for start in range(0, x.shape[0], rows):
         stop = min(start + rows, x.shape[0])
-        out = _negative_qfl(x[start:stop], beta, derivative=with_grad)
+        out = _negative_qfl(x[start:stop], beta, derivative=derivative)
         if row_weight is not None:
             out = out * row_weight[start:stop, None]
         inside = (pos >= start) & (pos < stop)
         if inside.any():  # positives get their own term (quality target), not the negative one
             out[pos[inside] - start, pos_labels[inside]] = 0
-        yield start, stop, (None if with_grad else out), (out if with_grad else None)
+        yield start, stop, out
 
 
 def _qfl_sparse_reduced(logits, labels, scores, pos, beta, weight, reduction):
@@ -180,11 +186,7 @@ def _qfl_sparse_reduced(logits, labels, scores, pos, beta, weight, reduction):
     pos_labels = labels[pos].long()
     total = _NegativeQFLSum.apply(logits, row_weight, pos, pos_labels, beta)
     if pos.numel() > 0:
-        pos_logits = logits[pos, pos_labels]
-        pos_scores = scores[pos].to(logits.dtype)
-        pos_loss = F.binary_cross_entropy_with_logits(pos_logits, pos_scores, reduction="none") * (
-            pos_scores - pos_logits.sigmoid()
-        ).abs().pow(beta)
+        pos_loss = _positive_qfl(logits, pos, pos_labels, scores, beta)
         if row_weight is not None:
             pos_loss = pos_loss * row_weight[pos]
         total = total + pos_loss.sum()
