@@ -23,6 +23,9 @@ class ModelConfig:
     depth: int = 50
     groups: int = 1
     width_per_group: int = 64
+    # channels of the stem and layer1; layers 2-4 double it each (mmdetection's ResNet base_channels). 64 is the
+    # standard ResNet; smaller values give narrow, faster networks for training from scratch (the demo uses 32).
+    base_channels: int = 64
     frozen_stages: int = 1  # stem + layer1 frozen, as the reference
     # Backbone BatchNorm: True normalises with frozen running statistics (the reference's norm_eval=True, right
     # for ImageNet-initialised backbones); False uses batch statistics in training and updates the running ones
@@ -153,6 +156,7 @@ class ModelSettings:
     fpn_channels: int = ModelConfig.fpn_channels
     head_channels: int = ModelConfig.head_channels
     stacked_convs: int = ModelConfig.stacked_convs
+    base_channels: int = ModelConfig.base_channels
     frozen_stages: int = ModelConfig.frozen_stages
     norm_eval: bool = ModelConfig.norm_eval
     atss_topk: int = ModelConfig.atss_topk

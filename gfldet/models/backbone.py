@@ -50,24 +50,44 @@ class ResNetBackbone(nn.Module):
             reference's default), up to 4.
         norm_eval: BatchNorm with frozen running statistics (True, the reference) or ordinary BatchNorm that
             uses batch statistics in training mode (False, for training from scratch).
+        base_channels: output channels of the stem and the planes of ``layer1``, doubled by each later stage
+            (mmdetection's ``base_channels``). 64 is the standard ResNet, whose ImageNet weights fit; 32 gives a
+            network with a quarter of the convolution work, for training small models from scratch.
     """
 
     def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64, frozen_stages: int = 1,
-                 norm_eval: bool = True):
+                 norm_eval: bool = True, base_channels: int = 64):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         block, layers = RESNET_SPECS[depth]
         if block is tv_resnet.BasicBlock and (groups != 1 or width_per_group != 64):
             raise ValueError(f"ResNet-{depth} has basic blocks, which do not support groups/width_per_group")
-        net = tv_resnet.ResNet(
-            block, layers, groups=groups, width_per_group=width_per_group, norm_layer=FrozenStatsBatchNorm2d if norm_eval else nn.BatchNorm2d
-        )
-        self.depth, self.groups, self.width_per_group = depth, groups, width_per_group
+        if not isinstance(base_channels, int) or isinstance(base_channels, bool) or base_channels < 1:
+            raise ValueError(f"base_channels must be a positive integer, got {base_channels!r}")
+        norm_layer = FrozenStatsBatchNorm2d if norm_eval else nn.BatchNorm2d
+        net = tv_resnet.ResNet(block, layers, groups=groups, width_per_group=width_per_group, norm_layer=norm_layer)
+        if base_channels != 64:
+            # torchvision's ResNet has the standard widths built in: rebuild the stem and the four stages with
+            # its own layer builder (which reads the input width from net.inplanes), then initialise them the
+            # way its constructor does (Kaiming-normal convolutions, unit BatchNorm)
+            net.inplanes = base_channels
+            net.conv1 = nn.Conv2d(3, base_channels, kernel_size=7, stride=2, padding=3, bias=False)
+            net.bn1 = norm_layer(base_channels)
+            net.layer1 = net._make_layer(block, base_channels, layers[0])
+            for i in range(1, 4):
+                setattr(net, f"layer{i + 1}", net._make_layer(block, base_channels * 2**i, layers[i], stride=2))
+            for m in net.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        self.depth, self.groups, self.width_per_group, self.base_channels = depth, groups, width_per_group, base_channels
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = block.expansion
-        self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
+        self.out_channels = [base_channels * 2**i * expansion for i in (1, 2, 3)]
         self.frozen_stages = frozen_stages
         self._freeze()
         # Speed (docs/speed.md). channels_last: activations in NHWC, which oneDNN convolves ~20% faster on CPU

@@ -58,7 +58,8 @@ class GFL(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         if self.class_names is not None and len(self.class_names) != cfg.num_classes:
             raise ValueError(f"{len(self.class_names)} class names given for num_classes={cfg.num_classes}")
-        self.backbone = ResNetBackbone(cfg.depth, cfg.groups, cfg.width_per_group, cfg.frozen_stages, cfg.norm_eval)
+        self.backbone = ResNetBackbone(cfg.depth, cfg.groups, cfg.width_per_group, cfg.frozen_stages, cfg.norm_eval,
+                                       base_channels=cfg.base_channels)
         self.neck = FPN(self.backbone.out_channels, cfg.fpn_channels, num_outs=len(cfg.strides))
         if cfg.is_variant:  # another quality / box representation, assigner or anchors (gfldet.models.variants)
             self.head = VariantHead(cfg)

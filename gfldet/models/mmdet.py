@@ -90,7 +90,8 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
         w = sd["backbone.layer1.0.conv2.weight"]  # (width, width / groups, 3, 3), width = groups * width_per_group
         groups = int(w.shape[0] // w.shape[1])
         width_per_group = int(w.shape[0] // groups)
-    c3 = 128 * (4 if bottleneck else 1)
+    base_channels = int(sd["backbone.conv1.weight"].shape[0])  # stem width (mmdetection ResNet base_channels)
+    c3 = base_channels * 2 * (4 if bottleneck else 1)
     lat_in = int(sd["neck.lateral_convs.0.conv.weight"].shape[1])
     if lat_in != c3 or _count(sd, r"^neck\.lateral_convs\.(\d+)\.") != 3:
         raise ValueError(f"FPN must start at C3 with 3 lateral convs (start_level=1); lateral 0 takes {lat_in} channels, C3 has {c3}")
@@ -102,6 +103,7 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
         depth=depth,
         groups=groups,
         width_per_group=width_per_group,
+        base_channels=base_channels,
         fpn_channels=int(sd["neck.lateral_convs.0.conv.weight"].shape[0]),
         head_channels=int(sd["bbox_head.gfl_cls.weight"].shape[1]),
         stacked_convs=_count(sd, r"^bbox_head\.cls_convs\.(\d+)\."),

@@ -116,3 +116,59 @@ def test_norm_eval_reaches_the_detector_from_a_run_config():
 
     model = GFL(mcfg)
     assert not any(isinstance(m, FrozenStatsBatchNorm2d) for m in model.backbone.modules())
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_base_channels_scales_every_stage(depth):
+    """base_channels=32 halves the stem and every stage's width (mmdetection's base_channels); the C3-C5 maps
+    keep their strides, out_channels tells the FPN their widths, and the fast path still equals the plain one."""
+    torch.manual_seed(0)
+    net = ResNetBackbone(depth, base_channels=32).eval()
+    _randomise_norms(net)
+    expansion = 4 if depth == 50 else 1
+    assert net.conv1.out_channels == 32 and net.layer1[0].conv1.out_channels == 32
+    assert net.out_channels == [64 * expansion, 128 * expansion, 256 * expansion]
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        feats, plain = net(x), _plain(net, x)
+    assert [tuple(f.shape) for f in feats] == [(2, c, 96 // s, 64 // s) for c, s in zip(net.out_channels, (8, 16, 32))]
+    for a, b in zip(feats, plain):
+        assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item()
+    standard = ResNetBackbone(depth)
+    n_std, n_half = (sum(p.numel() for p in m.parameters()) for m in (standard, net))
+    assert 0.2 < n_half / n_std < 0.3  # convolution weights scale with width squared
+
+
+def test_base_channels_reaches_the_detector_and_its_checkpoint(tmp_path):
+    from gfldet.config import Config
+    from gfldet.engine.checkpoint import load_model, save_checkpoint
+    from gfldet.models.detector import GFL
+
+    cfg = Config()
+    cfg.model.arch = "gfl_resnet18_fpn"
+    cfg.model.base_channels = 32
+    cfg.model.fpn_channels = cfg.model.head_channels = 32
+    model = GFL(cfg.model_config(num_classes=2)).eval()
+    assert model.backbone.conv1.out_channels == 32 and model.neck.lateral_convs[0].in_channels == 64
+    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)]
+    with torch.no_grad():
+        before = model(images)[0]
+    save_checkpoint(tmp_path / "m.pt", model)
+    again = load_model(tmp_path / "m.pt").eval()
+    assert again.backbone.base_channels == 32
+    with torch.no_grad():
+        after = again(images)[0]
+    torch.testing.assert_close(after["boxes"], before["boxes"])
+
+
+@pytest.mark.parametrize("bad", [0, -8, 1.5, True])
+def test_base_channels_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="base_channels"):
+        ResNetBackbone(18, base_channels=bad)
+
+
+def test_imagenet_weights_need_the_standard_widths():
+    from gfldet.models.zoo import gfl_resnet18_fpn
+
+    with pytest.raises(ValueError, match="base_channels=64"):
+        gfl_resnet18_fpn(num_classes=3, base_channels=32, weights_backbone="IMAGENET1K_V1")

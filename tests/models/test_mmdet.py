@@ -63,6 +63,13 @@ def test_state_dict_with_ddp_prefix_and_no_wrapper():
     assert from_mmdet(sd).config.reg_max == 16
 
 
+def test_narrow_backbone_width_is_read_from_the_stem():
+    ours = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, base_channels=32)
+    cfg = mmdet_config_from_state_dict(to_mmdet_state_dict(ours))
+    assert cfg.base_channels == 32 and cfg.depth == 18
+    assert from_mmdet(to_mmdet_state_dict(ours)).backbone.out_channels == [64, 128, 256]
+
+
 def _sd():
     return to_mmdet_state_dict(gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32))
 
