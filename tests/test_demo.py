@@ -119,6 +119,20 @@ def test_write_coco(tmp_path):
     path2 = write_coco(tmp_path / "coco2", n=4, seed=5, size=(64, 80), num_classes=3)
     with open(path2) as f:
         assert json.load(f)["annotations"] == data["annotations"]
+    # image i is make_split's sample i
+    for im, s in zip(data["images"], make_split(4, seed=5, size=(64, 80), num_classes=3)):
+        with Image.open(tmp_path / "coco" / im["file_name"]) as pic:
+            assert np.array_equal(np.asarray(pic.convert("RGB")), s["image"])
+
+
+def test_write_coco_with_workers_writes_the_same_files(tmp_path):
+    one = write_coco(tmp_path / "one", n=11, seed=2, size=(48, 48), num_classes=3)
+    three = write_coco(tmp_path / "three", n=11, seed=2, size=(48, 48), num_classes=3, workers=3)
+    assert Path(one).read_bytes() == Path(three).read_bytes()
+    for i in range(11):
+        assert (tmp_path / "one" / "images" / f"{i:06d}.png").read_bytes() == (tmp_path / "three" / "images" / f"{i:06d}.png").read_bytes()
+    with pytest.raises(ValueError, match="workers"):
+        write_coco(tmp_path / "bad", n=2, seed=0, workers=0)
 
 
 # --------------------------------------------------------------------------- the demo, end to end

@@ -434,39 +434,63 @@ def make_split(n: int, seed: int, size: tuple[int, int] = (320, 320), num_classe
     return out
 
 
+def _write_samples(img_dir: str, indices: Sequence[int], seed: int, size: tuple[int, int], num_classes: int,
+                   kwargs: dict[str, Any]) -> list[tuple[int, int, int, list[dict[str, Any]]]]:
+    """Generate samples ``indices`` of the split ``seed``, save each as ``img_dir/{i:06d}.png`` and return per
+    image ``(i, height, width, objects)`` with COCO ``bbox`` / ``category_id`` / ``ambiguous`` / ``effect``."""
+    out = []
+    for i in indices:
+        rng = np.random.default_rng([int(seed), int(i)])  # the same stream as make_split's sample i
+        image, boxes, labels, meta = make_sample(rng, size, num_classes, with_meta=True, **kwargs)
+        # zlib level 1: noisy images hardly compress at any level (256x256: 130 KiB at the default level 6, 140 KiB
+        # at level 1), and level 6 took ~1.8x longer to encode (17 against 9.5 ms); the pixels are the same
+        Image.fromarray(image).save(os.path.join(img_dir, f"{i:06d}.png"), compress_level=1)
+        objects = []
+        for b, lab, amb, eff in zip(boxes, labels, meta["ambiguous"], meta["effects"]):
+            x0, y0, x1, y1 = [float(v) for v in b]
+            bw, bh = x1 - x0, y1 - y0
+            objects.append({"category_id": int(lab) + 1, "bbox": [round(x0, 3), round(y0, 3), round(bw, 3), round(bh, 3)],
+                            "area": round(bw * bh, 3), "iscrowd": 0, "ambiguous": [bool(a) for a in amb],
+                            "effect": EFFECTS[int(eff)]})
+        out.append((int(i), int(image.shape[0]), int(image.shape[1]), objects))
+    return out
+
+
 def write_coco(folder: str | os.PathLike, n: int, seed: int, size: tuple[int, int] = (320, 320), num_classes: int = 3,
-               **kwargs: Any) -> str:
+               workers: int = 1, **kwargs: Any) -> str:
     """Write a split as a COCO detection dataset: ``folder/images/*.png`` and ``folder/annotations.json``.
 
     Category ids start at 1 (label ``i`` -> id ``i + 1``); ``bbox`` is ``[x, y, w, h]``. Each annotation
     also carries the non-standard fields ``ambiguous`` ([left, top, right, bottom] bools) and ``effect``.
-    Returns the path of ``annotations.json``.
+    Image ``i`` is :func:`make_split`'s sample ``i``. ``workers > 1`` generates the images in that many
+    threads; the files written are the same for any number of workers. Returns the path of ``annotations.json``.
     """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    _check_num_classes(num_classes)
     folder = os.fspath(folder)
     img_dir = os.path.join(folder, "images")
     os.makedirs(img_dir, exist_ok=True)
-    samples = make_split(n, seed, size, num_classes, **kwargs)
+    size = (int(size[0]), int(size[1]))
+    if workers == 1:
+        per_image = _write_samples(img_dir, range(n), seed, size, num_classes, kwargs)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # threads overlap only the part of the work that releases the GIL (numpy's array arithmetic, Pillow's
+        # PNG encoder): 1.2x with 2 threads on 2 cores. Processes would need an importable __main__ (spawn) or
+        # a fork of a process that may hold torch's OpenMP threads.
+        chunks = [range(a, min(n, a + 8)) for a in range(0, n, 8)]
+        with ThreadPoolExecutor(workers) as pool:
+            parts = pool.map(lambda c: _write_samples(img_dir, c, seed, size, num_classes, kwargs), chunks)
+            per_image = [r for part in parts for r in part]
     images, annotations = [], []
-    ann_id = 1
-    for i, s in enumerate(samples):
-        name = f"{i:06d}.png"
-        Image.fromarray(s["image"]).save(os.path.join(img_dir, name))
-        h, w = s["image"].shape[:2]
-        images.append({"id": i + 1, "file_name": f"images/{name}", "height": int(h), "width": int(w)})
-        for b, lab, amb, eff in zip(s["boxes"], s["labels"], s["ambiguous"], s["effects"]):
-            x0, y0, x1, y1 = [float(v) for v in b]
-            bw, bh = x1 - x0, y1 - y0
-            annotations.append({
-                "id": ann_id,
-                "image_id": i + 1,
-                "category_id": int(lab) + 1,
-                "bbox": [round(x0, 3), round(y0, 3), round(bw, 3), round(bh, 3)],
-                "area": round(bw * bh, 3),
-                "iscrowd": 0,
-                "ambiguous": [bool(a) for a in amb],
-                "effect": EFFECTS[int(eff)],
-            })
-            ann_id += 1
+    for i, h, w, objects in per_image:
+        images.append({"id": i + 1, "file_name": f"images/{i:06d}.png", "height": h, "width": w})
+        for obj in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **obj})
     data = {
         "info": {"description": f"gfldet synthetic detection split (seed {seed}, {n} images)", "version": "1"},
         "images": images,
