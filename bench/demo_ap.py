@@ -2,7 +2,7 @@
 
     python bench/demo_ap.py                      # the demo's defaults, seed 0, data generated afresh
     python bench/demo_ap.py --seeds 0 1 2        # several training seeds (same data)
-    python bench/demo_ap.py --epochs 12          # another budget
+    python bench/demo_ap.py --epochs 3           # another budget
 
 Each run is the whole demo (data generation into a fresh cache, training with the engine, pycocotools
 evaluation, pictures and uncertainty analysis) in this process with torch's default threads. Printed: one

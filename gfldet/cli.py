@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate data, train a small GFL on the CPU, write pictures and metrics")
     d.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
-    d.add_argument("--epochs", type=int, default=24, help="training epochs over the 192 generated images (default 24)")
+    d.add_argument("--epochs", type=int, default=5, help="training epochs over the 1500 generated images (default 5)")
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu")
