@@ -72,7 +72,7 @@ def main() -> None:
             rows.append(_case("gfl_resnet50_fpn (80 classes)", r50, args.size, args.threads, args.repeats, tmp))
             r18 = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=64, head_channels=64)
             torch.nn.init.constant_(r18.head.gfl_cls.bias, -2.0)
-            rows.append(_case("gfl_resnet18_fpn (demo size)", r18, 256, args.threads, args.repeats, tmp))
+            rows.append(_case("gfl_resnet18_fpn 64-ch (demo input size)", r18, 256, args.threads, args.repeats, tmp))
     print(machine_info())
     print(f"threads: {args.threads} (torch and onnxruntime); {load_average()}")
     print(markdown_table(["model", "input", "detections", "same detections", "eager min ms", "ORT min ms",

@@ -1,7 +1,7 @@
 """Does GFL's learned edge uncertainty track the real localisation error? Measured on the demo's data.
 
     python bench/uncertainty.py --checkpoint runs/demo/last.pt      # a model trained by `gfldet demo`
-    python bench/uncertainty.py                                     # trains one first (the demo, ~5 min)
+    python bench/uncertainty.py                                     # trains one first (the demo, ~10 min)
 
 A fresh split of the demo's synthetic data (other seed than training and validation; objects with sharp
 edges next to blurred, faded and occluded ones, each edge flagged ambiguous or not by the generator) is run

@@ -30,7 +30,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                     model.config.num_classes)
     save_checkpoint(args.dst, model, source={"kind": "mmdetection", "path": os.path.abspath(args.src)}, **extra)
     cfg = model.config
-    print(json.dumps({"written": args.dst, "depth": cfg.depth, "groups": cfg.groups, "num_classes": cfg.num_classes,
+    print(json.dumps({"written": args.dst, "depth": cfg.depth, "groups": cfg.groups, "base_channels": cfg.base_channels,
+                      "num_classes": cfg.num_classes,
                       "reg_max": cfg.reg_max, "fpn_channels": cfg.fpn_channels, "head_channels": cfg.head_channels,
                       "class_names": model.class_names is not None}, indent=2))
     return 0

@@ -24,7 +24,8 @@ class ModelConfig:
     groups: int = 1
     width_per_group: int = 64
     # channels of the stem and layer1; layers 2-4 double it each (mmdetection's ResNet base_channels). 64 is the
-    # standard ResNet; smaller values give narrow, faster networks for training from scratch (the demo uses 32).
+    # standard ResNet (the only width ImageNet weights fit); smaller values give narrow, faster networks for
+    # training from scratch, which also want norm_eval=False and frozen_stages=0 (the demo: 24, False, 0).
     base_channels: int = 64
     frozen_stages: int = 1  # stem + layer1 frozen, as the reference
     # Backbone BatchNorm: True normalises with frozen running statistics (the reference's norm_eval=True, right
@@ -86,6 +87,7 @@ class ModelConfig:
                 raise ValueError(f"model config {key}={value!r} is not one of {allowed}")
         ratios = tuple(self.anchor_ratios)
         checks = [
+            (self.base_channels >= 1, "base_channels", self.base_channels, "must be >= 1"),
             (self.bin_width > 0, "bin_width", self.bin_width, "must be > 0"),
             (len(ratios) >= 1 and all(r > 0 for r in ratios), "anchor_ratios", ratios, "must be one or more numbers > 0"),
             (self.scales_per_octave >= 1, "scales_per_octave", self.scales_per_octave, "must be >= 1"),
@@ -400,6 +402,9 @@ def validate_config(cfg: Config) -> None:
         (t.norm_init_batches == 0 or not (cfg.model.weights_backbone or cfg.model.init), "train.norm_init_batches",
          t.norm_init_batches, "is for training from scratch: it would replace the BatchNorm statistics of "
          "model.weights_backbone / model.init (set it to 0)"),
+        (cfg.model.base_channels >= 1, "model.base_channels", cfg.model.base_channels, "must be >= 1"),
+        (cfg.model.base_channels == 64 or not cfg.model.weights_backbone, "model.base_channels", cfg.model.base_channels,
+         "must be 64 (the standard width) with model.weights_backbone: ImageNet weights fit no other width"),
         (0 < t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio, "must be in (0, 1]"),
         (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 or null"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),

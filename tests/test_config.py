@@ -77,3 +77,12 @@ def test_norm_init_is_refused_with_pretrained_weights():
     with pytest.raises(ConfigError, match="train.norm_init_batches"):
         load_config(None, ["train.norm_init_batches=-1"])
     assert load_config(None, ["train.norm_init_batches=4"]).train.norm_init_batches == 4
+
+
+def test_base_channels_override_reaches_the_model_config_and_is_checked():
+    cfg = load_config(None, ["model.arch=gfl_resnet18_fpn", "model.base_channels=24"])
+    assert cfg.model_config(num_classes=3).base_channels == 24
+    with pytest.raises(ConfigError, match="model.base_channels"):
+        load_config(None, ["model.base_channels=0"])
+    with pytest.raises(ConfigError, match="model.base_channels.*ImageNet"):
+        load_config(None, ["model.base_channels=32", "model.weights_backbone=IMAGENET1K_V1"])

@@ -125,6 +125,21 @@ def test_write_coco(tmp_path):
             assert np.array_equal(np.asarray(pic.convert("RGB")), s["image"])
 
 
+def test_demo_config_is_the_documented_recipe(tmp_path):
+    """docs/demo.md and the README state this recipe and the AP it reaches; a change here must re-measure them."""
+    from gfldet.demo import demo_config
+
+    data = {"train_ann": "a.json", "train_images": "a", "val_ann": "b.json", "val_images": "b"}
+    cfg = demo_config(data, tmp_path / "run")
+    m, t = cfg.model, cfg.train
+    assert (m.arch, m.base_channels, m.norm_eval, m.frozen_stages) == ("gfl_resnet18_fpn", 24, False, 0)
+    assert (m.fpn_channels, m.head_channels, m.stacked_convs) == (64, 64, 2)
+    assert (t.epochs, t.batch_size, t.lr, t.schedule, t.warmup_iters, t.grad_clip, t.norm_init_batches) == (5, 8, 0.06, "cosine", 50, 35.0, 0)
+    assert cfg.input.min_size == cfg.input.max_size == 256
+    mc = cfg.model_config(num_classes=3)
+    assert mc.base_channels == 24 and mc.stacked_convs == 2
+
+
 def test_write_coco_with_workers_writes_the_same_files(tmp_path):
     one = write_coco(tmp_path / "one", n=11, seed=2, size=(48, 48), num_classes=3)
     three = write_coco(tmp_path / "three", n=11, seed=2, size=(48, 48), num_classes=3, workers=3)

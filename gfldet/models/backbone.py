@@ -65,6 +65,10 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"ResNet-{depth} has basic blocks, which do not support groups/width_per_group")
         if not isinstance(base_channels, int) or isinstance(base_channels, bool) or base_channels < 1:
             raise ValueError(f"base_channels must be a positive integer, got {base_channels!r}")
+        if groups != 1 and base_channels != 64:
+            # torchvision sizes grouped blocks as planes * width_per_group / 64 * groups, mmdetection's ResNeXt
+            # relative to base_channels: the two would disagree, so narrow ResNeXts are not offered
+            raise ValueError(f"base_channels={base_channels} is for ResNets (groups=1), got groups={groups}")
         norm_layer = FrozenStatsBatchNorm2d if norm_eval else nn.BatchNorm2d
         net = tv_resnet.ResNet(block, layers, groups=groups, width_per_group=width_per_group, norm_layer=norm_layer)
         if base_channels != 64:
@@ -149,6 +153,9 @@ class ResNetBackbone(nn.Module):
 
     def load_torchvision_weights(self, state_dict: dict[str, Tensor]) -> None:
         """Load an ImageNet classification state dict (its ``fc.*`` entries are dropped)."""
+        if self.base_channels != 64:
+            raise ValueError(f"ImageNet weights are for the standard widths (base_channels=64), this backbone has "
+                             f"base_channels={self.base_channels}")
         sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
         missing, unexpected = self.load_state_dict(sd, strict=False)
         if missing or unexpected:

@@ -85,12 +85,24 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
     )
     if depth is None:
         raise ValueError(f"unrecognised ResNet: blocks per stage {blocks}, bottleneck={bottleneck}")
+    base_channels = int(sd["backbone.conv1.weight"].shape[0])  # stem width (mmdetection ResNet base_channels)
+    # layer1's output is base_channels * expansion wide; a stem of another width (mmdetection's stem_channels)
+    # is not supported
+    l1_out = int(sd["backbone.layer1.0.conv3.weight" if bottleneck else "backbone.layer1.0.conv2.weight"].shape[0])
+    if l1_out != base_channels * (4 if bottleneck else 1):
+        raise ValueError(f"the stem has {base_channels} channels but layer1 outputs {l1_out}: stem_channels different "
+                         "from base_channels are not supported")
     groups, width_per_group = 1, 64
     if bottleneck:
-        w = sd["backbone.layer1.0.conv2.weight"]  # (width, width / groups, 3, 3), width = groups * width_per_group
+        w = sd["backbone.layer1.0.conv2.weight"]  # (width, width / groups, 3, 3), width = groups * per_group
         groups = int(w.shape[0] // w.shape[1])
+        if groups > 1 and base_channels != 64:
+            raise ValueError(f"a ResNeXt (groups={groups}) with base_channels={base_channels} is not supported")
         width_per_group = int(w.shape[0] // groups)
-    base_channels = int(sd["backbone.conv1.weight"].shape[0])  # stem width (mmdetection ResNet base_channels)
+        if groups == 1:  # a plain bottleneck: width = planes * width_per_group / 64 with planes = base_channels
+            if (w.shape[0] * 64) % base_channels:
+                raise ValueError(f"layer1 width {w.shape[0]} does not fit base_channels={base_channels}")
+            width_per_group = int(w.shape[0] * 64 // base_channels)
     c3 = base_channels * 2 * (4 if bottleneck else 1)
     lat_in = int(sd["neck.lateral_convs.0.conv.weight"].shape[1])
     if lat_in != c3 or _count(sd, r"^neck\.lateral_convs\.(\d+)\.") != 3:

@@ -165,6 +165,8 @@ def test_base_channels_reaches_the_detector_and_its_checkpoint(tmp_path):
 def test_base_channels_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="base_channels"):
         ResNetBackbone(18, base_channels=bad)
+    with pytest.raises(ValueError, match="groups"):
+        ResNetBackbone(101, groups=32, width_per_group=4, base_channels=32)
 
 
 def test_imagenet_weights_need_the_standard_widths():
@@ -172,3 +174,6 @@ def test_imagenet_weights_need_the_standard_widths():
 
     with pytest.raises(ValueError, match="base_channels=64"):
         gfl_resnet18_fpn(num_classes=3, base_channels=32, weights_backbone="IMAGENET1K_V1")
+    narrow = ResNetBackbone(18, base_channels=32)
+    with pytest.raises(ValueError, match="base_channels=64"):
+        narrow.load_torchvision_weights(ResNetBackbone(18).state_dict())

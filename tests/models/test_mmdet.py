@@ -63,11 +63,23 @@ def test_state_dict_with_ddp_prefix_and_no_wrapper():
     assert from_mmdet(sd).config.reg_max == 16
 
 
-def test_narrow_backbone_width_is_read_from_the_stem():
-    ours = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, base_channels=32)
-    cfg = mmdet_config_from_state_dict(to_mmdet_state_dict(ours))
-    assert cfg.base_channels == 32 and cfg.depth == 18
-    assert from_mmdet(to_mmdet_state_dict(ours)).backbone.out_channels == [64, 128, 256]
+@pytest.mark.parametrize("arch,out", [("gfl_resnet18_fpn", [64, 128, 256]), ("gfl_resnet50_fpn", [256, 512, 1024])])
+def test_narrow_backbone_width_is_read_from_the_stem(arch, out):
+    ours = getattr(gfldet, arch)(num_classes=3, fpn_channels=32, head_channels=32, base_channels=32)
+    sd = to_mmdet_state_dict(ours)
+    cfg = mmdet_config_from_state_dict(sd)
+    assert cfg.base_channels == 32 and cfg.width_per_group == 64 and cfg.groups == 1
+    loaded = from_mmdet(sd)
+    assert loaded.backbone.out_channels == out
+    for k, v in ours.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_stem_wider_than_layer1_is_refused():
+    sd = to_mmdet_state_dict(gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, base_channels=32))
+    sd["backbone.conv1.weight"] = torch.zeros(64, 3, 7, 7)
+    with pytest.raises(ValueError, match="stem_channels"):
+        mmdet_config_from_state_dict(sd)
 
 
 def _sd():
