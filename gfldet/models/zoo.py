@@ -36,7 +36,7 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
     if clash:
         raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
     cfg = ModelConfig(num_classes=num_classes, **fixed, **kwargs)
-    if weights_backbone is not None and cfg.base_channels != 64:
+    if weights_backbone is not None and cfg.base_channels != 64:  # before anything is downloaded
         raise ValueError(f"ImageNet backbone weights are for the standard widths (base_channels=64), not base_channels={cfg.base_channels}")
     model = GFL(cfg, class_names=class_names)
     if isinstance(weights_backbone, (str, os.PathLike)) and os.path.isfile(weights_backbone):
