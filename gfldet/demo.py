@@ -123,10 +123,11 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
                 lr: float = 0.06, seed: int = 0, device: str = "cpu", image_size: int = 256) -> Config:
     """The demo's training configuration (a :class:`gfldet.config.Config`, as ``gfldet train`` takes).
 
-    Chosen for AP per second of a 2-core CPU, from scratch (docs/demo.md has the runs behind it): on this data
-    a standard ResNet-18 with frozen BatchNorm over 192 images overfits (after 48 epochs: train AP 0.86, validation 0.35), so the
-    demo draws 1500 images and sees each five times, in batches of 8 (18% less time per image than 4 on this
-    CPU; the learning rate scaled with the batch), with a network narrow enough to make those iterations cheap: ResNet-18 at 24 base channels (a seventh of the standard one's convolution work),
+    Chosen for AP per second of a 2-core CPU, from scratch (docs/demo.md has the runs behind it). On this data
+    a standard ResNet-18 with frozen BatchNorm over 192 images overfits (after 48 epochs: train AP 0.86,
+    validation 0.35), so the demo draws 1500 images and sees each five times, in batches of 8 (18% less time
+    per image than 4 on this CPU; the learning rate scaled with the batch), with a network narrow enough to make
+    those iterations cheap: ResNet-18 at 24 base channels (a seventh of the standard one's convolution work),
     ordinary trainable BatchNorm and no frozen stages (the reference's frozen statistics and frozen stem suit
     ImageNet-initialised backbones, not random ones), and a GFL head with two stacked convolutions per branch
     instead of four (the head costs as much as this backbone otherwise).

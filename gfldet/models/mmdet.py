@@ -96,10 +96,11 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
     if bottleneck:
         w = sd["backbone.layer1.0.conv2.weight"]  # (width, width / groups, 3, 3), width = groups * per_group
         groups = int(w.shape[0] // w.shape[1])
-        if groups > 1 and base_channels != 64:
-            raise ValueError(f"a ResNeXt (groups={groups}) with base_channels={base_channels} is not supported")
-        width_per_group = int(w.shape[0] // groups)
-        if groups == 1:  # a plain bottleneck: width = planes * width_per_group / 64 with planes = base_channels
+        if groups > 1:  # ResNeXt: width = groups * width_per_group at the standard base width
+            if base_channels != 64:
+                raise ValueError(f"a ResNeXt (groups={groups}) with base_channels={base_channels} is not supported")
+            width_per_group = int(w.shape[0] // groups)
+        else:  # a plain bottleneck: width = planes * width_per_group / 64 with planes = base_channels
             if (w.shape[0] * 64) % base_channels:
                 raise ValueError(f"layer1 width {w.shape[0]} does not fit base_channels={base_channels}")
             width_per_group = int(w.shape[0] * 64 // base_channels)
