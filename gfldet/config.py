@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ModelConfig", "Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError", "load_config", "apply_override", "validate_config"]
+__all__ = ["ModelConfig", "Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
+           "load_config", "apply_override", "validate_config", "Regime", "REGIMES", "backbone_regime", "resolve_training",
+           "warmup_length", "step_milestones", "WARMUP_MAX_FRACTION"]
 
 
 QUALITIES = ("qfl", "none", "centerness", "iou")
@@ -154,13 +156,15 @@ class ModelSettings:
     arch: str = "gfl_resnet50_fpn"  # a builder: gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn
     weights_backbone: str | None = None  # torchvision ImageNet weights, e.g. IMAGENET1K_V1 (torchvision downloads them)
     init: str | None = None  # a gfldet or mmdetection checkpoint to start from (same architecture)
+    # null: chosen by the regime (REGIMES below): 1 and true with weights_backbone or init (the reference's frozen
+    # stem + layer1 and frozen BatchNorm statistics), 0 and false from scratch. An explicit value always wins.
+    frozen_stages: int | None = None
+    norm_eval: bool | None = None
     reg_max: int = ModelConfig.reg_max
     fpn_channels: int = ModelConfig.fpn_channels
     head_channels: int = ModelConfig.head_channels
     stacked_convs: int = ModelConfig.stacked_convs
     base_channels: int = ModelConfig.base_channels
-    frozen_stages: int = ModelConfig.frozen_stages
-    norm_eval: bool = ModelConfig.norm_eval
     atss_topk: int = ModelConfig.atss_topk
     ignore_iof_thr: float = ModelConfig.ignore_iof_thr
     qfl_beta: float = ModelConfig.qfl_beta
@@ -215,15 +219,20 @@ class InputConfig:
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 2  # images per process
-    lr: float | None = None  # None: 0.01 x total batch / 16, the paper's rate scaled linearly
+    lr: float | None = None  # None: the regime's rate per 16 images scaled linearly (0.01 pretrained, the paper; 0.02 from scratch)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iters: int = 500
+    # None: 500 (the paper's), but at most WARMUP_MAX_FRACTION of the run's iterations. An explicit value wins.
+    warmup_iters: int | None = None
     warmup_ratio: float = 0.001
     schedule: str = "step"  # "step" (x gamma at each milestone epoch) or "cosine"
-    milestones: list[int] = field(default_factory=lambda: [8, 11])
+    # None: the paper's [8, 11] of 12 epochs scaled to train.epochs (2/3 and 11/12 of the run, rounded down:
+    # [16, 22] for 24 epochs, mmdetection's 2x; [4, 5] for 6). An explicit list wins.
+    milestones: list[int] | None = None
     gamma: float = 0.1
-    grad_clip: float | None = None  # max global grad norm; None: no clipping (as the reference's GFL config)
+    # max global grad norm. None: the regime's (none pretrained, as the reference's GFL config; 35 from scratch,
+    # where an early large gradient would otherwise throw the random network off); 0: no clipping.
+    grad_clip: float | None = None
     amp: bool = False  # mixed precision on CUDA
     ema: bool = False
     ema_decay: float = 0.9998
@@ -263,6 +272,10 @@ class Config:
         m = asdict(self.model)
         for k in ("arch", "weights_backbone", "init"):
             m.pop(k)
+        regime = backbone_regime(bool(self.model.weights_backbone or self.model.init))
+        for k in ("frozen_stages", "norm_eval"):
+            if m[k] is None:
+                m[k] = getattr(regime, k)
         m = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
         ms = tuple(self.input.multiscale) if self.input.multiscale else None
         return ModelConfig(num_classes=num_classes, min_size=self.input.min_size, max_size=self.input.max_size,
@@ -397,7 +410,10 @@ def validate_config(cfg: Config) -> None:
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
         (t.lr is None or t.lr > 0, "train.lr", t.lr, "must be > 0"),
         (t.schedule in ("step", "cosine"), "train.schedule", t.schedule, "must be 'step' or 'cosine'"),
-        (t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, "must be >= 0"),
+        (t.warmup_iters is None or t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, "must be >= 0 or null"),
+        (t.milestones is None or all(m >= 1 for m in t.milestones), "train.milestones", t.milestones, "epochs must be >= 1"),
+        (cfg.model.frozen_stages is None or 0 <= cfg.model.frozen_stages <= 4, "model.frozen_stages", cfg.model.frozen_stages,
+         "must be 0..4 or null"),
         (t.norm_init_batches >= 0, "train.norm_init_batches", t.norm_init_batches, "must be >= 0"),
         (t.norm_init_batches == 0 or not (cfg.model.weights_backbone or cfg.model.init), "train.norm_init_batches",
          t.norm_init_batches, "is for training from scratch: it would replace the BatchNorm statistics of "
@@ -406,7 +422,7 @@ def validate_config(cfg: Config) -> None:
         (cfg.model.base_channels == 64 or not cfg.model.weights_backbone, "model.base_channels", cfg.model.base_channels,
          "must be 64 (the standard width) with model.weights_backbone: ImageNet weights fit no other width"),
         (0 < t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio, "must be in (0, 1]"),
-        (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 or null"),
+        (t.grad_clip is None or t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0: off) or null (the regime's)"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),
         (t.max_iters is None or t.max_iters >= 1, "train.max_iters", t.max_iters, "must be >= 1 or null"),
         (cfg.input.min_size >= 1 and cfg.input.max_size >= cfg.input.min_size, "input.min_size/max_size",
@@ -421,3 +437,88 @@ def validate_config(cfg: Config) -> None:
         value = getattr(cfg.model, key)
         if value not in allowed:
             raise ConfigError(f"model.{key}: {value!r} is not one of {allowed}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training regimes. The paper's recipe (frozen stem + layer1, frozen BatchNorm statistics, lr 0.01 per 16 images,
+# no clipping) is for an ImageNet-initialised backbone; applied to a random one it freezes random layers and
+# "normalises" with statistics that are mean 0 / variance 1, i.e. not at all. torchvision's detection builders
+# switch on the same condition (FrozenBatchNorm2d and 3 trainable layers with weights, BatchNorm2d and 5 without).
+# From scratch (cf. He et al., "Rethinking ImageNet Pre-training", 2019: normalisation trained, lr 0.02 per 16
+# images) gfldet trains every layer with ordinary BatchNorm at twice the paper's rate, with gradients clipped.
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    frozen_stages: int
+    norm_eval: bool
+    lr_per_16: float  # base learning rate for a total batch of 16 images (scaled linearly)
+    grad_clip: float  # 0: none
+
+
+REGIMES = {
+    True: Regime("pretrained", frozen_stages=1, norm_eval=True, lr_per_16=0.01, grad_clip=0.0),
+    False: Regime("from scratch", frozen_stages=0, norm_eval=False, lr_per_16=0.02, grad_clip=35.0),
+}
+WARMUP_ITERS = 500  # the paper's
+WARMUP_MAX_FRACTION = 0.1  # the automatic warm-up never takes more than this share of the run
+
+
+def backbone_regime(pretrained: bool) -> Regime:
+    """The regime of a model that starts from pretrained weights (``True``) or from random ones."""
+    return REGIMES[bool(pretrained)]
+
+
+def warmup_length(t: TrainConfig, total_iters: int) -> int:
+    """Warm-up iterations: ``train.warmup_iters`` when set, else 500 capped at 10% of ``total_iters``
+    (the paper's 500 of 90k iterations stays 500; a 450-iteration run warms up for 45)."""
+    if t.warmup_iters is not None:
+        return int(t.warmup_iters)
+    return min(WARMUP_ITERS, int(WARMUP_MAX_FRACTION * max(0, total_iters)))
+
+
+def step_milestones(t: TrainConfig) -> list[int]:
+    """Epochs at which the step schedule multiplies the rate by ``gamma``: ``train.milestones`` when set, else the
+    paper's [8, 11] of 12 scaled to ``train.epochs`` (rounded down; milestones at 0 or repeated are dropped)."""
+    if t.milestones is not None:
+        return [int(m) for m in t.milestones]
+    return sorted({m for m in (t.epochs * 2 // 3, t.epochs * 11 // 12) if 1 <= m < t.epochs})
+
+
+def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> tuple[Config, list[str]]:
+    """A copy of ``cfg`` with every automatic (null) setting of the model and training sections filled in for a
+    run of ``iters_per_epoch`` iterations per epoch on ``world_size`` processes, and log lines that say which
+    regime runs, why, and which values were chosen (explicit values are kept and named as such)."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    m, t = out.model, out.train
+    pretrained = bool(m.weights_backbone or m.init)
+    regime = backbone_regime(pretrained)
+    why = (f"model.weights_backbone={m.weights_backbone}" if m.weights_backbone else f"model.init={m.init}") if pretrained \
+        else "no model.weights_backbone or model.init"
+    chosen, explicit = [], []
+
+    def pick(section: Any, key: str, value: Any, label: str) -> None:
+        if getattr(section, key) is None:
+            setattr(section, key, value)
+            chosen.append(f"{label}={value}")
+        else:
+            explicit.append(f"{label}={getattr(section, key)}")
+
+    total_batch = t.batch_size * world_size
+    total_iters = t.epochs * iters_per_epoch if t.max_iters is None else min(t.max_iters, t.epochs * iters_per_epoch)
+    pick(m, "frozen_stages", regime.frozen_stages, "model.frozen_stages")
+    pick(m, "norm_eval", regime.norm_eval, "model.norm_eval")
+    pick(t, "lr", round(regime.lr_per_16 * total_batch / 16, 10), "train.lr")
+    pick(t, "grad_clip", regime.grad_clip, "train.grad_clip")
+    pick(t, "warmup_iters", warmup_length(t, total_iters), "train.warmup_iters")
+    if t.schedule == "step":
+        pick(t, "milestones", step_milestones(t), "train.milestones")
+    lines = [f"training regime: {regime.name} ({why}); chosen: {', '.join(chosen) or 'nothing'}"
+             + (f"; set in the config: {', '.join(explicit)}" if explicit else "")]
+    if cfg.train.warmup_iters is not None and total_iters and t.warmup_iters > 0.25 * total_iters:
+        lines.append(f"train.warmup_iters={t.warmup_iters} is {t.warmup_iters / total_iters:.0%} of this run's "
+                     f"{total_iters} iterations (null: at most {WARMUP_MAX_FRACTION:.0%})")
+    return out, lines

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, resolve_training, step_milestones, warmup_length
 from ..models.zoo import build_model
 from . import distributed as D
 from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
@@ -43,17 +43,19 @@ def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
 
     Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations (the reference's LinearLR), times either
     ``gamma`` per milestone epoch reached (MultiStepLR: with milestones [8, 11] epochs 9-11 run at 0.1x and
-    epoch 12 at 0.01x) or a per-iteration cosine decay to 0 over the whole run.
+    epoch 12 at 0.01x) or a per-iteration cosine decay to 0 over the whole run. Null (automatic) warm-up and
+    milestones follow :func:`gfldet.config.warmup_length` and :func:`gfldet.config.step_milestones`.
     """
     t = cfg.train
+    total = max(1, t.epochs * iters_per_epoch)
+    warmup = warmup_length(t, total if t.max_iters is None else min(total, t.max_iters))
     warm = 1.0
-    if t.warmup_iters > 0 and it < t.warmup_iters:
-        warm = t.warmup_ratio + (1.0 - t.warmup_ratio) * it / t.warmup_iters
+    if warmup > 0 and it < warmup:
+        warm = t.warmup_ratio + (1.0 - t.warmup_ratio) * it / warmup
     if t.schedule == "cosine":
-        total = max(1, t.epochs * iters_per_epoch)
         decay = 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
     else:
-        decay = t.gamma ** sum(1 for m in t.milestones if epoch >= m)
+        decay = t.gamma ** sum(1 for m in step_milestones(t) if epoch >= m)
     return warm * decay
 
 
@@ -145,6 +147,13 @@ class _Run:
             if self.val_set.classes != self.train_set.classes:
                 raise ValueError(f"{d.val.ann}: categories {self.val_set.classes} differ from the training set's {self.train_set.classes}")
 
+        self.world = D.world_size()
+        per_process = math.ceil(len(self.train_set) / self.world)  # DistributedSampler's length (drop_last=False)
+        cfg, notes = resolve_training(cfg, max(1, math.ceil(per_process / cfg.train.batch_size)), self.world)
+        self.cfg = cfg
+        if self.main:
+            for note in notes:
+                log.info("%s", note)
         mcfg = cfg.model_config(self.train_set.num_classes)
         model = build_model(cfg.model.arch, class_names=self.train_set.classes, weights_backbone=cfg.model.weights_backbone,
                             **{k: v for k, v in dataclasses.asdict(mcfg).items() if k not in ("depth", "groups", "width_per_group")})
@@ -163,9 +172,7 @@ class _Run:
             if D.is_main():
                 log.info("set the frozen statistics of %d backbone BatchNorm layers from %d training batches",
                          layers, cfg.train.norm_init_batches)
-        self.world = D.world_size()
-        total_batch = cfg.train.batch_size * self.world
-        self.base_lr = cfg.train.lr if cfg.train.lr is not None else 0.01 * total_batch / 16
+        self.base_lr = float(cfg.train.lr)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
         self.amp = bool(cfg.train.amp and self.device.type == "cuda")
@@ -302,7 +309,7 @@ class _Run:
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if t.grad_clip is not None:
+        if t.grad_clip:
             self.scaler.unscale_(self.optimizer)
             values["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip))
         self.scaler.step(self.optimizer)

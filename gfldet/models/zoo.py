@@ -2,17 +2,23 @@
 
 Nothing is downloaded unless ``weights_backbone`` names torchvision ImageNet weights (torchvision fetches
 them then); it may also be the path of a local state dict with torchvision's ResNet parameter names. ``weights`` is a path to a gfldet or mmdetection checkpoint of the same architecture.
+
+As torchvision's detection builders do, the backbone's training regime follows from the weights: with
+``weights_backbone`` or ``weights`` the reference's frozen stem + ``layer1`` and frozen BatchNorm statistics
+(``frozen_stages=1, norm_eval=True``); without, every stage trainable with ordinary BatchNorm (``0, False``).
+Passing ``frozen_stages`` / ``norm_eval`` explicitly overrides this (:data:`gfldet.config.REGIMES`).
 """
 from __future__ import annotations
 
 import os
+import urllib.parse
 from typing import Any
 
 import torch
 
 from torchvision.models import get_weight
 
-from ..config import ModelConfig
+from ..config import ModelConfig, backbone_regime
 from .detector import GFL
 
 __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "build_model", "ARCHS"]
@@ -35,6 +41,10 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
     clash = sorted(set(kwargs) & set(fixed))
     if clash:
         raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
+    regime = backbone_regime(weights_backbone is not None or weights is not None)
+    for key in ("frozen_stages", "norm_eval"):
+        if kwargs.get(key) is None:
+            kwargs[key] = getattr(regime, key)
     cfg = ModelConfig(num_classes=num_classes, **fixed, **kwargs)
     if weights_backbone is not None and cfg.base_channels != 64:  # before anything is downloaded
         raise ValueError(f"ImageNet backbone weights are for the standard widths (base_channels=64), not base_channels={cfg.base_channels}")
@@ -46,18 +56,48 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
         except Exception as e:
             raise ValueError(f"{weights_backbone}: not a readable state dict ({type(e).__name__}: {e})") from e
         model.backbone.load_torchvision_weights(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
+    elif isinstance(weights_backbone, (str, os.PathLike)) and _looks_like_path(os.fspath(weights_backbone)):
+        raise FileNotFoundError(f"backbone weights file not found: {weights_backbone} (model.weights_backbone; a state dict "
+                                "with torchvision's ResNet names, or a torchvision weights name such as IMAGENET1K_V1)")
     elif weights_backbone is not None:
         if not tv_name:
             raise ValueError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
                              "model.backbone.load_torchvision_weights(state_dict)")
         if isinstance(weights_backbone, str):
             weights_backbone = get_weight(weights_backbone if "." in weights_backbone else f"{tv_name.replace('resnet', 'ResNet')}_Weights.{weights_backbone}")
-        model.backbone.load_torchvision_weights(weights_backbone.get_state_dict(progress=True))
+        model.backbone.load_torchvision_weights(imagenet_state_dict(weights_backbone))
     if weights is not None:
         from ..engine.checkpoint import load_weights_into
 
         load_weights_into(model, weights)
     return model
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.endswith((".pth", ".pt", ".bin", ".safetensors"))
+
+
+def imagenet_state_dict(weights: Any) -> dict[str, torch.Tensor]:
+    """The state dict of torchvision ImageNet ``weights`` (a ``WeightsEnum`` member): from torch hub's cache, or
+    downloaded into it. Where it can be neither (offline, a damaged file), the error names the file, where to
+    place it and the alternatives; it never falls back to a random backbone."""
+    fname = os.path.basename(urllib.parse.urlparse(weights.url).path)
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    cached = os.path.join(folder, fname)
+    alternatives = ("or set model.weights_backbone to the path of a local state dict with torchvision's ResNet names, "
+                    "or to null to train from scratch")
+    try:
+        return weights.get_state_dict(progress=True)
+    except OSError as e:  # urllib's URLError / HTTPError, socket errors, an unwritable cache folder
+        raise ValueError(f"cannot fetch the ImageNet backbone weights {weights} from {weights.url} ({type(e).__name__}: {e}). "
+                         f"Download {fname} on a machine with network access and place it in {folder} (torch hub's "
+                         f"cache; $TORCH_HOME moves it), {alternatives}") from e
+    except RuntimeError as e:
+        if not os.path.isfile(cached):
+            raise
+        raise ValueError(f"{cached}: the cached ImageNet backbone weights {weights} cannot be read ({e}); the file is "
+                         f"damaged: delete it to download it again, or replace it with a good copy of {weights.url}, "
+                         f"{alternatives}") from e
 
 
 def gfl_resnet18_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:

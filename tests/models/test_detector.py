@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import urllib.error
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import gfldet
 from gfldet import GFL, ModelConfig
@@ -35,13 +37,48 @@ def test_builders(builder, depth, groups):
     assert isinstance(m, GFL)
     assert (m.config.depth, m.config.groups, m.config.num_classes, m.config.reg_max) == (depth, groups, 7, 8)
     assert m.head.gfl_cls.out_channels == 7 and m.head.gfl_reg.out_channels == 4 * 9
-    # backbone stem and layer1 frozen; BN statistics frozen even in train mode
-    assert not any(p.requires_grad for p in m.backbone.conv1.parameters())
-    assert not any(p.requires_grad for p in m.backbone.layer1.parameters())
-    assert all(p.requires_grad for p in m.backbone.layer4.parameters())
+    # no weights named: the from-scratch regime (as torchvision's builders): every stage trainable, BatchNorm
+    # with batch statistics in train mode
+    assert (m.config.frozen_stages, m.config.norm_eval) == (0, False)
+    assert all(p.requires_grad for p in m.backbone.parameters())
     m.train()
-    assert not m.backbone.bn1.training and not m.backbone.layer4[0].bn1.training
-    assert m.head.training
+    assert m.backbone.bn1.training and m.backbone.layer4[0].bn1.training and m.head.training
+    # the reference's regime, asked for explicitly: stem and layer1 frozen; BN statistics frozen even in train mode
+    r = getattr(gfldet, builder)(num_classes=7, reg_max=8, fpn_channels=64, head_channels=64, frozen_stages=1, norm_eval=True)
+    assert not any(p.requires_grad for p in r.backbone.conv1.parameters())
+    assert not any(p.requires_grad for p in r.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in r.backbone.layer4.parameters())
+    r.train()
+    assert not r.backbone.bn1.training and not r.backbone.layer4[0].bn1.training
+    assert r.head.training
+
+
+def test_backbone_weights_select_the_pretrained_regime(tmp_path):
+    torch.manual_seed(0)
+    sd = {k: v for k, v in torchvision.models.resnet18().state_dict().items()}  # torchvision's names, as ImageNet's
+    path = tmp_path / "r18.pth"
+    torch.save(sd, path)
+    m = gfldet.gfl_resnet18_fpn(num_classes=2, weights_backbone=str(path))
+    assert (m.config.frozen_stages, m.config.norm_eval) == (1, True)
+    torch.testing.assert_close(m.backbone.layer4[0].conv1.weight, sd["layer4.0.conv1.weight"])
+    assert not any(p.requires_grad for p in m.backbone.layer1.parameters())
+    explicit = gfldet.gfl_resnet18_fpn(num_classes=2, weights_backbone=str(path), norm_eval=False, frozen_stages=0)
+    assert (explicit.config.frozen_stages, explicit.config.norm_eval) == (0, False)  # an explicit setting wins
+
+
+def test_missing_backbone_weights_are_an_error_not_a_random_backbone(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        gfldet.gfl_resnet50_fpn(num_classes=2, weights_backbone=str(tmp_path / "missing.pth"))
+
+    def offline(url, *a, **k):  # what torch hub raises without a network (tests never download)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(ValueError) as e:
+        gfldet.gfl_resnet18_fpn(num_classes=2, weights_backbone="IMAGENET1K_V1")
+    msg = str(e.value)
+    assert "resnet18-f37072fd.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg and "null" in msg
 
 
 def test_builder_rejects_fixed_fields():

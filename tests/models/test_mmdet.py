@@ -31,7 +31,8 @@ def _randomise(model):
 def test_family_roundtrip(tmp_path, spec):
     spec = dict(spec)
     arch = spec.pop("arch")
-    ours = _randomise(gfldet.build_model(arch, min_size=None, max_size=None, **spec)).eval()
+    # a trained detector's regime (a checkpoint is read back with the reference's frozen_stages=1, norm_eval=True)
+    ours = _randomise(gfldet.build_model(arch, min_size=None, max_size=None, frozen_stages=1, norm_eval=True, **spec)).eval()
     path = tmp_path / "mmdet.pth"
     torch.save({"meta": {"CLASSES": tuple(f"c{i}" for i in range(spec["num_classes"]))},
                 "state_dict": {k: v.half() for k, v in to_mmdet_state_dict(ours).items()}}, path)
