@@ -1,0 +1,373 @@
+"""gfldet against torchvision's FCOS, both ResNet-18-FPN trained from scratch on the same synthetic scenes.
+
+    python bench/vs_torchvision.py                                    # 600 train / 150 val images, 192 px, 6 epochs
+    python bench/vs_torchvision.py --epochs 12 --only gfldet          # another budget, one model
+    python bench/vs_torchvision.py --train-images 16 --val-images 8 --epochs 1   # smoke run
+
+Data: the cluttered scenes of ``gfldet.data.synthetic_scenes`` (8 shape classes with non-contiguous category ids,
+textured objects on cluttered backgrounds, heavy on small objects, elongated sticks, occlusion, truncation, low
+contrast), generated into the cache on first use (``scenes_data``: ``$GFLDET_CACHE`` or ``~/.cache/gfldet``, or
+``--cache-dir``) and read by both models through ``gfldet.data.coco.CocoDetection``.
+
+The two runs, one after the other in this process with torch's default threads, on the CPU:
+
+1. **gfldet**: ``gfldet.config.Config()`` with only the architecture (``gfl_resnet18_fpn``), the data, the input
+   size, epochs, batch size, seed, output folder, ``data.num_workers=0`` and ``train.device="cpu"`` set; every
+   other setting is gfldet's default (no backbone weights named: training from scratch as gfldet does by
+   default). Trained and evaluated by ``gfldet.engine.train.train``; its AP is the evaluation after the last
+   epoch (it evaluates every ``train.eval_interval`` epochs; all evaluations are timed and subtracted from its
+   training time, which still includes its per-epoch checkpoints and plots).
+2. **FCOS**: ``torchvision.models.detection.FCOS`` with the backbone ``fcos_resnet50_fpn`` builds without weights,
+   on a ResNet-18: ``resnet18(weights=None, norm_layer=nn.BatchNorm2d)``, all 5 stages trainable, an FPN on
+   layers 2-4 with ``LastLevelP6P7(256, 256)``, ``FCOS(backbone, num_classes, min_size=size, max_size=size)`` and
+   torchvision's other defaults (inference score threshold 0.2, NMS 0.6, 100 detections). Trained with
+   torchvision's detection reference recipe (references/detection/train.py and engine.py): SGD momentum 0.9,
+   weight decay 1e-4, lr 0.01 (their FCOS command), a linear warm-up from 0.001x over min(1000, iterations per
+   epoch - 1) iterations of the first epoch, MultiStepLR x0.1 at epochs 16 and 22 of 26, scaled to this run's
+   epoch count; batch ``--batch``, horizontal flips with probability 0.5. Same images, same batches in the same
+   order and the same flips as gfldet's run (the same sampler and dataset seeds).
+
+Both are evaluated by the same function, ``gfldet.engine.evaluate.evaluate`` (pycocotools through
+``coco_metrics``, against the val annotation file, batch ``--batch``), FCOS's labels mapped back to the real
+category ids. Printed: a table (params, iterations, train and eval seconds, AP / AP50 / AP75 / APs / APm / APl) and
+the ratios gfldet / FCOS; the same goes to ``--out``/results.json with the machine (lscpu model name) and versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import load_average, markdown_table  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch import nn  # noqa: E402
+
+import gfldet.engine.evaluate as gfl_eval  # noqa: E402
+from gfldet.data.coco import CocoDetection, collate  # noqa: E402
+from gfldet.data.synthetic_scenes import scenes_data  # noqa: E402
+
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+# torchvision's reference FCOS schedule: 26 epochs, lr x0.1 at epochs 16 and 22
+REF_EPOCHS, REF_MILESTONES = 26, (16, 22)
+
+
+def cpu_model() -> str:
+    """``lscpu``'s "Model name" (``/proc/cpuinfo``'s "model name" when lscpu is missing)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _claim_dir(path: Path) -> Path:
+    """The first of ``path``, ``path-1``, ... that does not exist yet, created (atomic ``mkdir``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = 0
+    while True:
+        cand = path if k == 0 else Path(f"{path}-{k}")
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            k += 1
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class _TimedEvaluate:
+    """Wraps ``gfldet.engine.evaluate.evaluate`` to record the wall time of every call (the training engine
+    imports it from the module at each evaluation, so patching the module attribute reaches it)."""
+
+    def __init__(self) -> None:
+        self.inner = gfl_eval.evaluate
+        self.seconds: list[float] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds.append(time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- gfldet
+def run_gfldet(data: dict[str, str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from gfldet.config import Config
+    from gfldet.engine.train import train
+    from gfldet.engine.checkpoint import load_model
+
+    cfg = Config()
+    cfg.model.arch = "gfl_resnet18_fpn"
+    cfg.data.train.ann, cfg.data.train.images = data["train_ann"], data["train_images"]
+    cfg.data.val.ann, cfg.data.val.images = data["val_ann"], data["val_images"]
+    cfg.data.num_workers = 0
+    cfg.input.min_size = cfg.input.max_size = args.size
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.seed = args.epochs, args.batch, args.seed
+    cfg.train.device = "cpu"
+    cfg.out_dir = str(_claim_dir(out / "gfldet"))
+
+    timer = _TimedEvaluate()
+    gfl_eval.evaluate = timer
+    try:
+        t0 = time.perf_counter()
+        result = train(cfg, progress=not args.no_progress)
+        total = time.perf_counter() - t0
+    finally:
+        gfl_eval.evaluate = timer.inner
+    metrics = result["last_eval"] or {}
+    n_all = _n_params(load_model(Path(cfg.out_dir) / "last.pt"))
+    return {
+        "model": "gfldet gfl_resnet18_fpn",
+        "params": n_all,
+        "iterations": int(result["iterations"]),
+        "train_s": total - sum(timer.seconds),
+        "eval_s": timer.seconds[-1] if timer.seconds else float("nan"),
+        "evaluations": len(timer.seconds),
+        "all_evals_s": sum(timer.seconds),
+        **{k: metrics.get(k) for k in METRICS},
+        "run_dir": cfg.out_dir,
+        # the run's resolved config (the automatic settings gfldet chose for a from-scratch run filled in)
+        "config": yaml.safe_load((Path(cfg.out_dir) / "config.yaml").read_text()),
+    }
+
+
+# --------------------------------------------------------------------------- torchvision FCOS
+def build_fcos(num_classes: int, size: int) -> nn.Module:
+    """FCOS ResNet-18-FPN configured as ``torchvision.models.detection.fcos_resnet50_fpn`` configures a detector
+    without pretrained weights (ordinary BatchNorm, nothing frozen, FPN on layers 2-4 plus P6/P7 from P5).
+
+    ``num_classes`` follows torchvision's documented convention, "including the background": pass the number of
+    real classes + 1 and give labels 1..C (FCOS's sigmoid classifier never makes channel 0 a positive)."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    backbone = resnet18(weights=None, norm_layer=nn.BatchNorm2d)
+    backbone = _resnet_fpn_extractor(backbone, 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    return FCOS(backbone, num_classes, min_size=size, max_size=size)
+
+
+class FCOSForEval(nn.Module):
+    """FCOS behind gfldet's detector interface for ``gfldet.engine.evaluate.evaluate``: uint8 images in, labels
+    0..C-1 out (FCOS's label ``l`` is class ``l - 1``; the never-trained background channel 0 is dropped)."""
+
+    def __init__(self, fcos: nn.Module) -> None:
+        super().__init__()
+        self.fcos = fcos
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        dets = self.fcos([im.float().div(255) for im in images])
+        out = []
+        for d in dets:
+            keep = d["labels"] > 0
+            out.append({"boxes": d["boxes"][keep], "scores": d["scores"][keep], "labels": d["labels"][keep] - 1})
+        return out
+
+
+def run_fcos(data: dict[str, str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from torch.utils.data import DataLoader, DistributedSampler
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(args.seed)
+    train_set = CocoDetection(data["train_ann"], data["train_images"], train=True, flip_prob=0.5, seed=args.seed)
+    val_set = CocoDetection(data["val_ann"], data["val_images"], train=False)
+    model = build_fcos(train_set.num_classes + 1, args.size)
+    model.train()
+
+    # the same order as gfldet's engine: a one-replica DistributedSampler seeded with the run's seed, set_epoch per
+    # epoch, cut into batches in order (the last one partial); CocoDetection's flips depend on (seed, epoch, index)
+    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=args.seed, drop_last=False)
+    iters_per_epoch = max(1, math.ceil(len(sampler) / args.batch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.fcos_lr, momentum=0.9, weight_decay=1e-4)
+    # the reference's MultiStepLR milestones (16, 22 of 26 epochs) scaled to this run's epochs
+    milestones = [max(1, round(args.epochs * m / REF_EPOCHS)) for m in REF_MILESTONES]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    warmup_iters = min(1000, iters_per_epoch - 1)
+
+    it = 0
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        order = list(sampler)
+        batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
+        loader = DataLoader(train_set, batch_sampler=batches, collate_fn=collate, num_workers=0)
+        warmup = None
+        if epoch == 0 and warmup_iters > 0:  # the reference: LinearLR from 1/1000, stepped per iteration, epoch 0
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=warmup_iters)
+        bar = tqdm(loader, total=len(batches), desc=f"fcos epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True,
+                   disable=args.no_progress)
+        for images, targets in bar:
+            images = [im.float().div_(255) for im in images]
+            targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"FCOS: non-finite loss at epoch {epoch + 1}, iteration {it + 1}: "
+                                         + ", ".join(f"{k} = {v.item()}" for k, v in losses.items()))
+            lr = optimizer.param_groups[0]["lr"]  # the rate of this step
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if warmup is not None:
+                warmup.step()
+            it += 1
+            terms = {k.replace("bbox_", ""): f"{v.item():.3f}" for k, v in losses.items()}
+            bar.set_postfix(loss=f"{loss.item():.3f}", **terms, lr=f"{lr:.2e}")
+        bar.close()
+        scheduler.step()
+    train_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metrics = gfl_eval.evaluate(FCOSForEval(model), val_set, batch_size=args.batch, device="cpu", num_workers=0,
+                                progress=not args.no_progress, out_dir=str(_claim_dir(out / "fcos")))
+    eval_s = time.perf_counter() - t0
+    # torchvision's FCOS keeps detections scoring >= 0.2 by default, gfldet >= 0.05 (the paper's test setting); a
+    # lower threshold can only add detections and raise COCO AP, so FCOS is also evaluated at 0.05 (FCOS's row
+    # and the ratios use the better of the two)
+    default_thresh = model.score_thresh
+    model.score_thresh = 0.05
+    low = gfl_eval.evaluate(FCOSForEval(model), val_set, batch_size=args.batch, device="cpu", num_workers=0,
+                            progress=not args.no_progress, out_dir=str(_claim_dir(out / "fcos-thr0.05")))
+    model.score_thresh = default_thresh
+    at_default = {k: metrics.get(k) for k in METRICS}
+    at_low = {k: low.get(k) for k in METRICS}
+    best = at_low if (at_low["AP"] or 0) > (at_default["AP"] or 0) else at_default
+    n_all = _n_params(model)
+    return {
+        "model": "torchvision FCOS resnet18_fpn",
+        "params": n_all,
+        "iterations": it,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "evaluations": 2,
+        "all_evals_s": eval_s,
+        **best,
+        "score_thresh_used": 0.05 if best is at_low else default_thresh,
+        "metrics_at_default_score_thresh": at_default,
+        "metrics_at_score_thresh_0.05": at_low,
+        "settings": {"lr": args.fcos_lr, "momentum": 0.9, "weight_decay": 1e-4, "warmup_iters": warmup_iters,
+                     "warmup_factor": 1e-3, "milestones": milestones, "gamma": 0.1,
+                     "num_classes": train_set.num_classes + 1,
+                     "score_thresh": model.score_thresh, "nms_thresh": model.nms_thresh,
+                     "detections_per_img": model.detections_per_img, "flip_prob": 0.5},
+    }
+
+
+# --------------------------------------------------------------------------- report
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    """``a / b``, or ``None`` when either is missing or NaN or ``b`` is 0."""
+    if a is None or b is None or math.isnan(float(a)) or math.isnan(float(b)) or float(b) == 0:
+        return None
+    return float(a) / float(b)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-images", type=int, default=600)
+    ap.add_argument("--val-images", type=int, default=150)
+    ap.add_argument("--size", type=int, default=192, help="image side; also both models' min_size = max_size")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0, help="data order, flips and initialisation of both runs")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated scenes")
+    ap.add_argument("--fcos-lr", type=float, default=0.01, help="the reference's FCOS command")
+    ap.add_argument("--out", default="runs/vs_torchvision")
+    ap.add_argument("--cache-dir", default=None, help="data cache (default $GFLDET_CACHE or ~/.cache/gfldet)")
+    ap.add_argument("--only", choices=("gfldet", "fcos", "both"), default="both")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log gfldet's INFO messages")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import torchvision
+
+        machine["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover - a dependency of gfldet
+        pass
+    print(f"CPU: {machine['cpu']}, {machine['logical_cores']} logical cores, torch {machine['torch']} "
+          f"({machine['torch_threads']} threads), torchvision {machine.get('torchvision', '?')}, {load_average()}")
+
+    t0 = time.perf_counter()
+    data = scenes_data(args.cache_dir, train_images=args.train_images, val_images=args.val_images,
+                       image_size=args.size, seed=args.data_seed)
+    data_s = time.perf_counter() - t0
+    print(f"data: {data['root']} ({data_s:.1f} s)")
+
+    runs: dict[str, dict[str, Any]] = {}
+    if args.only in ("gfldet", "both"):
+        runs["gfldet"] = run_gfldet(data, args, out)
+    if args.only in ("fcos", "both"):
+        runs["fcos"] = run_fcos(data, args, out)
+
+    headers = ["model", "params (M)", "iterations", "train s", "eval s", "AP", "AP50", "AP75", "APs", "APm", "APl"]
+    rows = [[r["model"] + (f" (score >= {r['score_thresh_used']:g})" if "score_thresh_used" in r else ""),
+             f"{r['params'] / 1e6:.2f}", r["iterations"], f"{r['train_s']:.0f}", f"{r['eval_s']:.1f}",
+             *(_f(r[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))] for r in runs.values()]
+    print()
+    print(markdown_table(headers, rows))
+    ratios: dict[str, float | None] = {}
+    if len(runs) == 2:
+        g, f = runs["gfldet"], runs["fcos"]
+        ratios = {"AP": _ratio(g["AP"], f["AP"]), "AP50": _ratio(g["AP50"], f["AP50"]),
+                  "train_s": _ratio(g["train_s"], f["train_s"]), "eval_s": _ratio(g["eval_s"], f["eval_s"])}
+        print(f"\ngfldet / FCOS: AP {_f(ratios['AP'], 2)}x, AP50 {_f(ratios['AP50'], 2)}x, "
+              f"train time {_f(ratios['train_s'], 2)}x, eval time {_f(ratios['eval_s'], 2)}x")
+    print(f"({load_average()} after the runs)")
+
+    results = {
+        "machine": machine,
+        "args": vars(args),
+        "data": {**data, "seconds": data_s},
+        "runs": runs,
+        "ratios_gfldet_over_fcos": ratios,
+        "notes": ("train_s excludes evaluation (gfldet: all its periodic evaluations subtracted; it still includes "
+                  "gfldet's per-epoch checkpoints and plots); eval_s is the final evaluation on the val split; "
+                  "FCOS milestones are the reference's 16/22 of 26 epochs scaled to --epochs"),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
