@@ -55,6 +55,7 @@ from torch import nn  # noqa: E402
 
 import gfldet.engine.evaluate as gfl_eval  # noqa: E402
 from gfldet.data.coco import CocoDetection, collate  # noqa: E402
+from gfldet.data.folders import claim_dir as _claim_dir  # noqa: E402
 from gfldet.data.synthetic_scenes import scenes_data  # noqa: E402
 
 
@@ -80,19 +81,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def _claim_dir(path: Path) -> Path:
-    """The first of ``path``, ``path-1``, ... that does not exist yet, created (atomic ``mkdir``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    k = 0
-    while True:
-        cand = path if k == 0 else Path(f"{path}-{k}")
-        try:
-            cand.mkdir()
-            return cand
-        except FileExistsError:
-            k += 1
 
 
 def _n_params(model: nn.Module) -> int:

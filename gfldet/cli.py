@@ -60,6 +60,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect_data(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.inspect import check_out_dir, format_report, inspect_dataset, write_report
+
+    cfg = load_config(args.config, args.set or [])
+    if args.out:
+        check_out_dir(args.out, force=args.force)  # before the work, not after it
+    report = inspect_dataset(args.ann, args.images, cfg, max_images=args.max_images, seed=args.seed)
+    print(format_report(report))
+    if args.out:
+        paths = write_report(report, args.out, force=args.force)
+        print(f"wrote {paths['report']} and {paths['plot']}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.coco import CocoDetection
     from .engine.checkpoint import load_model
@@ -135,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last.pt")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
+
+    i = sub.add_parser("inspect-data", help="what a COCO-format dataset looks like to GFL at the configured input size: "
+                       "box sizes, GTs without ATSS positives, edges beyond reg_max, advice")
+    i.add_argument("ann", help="COCO annotation JSON")
+    i.add_argument("--images", required=True, help="image folder (only a sample of files is checked; none is decoded)")
+    i.add_argument("--config", default=None, help="YAML config as for `gfldet train` (input sizes, model settings)")
+    i.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set input.min_size=640")
+    i.add_argument("--out", default=None, help="folder for inspect.json and sizes.png (default: print only)")
+    i.add_argument("--force", action="store_true", help="replace an existing OUT/inspect.json")
+    i.add_argument("--max-images", type=_positive_int, default=2000,
+                   help="run the ATSS assignment on a random sample of at most this many images (default 2000)")
+    i.add_argument("--seed", type=int, default=0, help="seed of that sample")
+    i.set_defaults(func=_cmd_inspect_data)
 
     e = sub.add_parser("eval", help="COCO metrics of a checkpoint on a COCO-format dataset")
     e.add_argument("--checkpoint", required=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from PIL import Image
 
 from .analysis import edge_records, uncertainty_report
 from .config import Config
+from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions
@@ -48,53 +48,24 @@ NUM_CLASSES = 3
 
 
 # --------------------------------------------------------------------------- data
-def cache_root() -> Path:
-    return Path(os.environ.get("GFLDET_CACHE") or Path.home() / ".cache" / "gfldet")
-
-
 def demo_data(cache_dir: str | os.PathLike | None = None, train_images: int = 1500, val_images: int = 48,
               image_size: int = 256, seed: int = 0) -> dict[str, str]:
     """The demo's COCO-format train and validation splits, generated on first use and reused afterwards.
 
     Returns ``{"train_ann", "train_images", "val_ann", "val_images", "root"}``. The folder name encodes the
     settings and :data:`DEMO_DATA_VERSION`; it is generated beside its final place and renamed into it, so an
-    interrupted generation never leaves a half-written dataset behind.
+    interrupted generation never leaves a half-written dataset behind (:func:`gfldet.data.folders.cached_splits`).
     """
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
     name = f"demo-v{DEMO_DATA_VERSION}-{train_images}x{val_images}-{image_size}px-c{NUM_CLASSES}-s{seed}"
-    folder = root / name
-    paths = {"train_ann": str(folder / "train" / "annotations.json"), "train_images": str(folder / "train"),
-             "val_ann": str(folder / "val" / "annotations.json"), "val_images": str(folder / "val"), "root": str(folder)}
-    if (folder / "done.json").is_file():
-        log.info("using the demo dataset in %s", folder)
-        return paths
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    try:
-        size = (image_size, image_size)
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = min(cpus, 8)
-        write_coco(tmp / "train", train_images, seed, size, NUM_CLASSES, workers=workers)
-        write_coco(tmp / "val", val_images, seed + 1_000_003, size, NUM_CLASSES, workers=workers)
-        (tmp / "done.json").write_text(json.dumps({"version": DEMO_DATA_VERSION, "train_images": train_images,
-                                                   "val_images": val_images, "image_size": image_size, "seed": seed}))
-        if folder.exists() and not (folder / "done.json").is_file():
-            # an incomplete folder (not written by this function, or damaged): set it aside, never delete it
-            aside = root / f".{name}.incomplete{os.getpid()}"
-            os.replace(folder, aside)
-            log.warning("%s was incomplete (no done.json); moved it to %s and generated the data again", folder, aside)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "done.json").is_file():  # not another process finishing first: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("generated the demo dataset (%d train, %d val images of %dx%d) in %s in %.1fs", train_images, val_images,
-             image_size, image_size, folder, time.perf_counter() - t0)
-    return paths
+
+    def generate(folder: Path) -> dict[str, Any]:
+        size, workers = (image_size, image_size), generation_workers()
+        write_coco(folder / "train", train_images, seed, size, NUM_CLASSES, workers=workers)
+        write_coco(folder / "val", val_images, seed + 1_000_003, size, NUM_CLASSES, workers=workers)
+        return {"version": DEMO_DATA_VERSION, "train_images": train_images, "val_images": val_images,
+                "image_size": image_size, "seed": seed}
+
+    return cached_splits(name, generate, cache_dir, what="demo dataset")
 
 
 def load_split(ann_file: str | os.PathLike, image_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -160,18 +131,7 @@ def _describe_model(cfg: Config) -> str:
             f"fpn_channels={m.fpn_channels}, head_channels={m.head_channels}, stacked_convs={m.stacked_convs}), from scratch")
 
 
-def _claim_dir(out: Path) -> Path:
-    """Create and return the first of ``out``, ``out-1``, ``out-2``, ... that does not exist yet. ``mkdir`` is
-    atomic, so two demos started at once never share (and overwrite) a folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    k = 0
-    while True:
-        cand = out if k == 0 else Path(f"{out}-{k}")
-        try:
-            cand.mkdir()
-            return cand
-        except FileExistsError:
-            k += 1
+_claim_dir = claim_dir  # the demo's name for it
 
 
 def _pick_example(samples, dets, want_blur: bool, iou_thr: float = 0.5):

@@ -12,12 +12,13 @@ edge distributions and uncertainty summaries (``gfldet.ops.uncertainty``).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from .ops.resize import keep_ratio_size
 
 __all__ = ["postprocess", "nms", "batched_nms", "preprocess", "OnnxDetector", "decode_raw", "edge_uncertainty_np"]
 
@@ -197,15 +198,8 @@ def postprocess(
 
 # ------------------------------------------------------------------------------------------------ input
 def resize_shape(h: int, w: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
-    """The model's keep-ratio resize: short side to ``min_size`` unless the long side would pass ``max_size``."""
-    if min_size is None and max_size is None:
-        return h, w
-    s = math.inf
-    if min_size is not None:
-        s = min(s, min_size / min(h, w))
-    if max_size is not None:
-        s = min(s, max_size / max(h, w))
-    return max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
+    """The model's keep-ratio resize (:func:`gfldet.ops.resize.keep_ratio_size`, the one rule every path uses)."""
+    return keep_ratio_size(h, w, min_size, max_size)
 
 
 def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray, list, list, list]:

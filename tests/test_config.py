@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gfldet.config import Config, ConfigError, load_config, resolve_training, step_milestones, warmup_length
+from gfldet.config import ConfigError, load_config, resolve_training, step_milestones, warmup_length
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -547,6 +547,14 @@ class CocoDetection(torch.utils.data.Dataset):
         """COCO image ids of the kept images, in dataset order (``image_ids[i]`` is item ``i``'s)."""
         return self._image_ids.tolist()
 
+    def annotation_arrays(self) -> dict[str, Tensor]:
+        """The checked annotations of all kept images as arrays, without decoding any image: ``sizes`` ``(I, 2)``
+        int64 ``(H, W)`` from the JSON, ``image_ids`` ``(I,)``, ``offsets`` ``(I + 1,)`` (item ``i``'s boxes are
+        rows ``offsets[i]:offsets[i + 1]``), ``boxes`` ``(B, 4)`` float32 xyxy pixels, ``labels`` ``(B,)`` int64
+        in ``[0, num_classes)`` and ``crowd`` ``(B,)`` bool. Read-only views: clone before changing them."""
+        return {"sizes": self._sizes.reshape(-1, 2), "image_ids": self._image_ids, "offsets": self._offsets,
+                "boxes": self._boxes.reshape(-1, 4), "labels": self._labels, "crowd": self._crowd}
+
     def image_path(self, index: int) -> str:
         """Path of item ``index``'s image file."""
         s, e = int(self._path_offsets[index]), int(self._path_offsets[index + 1])

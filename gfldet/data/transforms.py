@@ -5,11 +5,12 @@ mutates its inputs, and all randomness comes from an explicit :class:`torch.Gene
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from ..ops.resize import keep_ratio_size
 
 __all__ = [
     "coco_xywh_to_xyxy",
@@ -56,26 +57,9 @@ def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def resize_keep_ratio_size(h: int, w: int, min_size: float | None, max_size: float | None) -> tuple[int, int]:
-    """Size ``(new_h, new_w)`` of an ``h x w`` image resized keeping its aspect ratio.
-
-    ``scale = min(min_size / short_side, max_size / long_side)`` (either bound may be ``None``: not used;
-    both ``None``: the size is unchanged), ``new = int(side * scale + 0.5)``, at least 1. This is the rule
-    the detector applies internally (``ModelConfig.min_size`` / ``max_size``).
-    """
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got h={h}, w={w}")
-    scale = math.inf
-    if min_size is not None:
-        if min_size <= 0:
-            raise ValueError(f"min_size must be positive, got {min_size}")
-        scale = min(scale, min_size / min(h, w))
-    if max_size is not None:
-        if max_size <= 0:
-            raise ValueError(f"max_size must be positive, got {max_size}")
-        scale = min(scale, max_size / max(h, w))
-    if scale == math.inf:
-        return int(h), int(w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    """Size ``(new_h, new_w)`` of an ``h x w`` image resized keeping its aspect ratio: the detector's rule,
+    :func:`gfldet.ops.resize.keep_ratio_size`."""
+    return keep_ratio_size(h, w, min_size, max_size)
 
 
 def choose_scale(generator: torch.Generator | None, min_sizes: int | Sequence[int]) -> int:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -154,6 +153,8 @@ class _Run:
         if self.main:
             for note in notes:
                 log.info("%s", note)
+        if self.main:
+            self._inspect_data()
         mcfg = cfg.model_config(self.train_set.num_classes)
         model = build_model(cfg.model.arch, class_names=self.train_set.classes, weights_backbone=cfg.model.weights_backbone,
                             **{k: v for k, v in dataclasses.asdict(mcfg).items() if k not in ("depth", "groups", "width_per_group")})
@@ -194,6 +195,17 @@ class _Run:
         elif self.main:
             (self.out / "config.yaml").write_text(cfg.to_yaml())
             (self.out / "metrics.jsonl").write_text("")
+
+    def _inspect_data(self) -> None:
+        """One line on what the training data looks like to this model, and warnings on what would silently hurt
+        (boxes no anchor is assigned to, edges beyond reg_max, rare classes); ``gfldet inspect-data`` has more."""
+        from ..data.inspect import inspect_dataset, summary_line, train_warnings
+
+        d = self.cfg.data.train
+        report = inspect_dataset(d.ann, d.images, self.cfg, dataset=self.train_set, max_images=500, recommend=False)
+        log.info("training %s", summary_line(report))
+        for warning in train_warnings(report):
+            log.warning("training data: %s (gfldet inspect-data %s --images %s)", warning, d.ann, d.images)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ Shapes: N images, A anchors of all levels, C classes, B = reg_max + 1 bins, M bo
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..ops.integral import Integral
 from ..ops.priors import grid_anchors, valid_anchor_flags
+from ..ops.resize import keep_ratio_size, padded_size
 from .backbone import FPN, ResNetBackbone
 from .criterion import GFLTargets, gfl_losses, gfl_targets
 from .head import GFLHead
@@ -101,23 +101,16 @@ class GFL(nn.Module):
                 x = x * 255.0
             else:
                 raise ValueError(f"image {i}: dtype {img.dtype} is not supported (use uint8 or float in [0, 1])")
-            nh, nw = h, w
-            if min_size is not None or cfg.max_size is not None:
-                s = math.inf
-                if min_size is not None:
-                    s = min(s, min_size / min(h, w))
-                if cfg.max_size is not None:
-                    s = min(s, cfg.max_size / max(h, w))
-                nh, nw = max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
-                if (nh, nw) != (h, w):
-                    x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            nh, nw = keep_ratio_size(h, w, min_size, cfg.max_size)
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
             x = (x - self.pixel_mean) / self.pixel_std
             tensors.append(x)
             sizes.append((nh, nw))
             scales.append((nw / w, nh / h))
             originals.append((h, w))
         d = cfg.size_divisor
-        pads = [(int(math.ceil(h / d) * d), int(math.ceil(w / d) * d)) for h, w in sizes]
+        pads = [padded_size(h, w, d) for h, w in sizes]
         bh, bw = max(p[0] for p in pads), max(p[1] for p in pads)
         batch = tensors[0].new_zeros(len(tensors), 3, bh, bw)
         for i, x in enumerate(tensors):

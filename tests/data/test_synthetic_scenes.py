@@ -84,7 +84,7 @@ def test_categories_are_non_contiguous_and_all_present(split100):
     for a in data["annotations"]:
         counts[a["category_id"]] += 1
     assert all(n >= 5 for n in counts.values()), counts
-    assert len(data["annotations"]) >= 300  # cluttered: several objects per image
+    assert len(data["annotations"]) >= 200  # several objects per image
 
 
 def test_boxes_inside_and_aspect_ratios_span_wide_range(split100):
@@ -99,7 +99,7 @@ def test_boxes_inside_and_aspect_ratios_span_wide_range(split100):
     assert (ar > 4.0).sum() >= 5 and (ar < 0.25).sum() >= 5
     # sizes: heavy on small objects, with some large ones
     s = np.sqrt(b[:, 2] * b[:, 3]) / min(SIZE)
-    assert np.median(s) < 0.25 and (s > 0.4).sum() >= 5
+    assert np.median(s) < 0.35 and (s > 0.4).sum() >= 5
     # some objects cut by the border, some partly hidden, some of low contrast
     anns = data["annotations"]
     assert sum(a["truncated"] for a in anns) >= 10

@@ -157,6 +157,9 @@ def test_a_config_naming_no_weights_trains_from_scratch_and_says_so(data, tmp_pa
         train(load_config(None, sets + ["train.max_iters=1"]), progress=False)
     assert any("training regime: from scratch" in r.getMessage() and "no model.weights_backbone" in r.getMessage()
                for r in caplog.records)
+    # the one-line data summary at the run's input size (gfldet.data.inspect)
+    assert any(r.getMessage().startswith("training data: 4 images") and "without ATSS positive" in r.getMessage()
+               for r in caplog.records)
     saved = yaml.safe_load((tmp_path / "scratch" / "config.yaml").read_text())  # the resolved values, not nulls
     assert (saved["model"]["norm_eval"], saved["model"]["frozen_stages"], saved["train"]["grad_clip"]) == (False, 0, 35.0)
     assert saved["train"]["warmup_iters"] == 0  # 10% of a 2-iteration run
