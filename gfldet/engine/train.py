@@ -148,12 +148,12 @@ class _Run:
 
         self.world = D.world_size()
         per_process = math.ceil(len(self.train_set) / self.world)  # DistributedSampler's length (drop_last=False)
-        cfg, notes = resolve_training(cfg, max(1, math.ceil(per_process / cfg.train.batch_size)), self.world)
+        self.iters_per_epoch = max(1, math.ceil(per_process / cfg.train.batch_size))
+        cfg, notes = resolve_training(cfg, self.iters_per_epoch, self.world)
         self.cfg = cfg
         if self.main:
             for note in notes:
                 log.info("%s", note)
-        if self.main:
             self._inspect_data()
         mcfg = cfg.model_config(self.train_set.num_classes)
         model = build_model(cfg.model.arch, class_names=self.train_set.classes, weights_backbone=cfg.model.weights_backbone,
@@ -188,7 +188,6 @@ class _Run:
 
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=D.rank(), shuffle=True,
                                           seed=cfg.train.seed, drop_last=False)
-        self.iters_per_epoch = max(1, math.ceil(len(self.sampler) / cfg.train.batch_size))
         self.epoch, self.epoch_iter, self.it, self.best_ap = 0, 0, 0, -1.0
         if resume:
             self._resume()
