@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = ["ModelConfig", "Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
-           "load_config", "apply_override", "validate_config", "Regime", "REGIMES", "backbone_regime", "resolve_training",
+           "load_config", "apply_override", "validate_config", "format_config", "preflight", "Regime", "REGIMES", "backbone_regime", "resolve_training",
            "warmup_length", "step_milestones", "WARMUP_MAX_FRACTION"]
 
 
@@ -142,10 +142,16 @@ class ModelConfig:
 # The training / evaluation configuration tree (`gfldet train CONFIG.yaml --set key=value ...`).
 
 import dataclasses
+import functools
+import logging
+import os
+import re
 import types
 import typing
 from dataclasses import field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -154,8 +160,13 @@ class ModelSettings:
     sizes from ``input``. Defaults are the paper's GFL R-50-FPN."""
 
     arch: str = "gfl_resnet50_fpn"  # a builder: gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn
-    weights_backbone: str | None = None  # torchvision ImageNet weights, e.g. IMAGENET1K_V1 (torchvision downloads them)
-    init: str | None = None  # a gfldet or mmdetection checkpoint to start from (same architecture)
+    # torchvision ImageNet weights, e.g. IMAGENET1K_V1 (torchvision downloads them), or the path of a local state
+    # dict with torchvision's ResNet parameter names
+    weights_backbone: str | None = None
+    # a gfldet or mmdetection checkpoint to start from (fine-tuning): every tensor whose name and shape fit is
+    # loaded, the others (e.g. the classifier of another class count) keep their initialisation; the log names them
+    init: str | None = None
+    init_strict: bool = False  # true: every tensor must fit (an error names those that do not)
     # null: chosen by the regime (REGIMES below): 1 and true with weights_backbone or init (the reference's frozen
     # stem + layer1 and frozen BatchNorm statistics), 0 and false from scratch. An explicit value always wins.
     frozen_stages: int | None = None
@@ -209,8 +220,10 @@ class DataConfig:
 
 @dataclass
 class InputConfig:
-    min_size: int = 800  # short side (test, and training without multi-scale)
-    max_size: int = 1333  # long side cap
+    # keep-ratio resize inside the model (ModelConfig.min_size / max_size): short side (test, and training without
+    # multi-scale) and long side cap; null drops that bound (both null: images at their own size, padded)
+    min_size: int | None = 800
+    max_size: int | None = 1333
     multiscale: list[int] | None = None  # training short sides to draw from per batch (the paper's 2x: 480..960)
     flip_prob: float = 0.5
 
@@ -241,7 +254,9 @@ class TrainConfig:
     log_interval: int = 20  # iterations between metric lines
     checkpoint_iters: int = 0  # also write last.pt every N iterations (0: only at epoch ends)
     max_iters: int | None = None  # stop (and checkpoint) after this many iterations in total
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto (CUDA when available) | cpu | cuda | cuda:N | N (a bare CUDA index, read as cuda:N). Under torchrun use
+    # auto or cuda: each process takes the GPU of its LOCAL_RANK.
+    device: str = "auto"
     # Training from scratch (no backbone weights): set the frozen backbone BatchNorm statistics from this many
     # training batches before the first step (gfldet.engine.norm_init). 0: keep them as built.
     norm_init_batches: int = 0
@@ -259,9 +274,8 @@ class Config:
         return asdict(self)
 
     def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """Every field as YAML that :func:`load_config` reads back to an equal config (:func:`format_config`)."""
+        return format_config(self)
 
     def model_config(self, num_classes: int) -> ModelConfig:
         """The detector's :class:`ModelConfig` for this run."""
@@ -270,7 +284,7 @@ class Config:
         if self.model.arch not in ARCHS:
             raise ConfigError(f"model.arch: unknown builder {self.model.arch!r}; choose from {sorted(ARCHS)}")
         m = asdict(self.model)
-        for k in ("arch", "weights_backbone", "init"):
+        for k in ("arch", "weights_backbone", "init", "init_strict"):
             m.pop(k)
         regime = backbone_regime(bool(self.model.weights_backbone or self.model.init))
         for k in ("frozen_stages", "norm_eval"):
@@ -286,25 +300,40 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the key."""
 
 
-def _check_type(key: str, value: Any, tp: Any) -> Any:
-    """Check (and lightly coerce: int -> float, list -> tuple) ``value`` against the annotation ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+def _optional(tp: Any) -> tuple[bool, tuple[Any, ...]]:
+    """``(accepts None, the other types)`` of an annotation: ``str | None`` -> ``(True, (str,))``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        return type(None) in args, tuple(a for a in args if a is not type(None))
+    return False, (tp,)
+
+
+_NUMBER = re.compile(r"^\s*[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$")
+
+
+def _check_type(key: str, value: Any, tp: Any, nullable: bool = False) -> Any:
+    """Check (and lightly coerce: int -> float, list -> tuple) ``value`` against the annotation ``tp``. Errors name
+    the key, the value and the expected type (``nullable``: the field also takes null, which the message says)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        accepts_none, options = _optional(tp)
+        if value is None and accepts_none:
             return None
-        options = [a for a in args if a is not type(None)]
+        nullable = nullable or accepts_none
         if len(options) == 1:  # Optional[X]: X's own message is the precise one
-            return _check_type(key, value, options[0])
+            return _check_type(key, value, options[0], nullable)
         for a in options:
             try:
                 return _check_type(key, value, a)
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: {value!r} is not a valid {_tname(tp)}")
+    origin = typing.get_origin(tp)
+    or_null = " or null" if nullable else ""
+    quoted = (" (a quoted string: write the number without quotes)"
+              if isinstance(value, str) and _NUMBER.match(value) and tp in (float, int) else "")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list{or_null}, got {value!r}")
         (item,) = typing.get_args(tp)[:1] or (Any,)
         items = [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -312,19 +341,20 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number{or_null}, got {value!r}{quoted}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer{or_null}, got {value!r}{quoted}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false{or_null}, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            hint = " (in YAML, quote it to keep it as text)" if isinstance(value, (int, float, bool)) else ""
+            raise ConfigError(f"{key}: expected a string{or_null}, got {value!r}{hint}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -351,18 +381,78 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kw)
 
 
-def apply_override(cfg: Config, assignment: str) -> None:
-    """Apply one ``key=value`` (value in YAML syntax, e.g. ``train.lr=0.02``, ``input.multiscale=[480,800]``)."""
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 1e-3, 5E-4, 1e3, 1.0e3 are strings there.
+# Config files and --set values also read these as floats, as YAML 1.2's core schema does; nothing else changes.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
+@functools.lru_cache(maxsize=None)
+def _yaml_classes() -> tuple[type, type]:
+    """SafeLoader / SafeDumper with the exponent-float resolver (the dumper then quotes strings such as ``'1e3'``)."""
     import yaml
 
+    class ConfigLoader(yaml.SafeLoader):
+        pass
+
+    class ConfigDumper(yaml.SafeDumper):
+        pass
+
+    for cls in (ConfigLoader, ConfigDumper):
+        cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+    return ConfigLoader, ConfigDumper
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_classes()[0])  # a SafeLoader
+
+
+def format_config(cfg: Config) -> str:
+    """``cfg`` as YAML, every field included (defaults too), in declaration order; :func:`load_config` reads it
+    back to an equal config. What ``gfldet config`` prints and what a run writes as ``config.yaml``."""
+    import yaml
+
+    return yaml.dump(dataclasses.asdict(cfg), Dumper=_yaml_classes()[1], sort_keys=False, allow_unicode=True)
+
+
+_NULL_WORDS = ("", "null", "~", "none")  # --set KEY=<one of these> sets an Optional field to None
+
+
+def _parse_override(key: str, raw: str, tp: Any) -> Any:
+    """The value of ``--set key=raw`` for a field annotated ``tp``. A string field takes the text as typed
+    (``out_dir=2024`` is the folder "2024"; YAML quotes are removed); null / ~ / none / nothing give None for an
+    Optional field; every other field reads ``raw`` as YAML (``train.lr=1e-3``, ``input.multiscale=[480, 800]``)."""
+    import yaml
+
+    text = raw.strip()
+    nullable, options = _optional(tp)
+    if nullable and text.lower() in _NULL_WORDS:
+        return None
+    if options == (str,):
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            try:
+                unquoted = _load_yaml(text)
+            except yaml.YAMLError:
+                unquoted = None
+            if isinstance(unquoted, str):
+                return unquoted
+        return text
+    if not text:
+        return None
+    try:
+        return _load_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from e
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    """Apply one ``key=value``: e.g. ``train.lr=1e-3``, ``input.multiscale=[480,800]``, ``out_dir=2024``,
+    ``model.init=null``. The value is read according to the field's declared type (:func:`_parse_override`)."""
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from e
     parts = key.split(".")
     node: Any = cfg
     for i, part in enumerate(parts[:-1]):
@@ -373,6 +463,7 @@ def apply_override(cfg: Config, assignment: str) -> None:
     if not dataclasses.is_dataclass(node) or last not in {f.name for f in dataclasses.fields(node)}:
         raise ConfigError(f"unknown config key: {key}")
     tp = typing.get_type_hints(type(node))[last]
+    value = _parse_override(key, raw, tp)
     if dataclasses.is_dataclass(tp):
         setattr(node, last, _from_dict(tp, value, key + "."))
     else:
@@ -389,7 +480,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         try:
@@ -402,9 +493,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+_DEVICE = re.compile(r"^(?:auto|cpu|cuda(?::[0-9]+)?)$")
+
+
+def _normalise_device(device: str) -> str:
+    """``"N"`` (a bare CUDA index, as ultralytics takes it) -> ``"cuda:N"``; anything else as it is."""
+    d = device.strip()
+    return f"cuda:{int(d)}" if re.fullmatch(r"[0-9]+", d) else d
+
+
 def validate_config(cfg: Config) -> None:
-    """Value checks beyond types."""
+    """Value checks beyond types. Also normalises ``train.device`` in place (``"0"`` -> ``"cuda:0"``)."""
     t = cfg.train
+    device = _normalise_device(t.device)
+    if not _DEVICE.match(device):
+        fix = ("one process trains on one device: for several GPUs launch with torchrun --nproc_per_node=N and "
+               "train.device=auto" if re.fullmatch(r"[0-9]+(?:\s*,\s*[0-9]+)+", device) else
+               "use auto, cpu, cuda, cuda:N or N (a CUDA index)")
+        raise ConfigError(f"train.device: {t.device!r} is not a device gfldet trains on; {fix}")
+    if device != t.device:
+        log.debug("train.device %r read as %r", t.device, device)
+        t.device = device
+    inp = cfg.input
     checks = [
         (t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
@@ -425,8 +535,10 @@ def validate_config(cfg: Config) -> None:
         (t.grad_clip is None or t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0: off) or null (the regime's)"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),
         (t.max_iters is None or t.max_iters >= 1, "train.max_iters", t.max_iters, "must be >= 1 or null"),
-        (cfg.input.min_size >= 1 and cfg.input.max_size >= cfg.input.min_size, "input.min_size/max_size",
-         (cfg.input.min_size, cfg.input.max_size), "need 1 <= min_size <= max_size"),
+        (inp.min_size is None or inp.min_size >= 1, "input.min_size", inp.min_size, "must be >= 1 or null"),
+        (inp.max_size is None or inp.max_size >= 1, "input.max_size", inp.max_size, "must be >= 1 or null"),
+        (inp.min_size is None or inp.max_size is None or inp.max_size >= inp.min_size, "input.min_size/max_size",
+         (inp.min_size, inp.max_size), "need min_size <= max_size"),
         (0 <= cfg.input.flip_prob <= 1, "input.flip_prob", cfg.input.flip_prob, "must be in [0, 1]"),
         (not cfg.input.multiscale or min(cfg.input.multiscale) >= 1, "input.multiscale", cfg.input.multiscale, "sizes must be >= 1"),
     ]
@@ -437,6 +549,86 @@ def validate_config(cfg: Config) -> None:
         value = getattr(cfg.model, key)
         if value not in allowed:
             raise ConfigError(f"model.{key}: {value!r} is not one of {allowed}")
+
+
+def preflight(cfg: Config) -> None:
+    """Check what the config alone can tell before any data is read or any weights are loaded: ``model.arch`` is
+    a builder, ``model.init`` and a path-like ``model.weights_backbone`` are files (a torchvision weights name must
+    name weights for the architecture's backbone; nothing is downloaded), ``train.device`` exists on this machine,
+    and the ``data.train`` / ``data.val`` files and folders that are set exist. Runs :func:`validate_config` first.
+
+    Raises :class:`ConfigError` (a ``ValueError``) or ``FileNotFoundError`` with one message naming the key, the
+    value and the fix. Empty data settings are not errors here (the trainer says what it needs)."""
+    validate_config(cfg)
+    from .models.zoo import ARCHS, _looks_like_path  # lazily: models import this module
+
+    m = cfg.model
+    if m.arch not in ARCHS:
+        raise ConfigError(f"model.arch={m.arch!r} is not a known architecture; choose one of: {', '.join(sorted(ARCHS))}")
+    if m.init is not None and not os.path.isfile(m.init):
+        raise FileNotFoundError(f"model.init={m.init!r}: no such file; set it to the path of a gfldet or mmdetection "
+                                f"checkpoint of {m.arch}, or to null to start without one")
+    if m.weights_backbone is not None and not os.path.isfile(m.weights_backbone):
+        if _looks_like_path(m.weights_backbone):
+            raise FileNotFoundError(
+                f"model.weights_backbone={m.weights_backbone!r}: no such file; set it to the path of a state dict with "
+                f"torchvision's ResNet parameter names, to a torchvision weights name such as IMAGENET1K_V1, or to "
+                f"null to train from scratch")
+        _check_torchvision_weights(m.arch, m.weights_backbone, ARCHS[m.arch][1])
+    _check_device(cfg.train.device)
+    for split in ("train", "val"):
+        s = getattr(cfg.data, split)
+        for name, want_dir in (("ann", False), ("images", True)):
+            value = getattr(s, name)
+            if not value:
+                continue
+            key, what = f"data.{split}.{name}", ("folder" if want_dir else "file")
+            fix = ("the folder the annotation file's file_name entries are relative to" if want_dir
+                   else "a COCO-format annotation JSON")
+            if not os.path.exists(value):
+                raise FileNotFoundError(f"{key}={value!r}: no such {what}; set it to {fix}")
+            if os.path.isdir(value) != want_dir:
+                raise FileNotFoundError(f"{key}={value!r} is a {'file' if want_dir else 'folder'}; set it to {fix}")
+
+
+def _check_torchvision_weights(arch: str, name: str, tv_name: str) -> None:
+    """``model.weights_backbone`` names torchvision ImageNet weights of ``arch``'s backbone (looked up, not fetched)."""
+    key = f"model.weights_backbone={name!r}"
+    if not tv_name:
+        raise ConfigError(f"{key}: torchvision publishes no ImageNet weights for {arch}'s backbone; set it to the path "
+                          "of a state dict with torchvision's ResNet parameter names, or to null to train from scratch")
+    from torchvision.models import get_model_weights, get_weight
+
+    enum_name = f"{tv_name.replace('resnet', 'ResNet')}_Weights"
+    choices = ", ".join(w.name for w in get_model_weights(tv_name))
+    try:
+        weights = get_weight(name if "." in name else f"{enum_name}.{name}")
+    except (KeyError, ValueError, AttributeError):
+        raise ConfigError(f"{key} is not a torchvision ImageNet weights name for {arch} ({tv_name}); choose one of: "
+                          f"{choices} (or a file path, or null to train from scratch)") from None
+    if type(weights).__name__ != enum_name:
+        raise ConfigError(f"{key} are weights of another network, not of {arch}'s backbone ({tv_name}); use one of "
+                          f"{choices} (or {enum_name}.<name>)")
+
+
+def _check_device(device: str) -> None:
+    """``train.device`` (normalised by :func:`validate_config`) can be used here, as ``init_distributed`` uses it."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    key = f"train.device={device!r}"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} but CUDA is not available on this machine; set train.device=cpu (or auto: CUDA "
+                          "when available)")
+    if ":" in device:
+        index, count = int(device.split(":", 1)[1]), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"{key} but this machine has {count} CUDA devices (cuda:0..cuda:{count - 1}); "
+                              "choose one of them, or auto")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"{key} would put every torchrun process on the same GPU; with torchrun set "
+                              "train.device=auto or cuda (each process takes the GPU of its LOCAL_RANK)")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -150,6 +150,9 @@ class _Geometry:
         self.ignore_iof_thr = float(m.ignore_iof_thr)
         self.reg_max = int(m.reg_max)
         self.bin_width = float(m.bin_width) if m.box == "distribution" else 1.0
+        if cfg.input.min_size is None or cfg.input.max_size is None:
+            raise ValueError(f"the report is at the configured input size: set input.min_size and input.max_size (now "
+                             f"{cfg.input.min_size} and {cfg.input.max_size}; null keeps every image at its own size)")
         self.min_size = int(cfg.input.min_size)
         self.max_size = int(cfg.input.max_size)
 
