@@ -242,11 +242,41 @@ def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray,
     return batch, sizes, scales, originals
 
 
+_TORCH_SUFFIXES = (".pt", ".pth")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format; an ONNX file is a bare protobuf, never a zip
+
+
+def _check_onnx_path(path: str) -> None:
+    """Refuse, with advice, a missing file or a PyTorch checkpoint given where an ONNX file is expected."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if head == _ZIP_MAGIC or path.lower().endswith(_TORCH_SUFFIXES):
+        raise ValueError(f"{path} is a PyTorch checkpoint, not an ONNX file: run it with `--backend torch`, "
+                         f"or make an ONNX file with `gfldet export --checkpoint {path} --out model.onnx`")
+
+
+def _load_onnx(path: str) -> Any:
+    """``onnx.load`` (graph only, no external data) with errors that name the file."""
+    import onnx
+    from google.protobuf.message import DecodeError  # onnx's own dependency
+
+    _check_onnx_path(path)
+    try:
+        return onnx.load(path, load_external_data=False)
+    except DecodeError as e:
+        raise ValueError(f"{path}: not a readable ONNX file: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_metadata(path_or_model: str | os.PathLike | Any) -> dict[str, Any]:
     """The ``gfldet.*`` settings stored in an exported file, decoded (prefix removed)."""
-    import onnx
-
-    proto = onnx.load(os.fspath(path_or_model), load_external_data=False) if not hasattr(path_or_model, "metadata_props") else path_or_model
+    proto = path_or_model if hasattr(path_or_model, "metadata_props") else _load_onnx(os.fspath(path_or_model))
     raw = {p.key[len("gfldet."):]: p.value for p in proto.metadata_props if p.key.startswith("gfldet.")}
     if "mode" not in raw:
         raise ValueError(f"{path_or_model}: not an ONNX file exported by gfldet (no gfldet.* metadata)")
@@ -264,18 +294,22 @@ class OnnxDetector:
     model's outputs (NumPy arrays), boxes in the pixels of the images given."""
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None):
+        self.path = os.fspath(path)
+        _check_onnx_path(self.path)  # before the import: a wrong file gets its advice without onnxruntime too
         try:
             import onnxruntime as ort
+            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("the onnxruntime backend needs `pip install onnxruntime`") from e
-        self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"ONNX model not found: {self.path}")
         self.meta = read_metadata(self.path)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
+        try:
+            self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
+        except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
+                ort_errors.NotImplemented) as e:  # onnxruntime's own types, derived from Exception only
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {_first_line(e)}") from e
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.class_names = self.meta.get("class_names")
         self.cat_ids = self.meta.get("cat_ids")

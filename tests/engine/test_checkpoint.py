@@ -1,4 +1,5 @@
-"""gfldet checkpoints: round trip, atomic writes, clear errors for corrupt or foreign files."""
+"""gfldet checkpoints: round trip, atomic writes and their file mode, clear errors for corrupt or foreign files
+(an ONNX export given as a checkpoint, and the reverse)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,11 @@ import pytest
 import torch
 
 import gfldet
-from gfldet.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model, save_checkpoint
+from gfldet.deploy import OnnxDetector, read_metadata
+from gfldet.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model, load_weights_into, save_checkpoint
+
+# the start of an ONNX ModelProto, as torch.onnx.export writes it: ir_version, then producer_name
+ONNX_BYTES = b"\x08\x08\x12\x07pytorch\x1a\x032.6"
 
 
 def _model():
@@ -79,3 +84,59 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_torch_save({"a": Boom()}, p)
     assert torch.load(p, weights_only=True) == {"a": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_saved_file_mode_follows_the_umask(tmp_path):
+    p = tmp_path / "best.pt"
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(p, _model())
+        assert os.stat(p).st_mode & 0o777 == 0o644
+        os.chmod(p, 0o600)  # an existing file's mode is replaced too
+        atomic_torch_save({"a": 1}, p)
+        assert os.stat(p).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_torch_save({"a": 1}, p)
+        assert os.stat(p).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_onnx_file_given_as_a_checkpoint(tmp_path):
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(ONNX_BYTES)
+    renamed = tmp_path / "model.bin"  # told by its content too
+    renamed.write_bytes(ONNX_BYTES)
+    for path in (onnx_file, renamed):
+        for load in (load_checkpoint, load_model, lambda p: load_weights_into(_model(), p)):
+            with pytest.raises(ValueError) as info:
+                load(path)
+            msg = str(info.value)
+            assert msg == (f"{path} is an ONNX file (from `gfldet export`), not a gfldet checkpoint: "
+                           "run it with `--backend onnxruntime`")
+            assert "weights_only" not in msg
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"notes.pt: not a gfldet checkpoint \(not a file torch.save wrote\)"):
+        load_checkpoint(text)
+
+
+def test_checkpoint_given_as_an_onnx_file(tmp_path):
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, _model())
+    disguised = tmp_path / "best.onnx"  # a zip: torch's format whatever the name
+    disguised.write_bytes(ckpt.read_bytes())
+    for path in (ckpt, disguised):
+        for load in (OnnxDetector, read_metadata):
+            with pytest.raises(ValueError) as info:
+                load(path)
+            assert str(info.value) == (f"{path} is a PyTorch checkpoint, not an ONNX file: run it with `--backend torch`, "
+                                       f"or make an ONNX file with `gfldet export --checkpoint {path} --out model.onnx`")
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        OnnxDetector(tmp_path / "missing.onnx")
+    pytest.importorskip("onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff\xff\xff\xff not protobuf")
+    with pytest.raises(ValueError, match=r"garbage.onnx: not a readable ONNX file: \S"):
+        read_metadata(garbage)
