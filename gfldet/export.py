@@ -19,9 +19,11 @@ The model's settings (strides, classes, bins, test thresholds, input sizes) are 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,10 +34,38 @@ from .ops.uncertainty import edge_uncertainty
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "ExportModule", "MODES", "output_names"]
+__all__ = ["export_onnx", "ExportModule", "MODES", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
 
 MODES = ("decoded", "raw")
 _LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7", "p8", "p9")
+
+
+# Loggers of the exporter's libraries: torch.onnx's dynamo exporter logs every optimisation pass at INFO
+# (a few hundred lines per export) through these.
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def quiet_exporter_logs(names: tuple[str, ...] = EXPORTER_LOGGERS, level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the loggers ``names`` (and any of their descendants that set a level of their own) to at least
+    ``level`` while the block runs, and restore their levels afterwards. Nothing changes when the ``gfldet``
+    logger is enabled for DEBUG (``gfldet -v``): the exporter's messages are then shown."""
+    if logging.getLogger("gfldet").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    prefixes = tuple(f"{n}." for n in names)
+    targets = [logging.getLogger(n) for n in names]
+    targets += [lg for key, lg in list(logging.Logger.manager.loggerDict.items())
+                if isinstance(lg, logging.Logger) and key.startswith(prefixes) and lg.level != logging.NOTSET]
+    saved = [(lg, lg.level) for lg in targets]
+    for lg, old in saved:
+        if old == logging.NOTSET or old < level:
+            lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, old in saved:
+            lg.setLevel(old)
 
 
 def output_names(mode: str, num_levels: int) -> list[str]:
@@ -133,7 +163,7 @@ def export_onnx(
     The file is written beside ``path`` and renamed into place, so an existing file is never left half
     written; it is replaced only with ``overwrite``.
     """
-    import onnx  # noqa: F401  (torch.onnx needs onnx and onnxscript; fail here with a clear message)
+    import onnx  # torch.onnx needs onnx and onnxscript: fail here, before any work, when they are missing
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -152,7 +182,7 @@ def export_onnx(
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_exporter_logs():
             prog = torch.onnx.export(
                 wrapper,
                 (example,),
@@ -164,8 +194,6 @@ def export_onnx(
                 external_data=False,
                 verbose=False,
             )
-        import onnx
-
         proto = prog.model_proto
         dims = proto.graph.input[0].type.tensor_type.shape.dim
         if any(not dims[i].dim_param for i in (0, 2, 3)):

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collect_images", "read_image", "predict", "IMAGE_EXTENSIONS"]
+__all__ = ["collect_images", "read_image", "predict", "coco_image_ids", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -49,6 +49,54 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return arr.reshape(h, w, 3).permute(2, 0, 1).contiguous()
 
 
+def _name_key(name: str) -> str:
+    parts = [q for q in name.replace("\\", "/").split("/") if q not in ("", ".")]
+    return "/".join(parts)
+
+
+def coco_image_ids(files: list[Path], ann: str | os.PathLike) -> list[int]:
+    """The COCO image id of each of ``files``, matched by ``file_name`` in the annotation JSON ``ann``.
+
+    A file matches the entry whose ``file_name`` (``/``-separated, usually relative to an image folder, e.g.
+    ``000000397133.jpg`` or ``images/000123.png``) is the longest trailing part of the file's path. A file that
+    matches no entry, an entry named twice in ``ann`` or two files matching one entry raise ValueError naming
+    them.
+    """
+    try:
+        data = json.loads(Path(ann).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{ann}: not a readable COCO annotation JSON ({e})") from e
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise ValueError(f"{ann}: not a COCO annotation file (no 'images' list)")
+    by_name: dict[str, int] = {}
+    twice: set[str] = set()
+    for im in images:
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or "id" not in im:
+            raise ValueError(f"{ann}: every entry of 'images' needs 'id' and 'file_name', got {im!r}")
+        key, iid = _name_key(im["file_name"]), int(im["id"])
+        if by_name.get(key, iid) != iid:
+            twice.add(key)
+        by_name[key] = iid
+    ids: list[int] = []
+    owner: dict[int, Path] = {}
+    for f in files:
+        parts = [q for q in Path(os.path.abspath(f)).as_posix().split("/") if q]
+        tails = ("/".join(parts[-k:]) for k in range(len(parts), 0, -1))  # longest first
+        key = next((t for t in tails if t in by_name), None)
+        if key is None:
+            raise ValueError(f"{f}: no image with this file_name in {ann} (COCO file_name entries look like "
+                             f"{sorted(by_name)[:2]}); image_id in predictions.json must come from it")
+        if key in twice:
+            raise ValueError(f"{f}: file_name {key!r} names more than one image in {ann}")
+        iid = by_name[key]
+        if iid in owner:
+            raise ValueError(f"{owner[iid]} and {f} both match file_name {key!r} (image id {iid}) in {ann}")
+        owner[iid] = f
+        ids.append(iid)
+    return ids
+
+
 def predict(
     checkpoint: str | os.PathLike,
     inputs: list[str | os.PathLike],
@@ -60,19 +108,32 @@ def predict(
     progress: bool = True,
     max_distribution_plots: int = 5,
     backend: str = "torch",
+    ann: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Detect objects in each image; write ``predictions.json`` (COCO results: ``image_id`` is the index in
-    ``images``, plus ``file_name`` and ``category`` name, and each box's localisation uncertainty: ``edge_std``
-    (l, t, r, b standard deviations in pixels), ``edge_entropy`` (nats), ``edge_peak`` and ``loc_conf``) and,
-    with ``draw``, ``<name>_det.png`` per image and, with ``show_distributions``, ``<name>_dist<k>.png`` for the
-    top boxes (the four learned edge distributions).
+    """Detect objects in each image; write ``predictions.json`` (COCO results, plus ``file_name`` and
+    ``category`` name, and each box's localisation uncertainty: ``edge_std`` (l, t, r, b standard deviations in
+    pixels), ``edge_entropy`` (nats), ``edge_peak`` and ``loc_conf``) and, with ``draw``, ``<name>_det.png`` per
+    image and, with ``show_distributions``, ``<name>_dist<k>.png`` for the top boxes (the four learned edge
+    distributions).
+
+    ``image_id``: with ``ann`` (a COCO annotation JSON), the id of the image of the same ``file_name`` there
+    (see :func:`coco_image_ids`; an input file it does not list raises ValueError before anything runs), so
+    that the results can be scored against ``ann``; without it, the file's position (0, 1, ...) in the sorted
+    list of inputs.
+
+    An ``out_dir`` that already holds a ``predictions.json`` is refused (before any work) unless ``overwrite``.
 
     ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` runs a file written by
     ``gfldet export`` (``checkpoint`` is then the ``.onnx`` path) with the NumPy reference post-processing.
     """
     from .deploy import resize_shape
 
+    if (Path(out_dir) / "predictions.json").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds predictions.json; pass --force (overwrite=True) to replace it, "
+                              "or choose another --out")
     files = collect_images(inputs)
+    image_ids = coco_image_ids(files, ann) if ann is not None else list(range(len(files)))
     if backend == "torch":
         from .engine.checkpoint import load_checkpoint, load_model
 
@@ -119,7 +180,7 @@ def predict(
         det = run(img)
         unc = zip(det["edge_std"].tolist(), det["edge_entropy"].tolist(), det["edge_peak"].tolist(), det["loc_conf"].tolist())
         for b, s, lab, (std, ent, peak, conf) in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), unc):
-            results.append({"image_id": idx, "file_name": str(f), "category_id": int(cat_ids[lab]), "category": names[lab],
+            results.append({"image_id": image_ids[idx], "file_name": str(f), "category_id": int(cat_ids[lab]), "category": names[lab],
                             "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
                             "score": round(s, 5), "edge_std": [round(v, 3) for v in std],
                             "edge_entropy": [round(v, 4) for v in ent], "edge_peak": [round(v, 4) for v in peak],

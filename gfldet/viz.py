@@ -157,14 +157,18 @@ def draw_distributions(
         distributions: ``(4, n + 1)`` probabilities over bins ``0..n`` for (left, top, right, bottom), the
             ``distributions`` a GFL model returns per detection.
         path: PNG to write.
-        stride: the detection's pyramid stride (see :func:`infer_stride`); when given the x axes are in
-            pixels (bin ``i`` is ``i * stride`` pixels from the anchor point) and, with ``gt_box``, the
-            ground-truth distance of each edge is marked.
+        stride: pixels per bin: the detection's pyramid stride (see :func:`infer_stride`), times the image's
+            resize factor when the image is not the network input. When given, the x axes, the expectation
+            ``E`` and the standard deviation ``std`` are in pixels (bin ``i`` is ``i * stride`` pixels from
+            the anchor point) and, with ``gt_box``, the ground-truth distance of each edge is marked; without
+            it they are all in bins.
         gt_box: optional ``(4,)`` xyxy ground truth, drawn dashed on the crop.
         ambiguous: optional four bools, shown in the panel titles (e.g. the synthetic data's edge flags).
-    Each panel shows the probabilities as bars, the expectation (the predicted distance) as a solid line
-    and the target as a dashed one, over the range of bins that hold the mass; the title gives the expectation and the standard deviation in bins,
-    the spread that GFL expects to be larger for ambiguous edges.
+    The four panels are laid out left, top (first row), right, bottom (second row), the l/t/r/b order of
+    ``distributions``, and each title names its edge. Each panel shows the probabilities as bars, the
+    expectation (the predicted distance) as a solid line and the target as a dashed one, over the range of
+    bins that hold the mass; the title gives the expectation and the standard deviation (the spread that
+    GFL expects to be larger for ambiguous edges) in the unit of the x axis.
     """
     img = to_hwc_uint8(image)
     h, w = img.shape[:2]
@@ -208,7 +212,7 @@ def draw_distributions(
     if gt is not None and anchor is not None:
         targets = np.array([anchor[0] - gt[0], anchor[1] - gt[1], gt[2] - anchor[0], gt[3] - anchor[1]]) / stride
 
-    positions = [(1, 1), (0, 1), (1, 2), (0, 2)]  # left, top, right, bottom panels
+    positions = [(0, 1), (0, 2), (1, 1), (1, 2)]  # left, top / right, bottom: reading order = l, t, r, b
     ymax = float(dist.max()) * 1.15 if dist.size else 1.0
     # all panels show the same bin range: the bins holding the mass (and the targets), plus 2 on each side
     mass = np.nonzero((dist > 0.01).any(axis=0))[0]
@@ -217,7 +221,8 @@ def draw_distributions(
         lo_bin = min(lo_bin, int(math.floor(np.clip(targets, 0, n_bins - 1).min())))
         hi_bin = max(hi_bin, int(math.ceil(np.clip(targets, 0, n_bins - 1).max())))
     lo_bin, hi_bin = max(0, lo_bin - 2), min(n_bins - 1, hi_bin + 2)
-    unit = stride if stride else 1.0
+    unit = float(stride) if stride else 1.0
+    unit_name = "px" if stride else "bins"
     for e, (r, c) in enumerate(positions):
         ax = fig.add_subplot(gs[r, c])
         xs = bins * unit
@@ -235,7 +240,7 @@ def draw_distributions(
         flag = ""
         if ambiguous is not None:
             flag = " [ambiguous]" if bool(ambiguous[e]) else " [sharp]"
-        ax.set_title(f"{EDGE_NAMES[e]}{flag}\nE={expect[e]:.2f} std={std[e]:.2f} bins", fontsize=7)
+        ax.set_title(f"{EDGE_NAMES[e]}{flag}\nE={expect[e] * unit:.2f} std={std[e] * unit:.2f} {unit_name}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     legend = "red box: detection"
@@ -252,10 +257,18 @@ def draw_distributions(
 
 
 def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike, *, smooth: int = 10,
-                title: str | None = "training losses", dpi: int = 100) -> Figure:
+                title: str | None = "training losses", dpi: int = 100, xlabel: str = "step", ylabel: str = "loss",
+                x: Sequence[float] | None = None, markers: int = 30) -> Figure:
     """Training curves: one line per key of ``history`` (e.g. ``loss_qfl``, ``loss_bbox``, ``loss_dfl``,
-    ``loss``, ``lr``) against the step, the raw values faint and a running mean over ``smooth`` steps on
-    top. Keys named ``lr`` (or starting with ``lr``) go on a second y axis."""
+    ``loss``, ``lr``), the raw values faint and a running mean over ``smooth`` points on top. Keys named
+    ``lr`` (or starting with ``lr``) go on a second y axis.
+
+    ``x``: the x value of each point (e.g. the epoch of each evaluation), shared by all series; by default
+    1, 2, 3, ... ``xlabel`` and ``ylabel`` name the axes (``"step"`` and ``"loss"`` by default). Series of at
+    most ``markers`` points are drawn with a marker on each point, so that a single point (one evaluation)
+    is visible. Returns the figure.
+    """
+    xs_all = None if x is None else np.asarray(list(x), dtype=np.float64)
     fig = Figure(figsize=(7.0, 4.0), dpi=dpi)
     ax = fig.add_subplot(1, 1, 1)
     ax2 = None
@@ -263,22 +276,35 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
         v = np.asarray(list(values), dtype=np.float64)
         if v.size == 0:
             continue
-        steps = np.arange(1, v.size + 1)
+        if xs_all is None:
+            steps = np.arange(1, v.size + 1)
+        elif xs_all.size == v.size:
+            steps = xs_all
+        else:
+            raise ValueError(f"plot_curves: {name!r} has {v.size} values but x has {xs_all.size}")
+        mark = dict(marker="o", ms=4) if v.size <= markers else {}
         if name.startswith("lr"):
             ax2 = ax2 or ax.twinx()
-            ax2.plot(steps, v, color="grey", lw=1.0, ls=":", label=name)
+            ax2.plot(steps, v, color="grey", lw=1.0, ls=":", label=name, **mark)
             ax2.set_ylabel("learning rate", fontsize=8)
             ax2.tick_params(labelsize=7)
             continue
         c = _COLOURS[i % len(_COLOURS)]
         k = max(1, min(smooth, v.size))
-        ax.plot(steps, v, color=c, alpha=0.25, lw=0.8)
+        if k > 1:  # with k == 1 the running mean is the raw series itself
+            ax.plot(steps, v, color=c, alpha=0.25, lw=0.8)
         finite = np.where(np.isfinite(v), v, np.nan)
         run = np.array([np.nanmean(finite[max(0, j - k + 1): j + 1]) if np.isfinite(finite[max(0, j - k + 1): j + 1]).any()
                         else np.nan for j in range(v.size)])
-        ax.plot(steps, run, color=c, lw=1.6, label=name)
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("loss", fontsize=8)
+        ax.plot(steps, run, color=c, lw=1.6, label=name, **mark)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if xs_all is not None and xs_all.size and np.all(np.isfinite(xs_all)) and np.all(xs_all == np.round(xs_all)):
+        ticks = np.unique(xs_all)  # whole numbers, e.g. epochs: no tick at 1.5
+        if ticks.size <= 12:
+            ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     handles, names = ax.get_legend_handles_labels()

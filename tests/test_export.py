@@ -1,6 +1,7 @@
 """ONNX export: dynamic shapes, raw outputs against PyTorch, identical final detections through the NumPy
 reference post-processing, the CLI (export, predict --backend onnxruntime)."""
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import gfldet
 from gfldet.cli import main
 from gfldet.deploy import OnnxDetector, batched_nms, edge_uncertainty_np, postprocess, preprocess, read_metadata
 from gfldet.engine.checkpoint import save_checkpoint
-from gfldet.export import export_onnx, output_names
+from gfldet.export import EXPORTER_LOGGERS, export_onnx, output_names, quiet_exporter_logs
 from gfldet.ops.uncertainty import edge_uncertainty
 
 ort = pytest.importorskip("onnxruntime")
@@ -32,10 +33,60 @@ def model():
     return _model()
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
+    """Both modes, exported the way ``gfldet export`` runs (root logger at INFO), keeping every log record."""
     d = tmp_path_factory.mktemp("onnx")
-    return {mode: export_onnx(model, d / f"{mode}.onnx", mode=mode, example_size=(256, 320)) for mode in ("decoded", "raw")}
+    root, handler = logging.getLogger(), _Records()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        paths = {mode: export_onnx(model, d / f"{mode}.onnx", mode=mode, example_size=(256, 320)) for mode in ("decoded", "raw")}
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    return paths | {"records": handler.records}
+
+
+def test_export_does_not_flood_the_log_with_exporter_info(exported):
+    """torch.onnx's exporter logs every pass at INFO through onnxscript / onnx_ir (~270 lines per export)."""
+    names = [(r.name, r.levelname) for r in exported["records"]]
+    assert ("gfldet.export", "INFO") in names  # the handler did see INFO records
+    noisy_info = [n for n, lvl in names if lvl in ("DEBUG", "INFO")
+                  and (n.split(".")[0] in ("onnxscript", "onnx_ir") or n.startswith("torch.onnx"))]
+    assert not noisy_info, f"{len(noisy_info)} exporter records, e.g. {noisy_info[:3]}"
+
+
+def test_quiet_exporter_logs_restores_levels_and_respects_debug():
+    child = logging.getLogger("onnxscript._gfldet_test_child")
+    child.setLevel(logging.INFO)  # a descendant with a level of its own is raised too
+    gl = logging.getLogger("gfldet")
+    before = {n: logging.getLogger(n).level for n in EXPORTER_LOGGERS}
+    old_gfldet = gl.level
+    try:
+        gl.setLevel(logging.INFO)
+        with quiet_exporter_logs():
+            assert all(not logging.getLogger(n).isEnabledFor(logging.INFO) for n in EXPORTER_LOGGERS)
+            assert not child.isEnabledFor(logging.INFO)
+            assert logging.getLogger(EXPORTER_LOGGERS[0]).isEnabledFor(logging.WARNING)
+        assert {n: logging.getLogger(n).level for n in EXPORTER_LOGGERS} == before and child.level == logging.INFO
+        gl.setLevel(logging.DEBUG)  # gfldet -v: the exporter's messages are wanted
+        with quiet_exporter_logs():
+            assert child.isEnabledFor(logging.INFO)
+            assert {n: logging.getLogger(n).level for n in EXPORTER_LOGGERS} == before
+    finally:
+        gl.setLevel(old_gfldet)
+        child.setLevel(logging.NOTSET)
 
 
 def _images():

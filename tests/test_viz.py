@@ -75,6 +75,93 @@ def test_plot_curves_png(tmp_path):
     assert (w, h) == (700, 400)
 
 
+def _colour_pixels_in_axes(fig, ax, colour, tol=40):
+    """Pixels of ``colour`` (hex) inside ``ax``'s plotting area, leaving out its legend."""
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    h = img.shape[0]
+    want = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    near = np.abs(img - want).sum(-1) <= tol
+    keep = np.zeros_like(near)
+    a = ax.get_window_extent()
+    keep[int(h - a.y1) + 1:int(h - a.y0) - 1, int(a.x0) + 1:int(a.x1) - 1] = True
+    if ax.get_legend() is not None:
+        lg = ax.get_legend().get_window_extent()
+        keep[int(h - lg.y1) - 1:int(h - lg.y0) + 2, int(lg.x0) - 1:int(lg.x1) + 2] = False
+    return int((near & keep).sum())
+
+
+def test_plot_curves_one_point_is_visible(tmp_path):
+    """One evaluation: a line through one point draws nothing; the point must show (as a marker)."""
+    from gfldet.viz import _COLOURS
+
+    fig = plot_curves({"AP": [0.31], "AP50": [0.52]}, tmp_path / "one.png", smooth=1)
+    ax = fig.axes[0]
+    assert _colour_pixels_in_axes(fig, ax, _COLOURS[0]) >= 10
+    assert _colour_pixels_in_axes(fig, ax, _COLOURS[1]) >= 10
+    assert _read(tmp_path / "one.png") == (700, 400)
+    # a long series keeps plain lines (markers would clutter it) and is visible as well
+    fig = plot_curves({"loss": list(np.linspace(3, 1, 200))}, tmp_path / "long.png")
+    assert all(line.get_marker() in (None, "None", "") for line in fig.axes[0].lines)
+    assert _colour_pixels_in_axes(fig, fig.axes[0], _COLOURS[0]) >= 10
+
+
+def test_plot_curves_axis_labels_and_x_values(tmp_path):
+    fig = plot_curves({"AP": [0.1, 0.2, float("nan")], "AP50": [0.3, 0.4, 0.5]}, tmp_path / "ap.png", smooth=1,
+                      xlabel="epoch", ylabel="AP", x=[4, 8, 12], title="validation AP")
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "AP")
+    for line in ax.lines:
+        np.testing.assert_array_equal(line.get_xdata(), [4, 8, 12])
+    assert ax.get_xlim()[0] < 4 and ax.get_xlim()[1] > 12
+    # the defaults still describe training losses
+    ax = plot_curves({"loss": [2.0, 1.0]}, tmp_path / "loss.png").axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "loss")
+    with pytest.raises(ValueError, match="x has 2"):
+        plot_curves({"AP": [0.1, 0.2, 0.3]}, tmp_path / "bad.png", x=[1, 2])
+
+
+def _two_spikes(n_bins=17):
+    """Edge e puts half its mass on bin a_e and half on a_e + 2: E = a_e + 1 bins, std = 1 bin."""
+    a = [2, 4, 6, 8]  # left, top, right, bottom
+    dist = np.zeros((4, n_bins))
+    for e, v in enumerate(a):
+        dist[e, v] = dist[e, v + 2] = 0.5
+    return dist, [v + 1 for v in a]
+
+
+def _panels(fig):
+    """The four distribution panels in reading order (rows top to bottom, then left to right)."""
+    panels = fig.axes[1:]  # fig.axes[0] is the image crop
+    assert len(panels) == 4
+    return sorted(panels, key=lambda ax: (-round(ax.get_position().y0, 3), ax.get_position().x0))
+
+
+def test_draw_distributions_panels_in_ltrb_order_and_pixels(tmp_path):
+    import re
+
+    dist, expect_bins = _two_spikes()
+    stride = 12.5  # pixels per bin (e.g. stride 16 on an image shown at 0.78 x the network input)
+    fig = draw_distributions(_image(200, 200), [60, 60, 140, 150], dist, tmp_path / "d.png", stride=stride)
+    panels = _panels(fig)
+    assert [ax.get_title().split("\n")[0] for ax in panels] == ["left", "top", "right", "bottom"]
+    for ax, e_bins in zip(panels, expect_bins):
+        m = re.search(r"E=([\d.]+) std=([\d.]+) px", ax.get_title())
+        assert m, ax.get_title()
+        assert float(m.group(1)) == pytest.approx(e_bins * stride, abs=0.01)
+        assert float(m.group(2)) == pytest.approx(1.0 * stride, abs=0.01)  # std_px = std_bins * stride
+        # the x axis is in pixels too: the expectation line sits at E px, the bars at multiples of the stride
+        assert "px" in ax.get_xlabel()
+        assert any(np.allclose(line.get_xdata(), e_bins * stride) for line in ax.lines)
+        xs = sorted(p.get_x() + p.get_width() / 2 for p in ax.patches if p.get_height() > 0)
+        np.testing.assert_allclose(xs, [(e_bins - 1) * stride, (e_bins + 1) * stride])
+    # without a stride everything stays in bins
+    panels = _panels(draw_distributions(_image(200, 200), [60, 60, 140, 150], dist, tmp_path / "b.png"))
+    assert [ax.get_title().split("\n")[0] for ax in panels] == ["left", "top", "right", "bottom"]
+    for ax, e_bins in zip(panels, expect_bins):
+        assert re.search(rf"E={e_bins:.2f} std=1.00 bins", ax.get_title()), ax.get_title()
+
+
 def test_infer_stride():
     # expectations 2 + 3 bins wide and 1 + 1 high at stride 16 -> an 80 x 32 box
     dist = torch.zeros(4, 17)
