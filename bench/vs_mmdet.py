@@ -468,7 +468,7 @@ def case_assign_losses(args, sd0, hw, gts_list):
 def case_overhead(args, sd0, image, train_size, gts_list):
     _, gfl = fresh_models(sd0)
     h, w = image.shape[1:]
-    print(f"\n## 4. gfldet: share of time outside the backbone+FPN+head convolutions\n")
+    print("\n## 4. gfldet: share of time outside the backbone+FPN+head convolutions\n")
 
     # Inference parts (eval, no_grad), same image as case 1.
     gfl.eval()
@@ -559,7 +559,7 @@ def case_overhead(args, sd0, image, train_size, gts_list):
     rows = [["network-only step (preprocess, convs fwd+bwd, SGD)", "", fmt_ms(net.min), fmt_ms(net.median), "", ""]]
     for g in gts_list:
         lo = t[f"t:loss:{g}"]
-        rows.append([f"assignment + losses, fwd+bwd", g, fmt_ms(lo.min), fmt_ms(lo.median),
+        rows.append(["assignment + losses, fwd+bwd", g, fmt_ms(lo.min), fmt_ms(lo.median),
                      f"{100 * lo.min / (lo.min + net.min):.1f}%", f"{100 * lo.median / (lo.median + net.median):.1f}%"])
     full = t[f"t:full:{g_full}"]
     est = net.min + t[f"t:loss:{g_full}"].min

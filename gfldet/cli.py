@@ -45,14 +45,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
+    """The config ``gfldet train`` runs: CONFIG + --set (+ --out, --init); with --resume, the run folder's own
+    ``config.yaml`` + --set instead (CONFIG, if given, only says where the run is; what differs is named)."""
+    from pathlib import Path
+
     from .config import load_config
+
+    def shortcuts(cfg):
+        if args.out_dir:
+            cfg.out_dir = args.out_dir
+        if args.init:
+            cfg.model.init = args.init
+        return cfg
+
+    given = shortcuts(load_config(args.config, args.set or []))
+    if not args.resume:
+        return given
+    if args.init:
+        raise ValueError("--init starts a new run from weights; --resume continues the run in its folder: use one")
+    saved = Path(given.out_dir) / "config.yaml"
+    if not saved.is_file():
+        log.warning("%s not found: resuming with the config given on the command line", saved)
+        return given
+    cfg = shortcuts(load_config(saved, args.set or []))
+    if args.config:
+        ignored = _differences(given.to_dict(), cfg.to_dict())
+        if ignored:
+            log.warning("resuming with the run's own %s; %s differs in %s (not used: change a setting with --set)",
+                        saved, args.config, ", ".join(ignored))
+    log.info("resuming with the run's own config %s", saved)
+    return cfg
+
+
+def _differences(given: dict, saved: dict, prefix: str = "") -> list[str]:
+    """Keys whose value in ``given`` is set (not null = automatic) and differs from ``saved``."""
+    out = []
+    for k, v in given.items():
+        if isinstance(v, dict) and isinstance(saved.get(k), dict):
+            out += _differences(v, saved[k], f"{prefix}{k}.")
+        elif v is not None and saved.get(k) != v:
+            out.append(f"{prefix}{k}={v!r} (run: {saved.get(k)!r})")
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.train import train
 
-    cfg = load_config(args.config, args.set or [])
-    if args.out_dir:
-        cfg.out_dir = args.out_dir
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    cfg = _train_config(args)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, exist_ok=args.exist_ok,
+                   increment=args.increment)
     from .engine.distributed import is_main
 
     if is_main():
@@ -85,24 +127,69 @@ def _positive_int(text: str) -> int:
     return value
 
 
+EVAL_FILES = ("metrics.json", "detections.json", "pr_curve.png", "per_class_ap.md")
+
+
+def _eval_data(args: argparse.Namespace, meta: dict) -> tuple[str, str]:
+    """--ann/--images, or the validation split of the run the checkpoint came from."""
+    if args.ann and args.images:
+        return args.ann, args.images
+    if args.ann or args.images:
+        raise ValueError("give both --ann and --images, or neither (then the checkpoint's own validation data is used)")
+    val = (meta.get("config") or {}).get("data", {}).get("val", {})
+    if not (val.get("ann") and val.get("images")):
+        raise ValueError(f"{args.checkpoint} names no validation data (not saved by `gfldet train` with data.val): "
+                         "pass --ann ANN.json --images DIR")
+    log.info("evaluating on the run's validation data %s", val["ann"])
+    return val["ann"], val["images"]
+
+
+def _eval_out(args: argparse.Namespace):
+    """--out is a folder (as for predict); checked before the evaluation so that its result is never lost."""
+    from pathlib import Path
+
+    if not args.out:
+        return None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder (eval writes metrics.json and pictures into a folder)")
+    if out.suffix == ".json":
+        raise ValueError(f"--out {out}: --out is a folder (eval writes metrics.json and pictures into it), "
+                         f"e.g. --out {out.parent}")
+    taken = [f for f in EVAL_FILES if (out / f).exists()]
+    if taken and not args.force:
+        raise ValueError(f"--out {out}: already holds {', '.join(taken)}; pass --force to replace them or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.coco import CocoDetection
-    from .engine.checkpoint import load_model
+    from .engine.checkpoint import load_checkpoint, load_model
     from .engine.evaluate import evaluate, format_metrics
 
+    meta = load_checkpoint(args.checkpoint)
+    ann, images = _eval_data(args, meta)
+    device = _device(args.device)
+    out = _eval_out(args)
     overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
     model = load_model(args.checkpoint, **overrides)
-    dataset = CocoDetection(args.ann, args.images, train=False)
+    dataset = CocoDetection(ann, images, train=False)
     if model.class_names is not None and list(model.class_names) != list(dataset.classes):
-        raise ValueError(f"{args.ann}: categories {dataset.classes} differ from the model's {model.class_names}")
-    device = _device(args.device)
-    out_dir = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+        raise ValueError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
     metrics = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, num_workers=args.workers,
-                       progress=not args.no_progress, out_dir=out_dir)
+                       progress=not args.no_progress, out_dir=str(out) if out else None)
     print(format_metrics(metrics))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({k: v for k, v in metrics.items() if k != "results"}, f, indent=2)
+    if out:
+        (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "results"}, indent=2))
+        print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .config import format_config, load_config
+
+    print(format_config(load_config(args.config, args.set or [])), end="")
     return 0
 
 
@@ -111,7 +198,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict(args.checkpoint, args.inputs, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
                      draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress,
-                     backend=args.backend)
+                     backend=args.backend, ann=args.ann, overwrite=args.force)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -141,67 +228,114 @@ def _device(name: str):
     return torch.device(name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gfldet", description="Generalized Focal Loss object detection in pure PyTorch")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (where it has one worth showing)."""
 
-    c = sub.add_parser("convert", help="convert an mmdetection GFL checkpoint into a gfldet checkpoint")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    from . import __version__
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"gfldet {__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gfldet`` command. ``--out`` is where a command writes: a folder for train, eval, predict, inspect-data
+    and demo; the file itself for export (and DST for convert)."""
+    p = argparse.ArgumentParser(prog="gfldet", description="Generalized Focal Loss object detection in pure PyTorch",
+                                formatter_class=_Formatter)
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and a traceback with errors")
+    common = argparse.ArgumentParser(add_help=False)  # -v also after the subcommand
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, and a traceback with errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_Formatter)
+
+    c = command("convert", "convert an mmdetection GFL checkpoint into a gfldet checkpoint")
     c.add_argument("src", help="mmdetection .pth file")
     c.add_argument("dst", help="gfldet checkpoint to write")
     c.add_argument("--trusted", action="store_true", help="allow full unpickling of SRC (only for files you trust)")
     c.add_argument("--force", action="store_true", help="replace DST if it exists")
     c.set_defaults(func=_cmd_convert)
 
-    t = sub.add_parser("train", help="train on a COCO-format dataset (torchrun --nproc_per_node=K -m gfldet train ... for DDP)")
+    t = command("train", "train on a COCO-format dataset (torchrun --nproc_per_node=K -m gfldet train ... for DDP)")
     t.add_argument("config", nargs="?", default=None, help="YAML config (a dump of gfldet.config.Config; any subset of keys)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=0.02")
-    t.add_argument("--out-dir", default=None, help="shorthand for --set out_dir=...")
-    t.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last.pt")
+    t.add_argument("--out", "--out-dir", dest="out_dir", default=None, help="run folder (shorthand for --set out_dir=...)")
+    t.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from a gfldet or mmdetection checkpoint (shorthand for --set model.init=...): every tensor "
+                   "whose name and shape fit is loaded, the class-dependent ones are re-initialised")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in the run folder from its last.pt, with the folder's own config.yaml (+ --set)")
+    t.add_argument("--exist-ok", action="store_true", help="start over in a run folder that holds a run (its checkpoints are removed)")
+    t.add_argument("--increment", action="store_true",
+                   help="if the run folder holds a run, use the next free name (runs/x-1, runs/x-2, ...)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    i = sub.add_parser("inspect-data", help="what a COCO-format dataset looks like to GFL at the configured input size: "
-                       "box sizes, GTs without ATSS positives, edges beyond reg_max, advice")
+    g = command("config", "print the resolved config (defaults filled in, --set applied) as YAML that `gfldet train` reads")
+    g.add_argument("config", nargs="?", default=None, help="YAML config (none: the defaults)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    g.set_defaults(func=_cmd_config)
+
+    i = command("inspect-data", "what a COCO-format dataset looks like to GFL at the configured input size: "
+                "box sizes, GTs without ATSS positives, edges beyond reg_max, advice")
     i.add_argument("ann", help="COCO annotation JSON")
     i.add_argument("--images", required=True, help="image folder (only a sample of files is checked; none is decoded)")
     i.add_argument("--config", default=None, help="YAML config as for `gfldet train` (input sizes, model settings)")
     i.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set input.min_size=640")
-    i.add_argument("--out", default=None, help="folder for inspect.json and sizes.png (default: print only)")
+    i.add_argument("--out", default=None, help="folder for inspect.json and sizes.png (none: print only)")
     i.add_argument("--force", action="store_true", help="replace an existing OUT/inspect.json")
     i.add_argument("--max-images", type=_positive_int, default=2000,
-                   help="run the ATSS assignment on a random sample of at most this many images (default 2000)")
+                   help="run the ATSS assignment on a random sample of at most this many images")
     i.add_argument("--seed", type=int, default=0, help="seed of that sample")
     i.set_defaults(func=_cmd_inspect_data)
 
-    e = sub.add_parser("eval", help="COCO metrics of a checkpoint on a COCO-format dataset")
+    e = command("eval", "COCO metrics of a checkpoint on a COCO-format dataset")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--ann", required=True, help="COCO annotation JSON")
-    e.add_argument("--images", required=True, help="image folder")
-    e.add_argument("--out", default=None, help="write the metrics here (JSON); pictures go beside it")
-    e.add_argument("--batch-size", type=int, default=2)
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--score-thr", type=float, default=None)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--ann", default=None, help="COCO annotation JSON (none: the validation data the checkpoint's run used)")
+    e.add_argument("--images", default=None, help="image folder (with --ann)")
+    e.add_argument("--out", default=None, help="folder for metrics.json, detections.json, pr_curve.png, per_class_ap.md")
+    e.add_argument("--force", action="store_true", help="replace those files in OUT")
+    e.add_argument("--batch-size", type=_positive_int, default=2)
+    e.add_argument("--workers", type=int, default=2, help="data loading processes")
+    e.add_argument("--score-thr", type=float, default=None, help="score threshold (none: the checkpoint's)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
-    pr = sub.add_parser("predict", help="detect objects in images or folders; COCO-results JSON and pictures out")
-    pr.add_argument("--checkpoint", required=True)
+    pr = command("predict", "detect objects in images or folders; COCO-results JSON and pictures out")
+    pr.add_argument("--checkpoint", required=True, help="a gfldet checkpoint, or with --backend onnxruntime an ONNX file")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
-    pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    pr.add_argument("--score-thr", type=float, default=0.3, help="minimum score kept (default 0.3)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--out", default="predictions", help="output folder")
+    pr.add_argument("--ann", default=None, help="COCO annotation JSON the images come from: predictions.json then "
+                    "carries its image ids (none: an image's position in the sorted inputs)")
+    pr.add_argument("--score-thr", type=float, default=0.3, help="minimum score kept")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     pr.add_argument("--no-draw", action="store_true", help="write only the JSON")
+    pr.add_argument("--force", action="store_true", help="replace predictions.json and pictures in OUT")
     pr.add_argument("--show-distributions", action="store_true", help="also draw each box's four edge distributions")
     pr.add_argument("--no-progress", action="store_true")
     pr.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                     help="torch: CHECKPOINT is a gfldet checkpoint; onnxruntime: CHECKPOINT is a file from `gfldet export`")
     pr.set_defaults(func=_cmd_predict)
 
-    x = sub.add_parser("export", help="write a checkpoint as a self-contained ONNX file (dynamic batch and image size)")
+    x = command("export", "write a checkpoint as a self-contained ONNX file (dynamic batch and image size)")
     x.add_argument("--checkpoint", required=True)
-    x.add_argument("--out", required=True, help="ONNX file to write")
+    x.add_argument("--out", required=True, help="the ONNX file to write")
     x.add_argument("--mode", choices=("decoded", "raw"), default="decoded",
                    help="decoded: boxes, scores, distributions of every prior before NMS; raw: per-level logits (docs/onnx.md)")
     x.add_argument("--example-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size traced with")
@@ -210,14 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     x.set_defaults(func=_cmd_export)
 
-    d = sub.add_parser("demo", help="generate data, train a small GFL on the CPU, write pictures and metrics")
-    d.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
-    d.add_argument("--epochs", type=int, default=5, help="training epochs over the 1500 generated images (default 5)")
+    d = command("demo", "generate data, train a small GFL on the CPU, write pictures and metrics")
+    d.add_argument("--out", default="runs/demo", help="results folder (the next free runs/demo-N if it exists)")
+    d.add_argument("--epochs", type=_positive_int, default=5, help="training epochs over the 1500 generated images")
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     d.set_defaults(func=_cmd_demo)
     return p
+
+
+# A mistake of the user's (a bad value, a missing or unreadable file, no network for a download, a missing
+# optional package) is one message and exit code 2; -v adds the traceback. Anything else is a bug: a traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,9 +364,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-        print(f"gfldet {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.verbose:
+            log.exception("traceback (-v)")
+        print(f"gfldet {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"gfldet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _message(e: BaseException) -> str:
+    """The error's own text, with the file an OSError concerns and a hint for a missing optional package."""
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and getattr(e, "filename", None) and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    if isinstance(e, ImportError) and getattr(e, "name", None):
+        text += f" (the optional package {e.name!r} is needed for this: pip install {e.name})"
+    if isinstance(e, OSError) and type(e).__name__ == "URLError":
+        text = f"cannot download ({text}); without network access, place the file by hand"
+    return text
 
 
 if __name__ == "__main__":

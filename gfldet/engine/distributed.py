@@ -9,7 +9,8 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main", "barrier", "all_reduce_mean", "cleanup"]
+__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main", "launched_world_size", "launched_main",
+           "barrier", "all_reduce_mean", "cleanup"]
 
 
 def is_distributed() -> bool:
@@ -28,13 +29,23 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started (``WORLD_SIZE``), known before the group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_main() -> bool:
+    """Whether this is rank 0 of what ``torchrun`` started (``RANK``), known before the group is joined."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), with NCCL on CUDA and gloo on CPU,
     and return this process's device. Without torchrun: no group, device from ``device``."""
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"train.device={device!r} but CUDA is not available on this machine")
-    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    ws = launched_world_size()
     if ws > 1 and not dist.is_initialized():
         backend = "nccl" if want_cuda else "gloo"
         dist.init_process_group(backend=backend)

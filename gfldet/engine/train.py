@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..config import Config, resolve_training, step_milestones, warmup_length
-from ..models.zoo import build_model
+from ..config import Config, preflight, resolve_training, step_milestones, warmup_length
+from ..models.zoo import backbone_state_dict, build_model
 from . import distributed as D
 from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 
@@ -124,13 +124,11 @@ def _seed_all(seed: int) -> None:
 class _Run:
     """State of one training run (kept in one object so that the loop reads top to bottom)."""
 
-    def __init__(self, cfg: Config, resume: bool, progress: bool):
+    def __init__(self, cfg: Config, resume: bool, progress: bool, start_over: bool = False):
         self.cfg, self.progress = cfg, progress
         self.device = D.init_distributed(cfg.train.device)
         self.main = D.is_main()
-        self.out = Path(cfg.out_dir)
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.out = Path(cfg.out_dir)  # created only once data and model are ready (a failed start leaves nothing)
         _seed_all(cfg.train.seed + D.rank())
 
         from ..data.coco import CocoDetection
@@ -158,9 +156,8 @@ class _Run:
         mcfg = cfg.model_config(self.train_set.num_classes)
         model = build_model(cfg.model.arch, class_names=self.train_set.classes, weights_backbone=cfg.model.weights_backbone,
                             **{k: v for k, v in dataclasses.asdict(mcfg).items() if k not in ("depth", "groups", "width_per_group")})
-        if cfg.model.init:
-            load_weights_into(model, cfg.model.init)
-            log.info("initialised from %s", cfg.model.init)
+        if cfg.model.init:  # logs what was loaded and what kept its initialisation
+            load_weights_into(model, cfg.model.init, strict=cfg.model.init_strict)
         self.model = model.to(self.device)
         if cfg.train.norm_init_batches > 0 and not resume:
             # the same images, in dataset order, on every process, so that all ranks get the same statistics
@@ -189,9 +186,19 @@ class _Run:
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=D.rank(), shuffle=True,
                                           seed=cfg.train.seed, drop_last=False)
         self.epoch, self.epoch_iter, self.it, self.best_ap = 0, 0, 0, -1.0
+        self.last_eval_it = -1  # iteration of the last evaluation (the end of a run is always evaluated)
         if resume:
             self._resume()
+            if self.main:  # the settings the run continues with (a --set on resume changes them)
+                (self.out / "config.yaml").write_text(cfg.to_yaml())
         elif self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if start_over:
+                old = [f for f in RUN_FILES if (self.out / f).exists()]
+                for f in old:
+                    (self.out / f).unlink()
+                if old:
+                    log.warning("starting over in %s (--exist-ok): removed the previous run's %s", self.out, ", ".join(old))
             (self.out / "config.yaml").write_text(cfg.to_yaml())
             (self.out / "metrics.jsonl").write_text("")
 
@@ -201,6 +208,9 @@ class _Run:
         from ..data.inspect import inspect_dataset, summary_line, train_warnings
 
         d = self.cfg.data.train
+        if self.cfg.input.min_size is None or self.cfg.input.max_size is None:
+            log.info("training data: not summarised (input.min_size / max_size null: images keep their own sizes)")
+            return
         report = inspect_dataset(d.ann, d.images, self.cfg, dataset=self.train_set, max_images=500, recommend=False)
         log.info("training %s", summary_line(report))
         for warning in train_warnings(report):
@@ -216,6 +226,7 @@ class _Run:
             "epoch_iter": self.epoch_iter,
             "iteration": self.it,
             "best_ap": self.best_ap,
+            "last_eval_iter": self.last_eval_it,
             "rng": _rng_state(),
             "config": self.cfg.to_dict(),
             "world_size": self.world,
@@ -236,8 +247,12 @@ class _Run:
             raise ValueError(f"{path}: has no training state to resume from (a converted or exported checkpoint?)")
         if ck.get("world_size", 1) != self.world:
             log.warning("resuming a run saved with %d processes on %d: data order changes", ck.get("world_size", 1), self.world)
-        self.model.load_state_dict(ck["state_dict"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        try:
+            self.model.load_state_dict(ck["state_dict"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError) as e:  # check_resumable compares the model settings first; this is the backstop
+            raise ValueError(f"{path}: the run's weights do not fit the model this config builds "
+                             f"({str(e).strip().splitlines()[0]}); resume with the run's own config.yaml") from e
         self.scaler.load_state_dict(ck["scaler"])
         if self.ema is not None:
             if ck.get("ema") is None:
@@ -245,11 +260,14 @@ class _Run:
             self.ema.load_state_dict(ck["ema"])
         self.epoch, self.epoch_iter, self.it = int(ck["epoch"]), int(ck["epoch_iter"]), int(ck["iteration"])
         self.best_ap = float(ck["best_ap"])
+        self.last_eval_it = int(ck.get("last_eval_iter", -1))
         _set_rng_state(ck["rng"])
-        if self.main:  # drop metric lines written after this checkpoint (they will be written again)
+        if self.main:  # drop metric lines written after this checkpoint (they will be written again), and the
+            # evaluation made only because the run was stopped (the continued run reads as an uninterrupted one)
             mpath = self.out / "metrics.jsonl"
             lines = mpath.read_text().splitlines() if mpath.exists() else []
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("iter", 0) <= self.it]
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("iter", 0) <= self.it
+                    and not json.loads(ln).get("stopped_early")]
             mpath.write_text("".join(ln + "\n" for ln in keep))
         log.info("resumed from %s at epoch %d, iteration %d", path, self.epoch + 1, self.it)
 
@@ -274,8 +292,8 @@ class _Run:
         if evals:
             nan = float("nan")  # COCO leaves a metric undefined (None) when e.g. no GT falls in its range
             plot_curves({k: [nan if r["eval"][k] is None else r["eval"][k] for r in evals] for k in ("AP", "AP50", "AP75")},
-                        self.out / "val_ap.png",
-                        smooth=1, title="validation AP per evaluation")
+                        self.out / "val_ap.png", smooth=1, title="validation AP per evaluation", xlabel="iteration",
+                        ylabel="AP", x=[r["iter"] for r in evals])
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any] | None:
@@ -287,6 +305,29 @@ class _Run:
                            out_dir=str(self.out) if self.main else None, amp=self.amp)
         self.model.train()
         return metrics
+
+    def evaluate_and_keep_best(self, stopped_early: bool = False) -> dict[str, Any] | None:
+        """Evaluate now; log the metrics and write ``best.pt`` when the AP is the best so far (main process). The
+        random state is restored afterwards: when and how often a run is evaluated never changes its training."""
+        rng = _rng_state()
+        metrics = self.evaluate()
+        _set_rng_state(rng)
+        self.last_eval_it = self.it
+        if not self.main or metrics is None:
+            return None
+        summary = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")}
+        record = {"iter": self.it, "epoch": self.epoch, "eval": summary, "per_class": metrics.get("per_class")}
+        if stopped_early:
+            record["stopped_early"] = True
+        self.log_metrics(record)
+        where = f"iteration {self.it} (stopped by train.max_iters)" if stopped_early else f"epoch {self.epoch}"
+        log.info("%s: AP %s AP50 %s", where, metrics["AP"], metrics["AP50"])
+        if metrics["AP"] is not None and metrics["AP"] > self.best_ap:
+            self.best_ap = float(metrics["AP"])
+            best_model = self.ema.module if self.ema is not None else self.model
+            save_checkpoint(self.out / "best.pt", best_model, epoch=self.epoch, iteration=self.it, metrics=summary,
+                            config=self.cfg.to_dict(), cat_ids=self._cat_ids())
+        return summary
 
     # ------------------------------------------------------------------ loop
     def batches(self, epoch: int, skip: int):
@@ -374,21 +415,15 @@ class _Run:
                 self.epoch += 1
                 self.epoch_iter = 0
                 if self.val_set is not None and (self.epoch % t.eval_interval == 0 or self.epoch == t.epochs):
-                    metrics = self.evaluate()
-                    if self.main and metrics is not None:
-                        last_metrics = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")}
-                        self.log_metrics({"iter": self.it, "epoch": self.epoch, "eval": last_metrics,
-                                          "per_class": metrics.get("per_class")})
-                        log.info("epoch %d: AP %s AP50 %s", self.epoch, metrics["AP"], metrics["AP50"])
-                        if metrics["AP"] is not None and metrics["AP"] > self.best_ap:
-                            self.best_ap = float(metrics["AP"])
-                            best_model = self.ema.module if self.ema is not None else self.model
-                            save_checkpoint(self.out / "best.pt", best_model, epoch=self.epoch, iteration=self.it,
-                                            metrics=last_metrics, config=cfg.to_dict(), cat_ids=self._cat_ids())
+                    last_metrics = self.evaluate_and_keep_best() or last_metrics
+            if stopped and self.val_set is not None and self.last_eval_it != self.it:
+                # stopped by train.max_iters between evaluations: the model that exists is evaluated (and best.pt kept)
+                last_metrics = self.evaluate_and_keep_best(stopped_early=True) or last_metrics
             self.save_last()
             self.plot()
             D.barrier()
-        if self.main and self.val_set is None:  # without validation, best.pt is the final model
+        if self.main and not (self.out / "best.pt").exists():
+            # without validation (or with no AP defined on it), best.pt is the final model
             final = self.ema.module if self.ema is not None else self.model
             save_checkpoint(self.out / "best.pt", final, epoch=self.epoch, iteration=self.it, config=cfg.to_dict(),
                             cat_ids=self._cat_ids())
@@ -396,15 +431,84 @@ class _Run:
                 "best_ap": self.best_ap if self.best_ap >= 0 else None, "last_eval": last_metrics}
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "loss_curves.png", "val_ap.png")
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bool = False,
+          increment: bool = False) -> dict[str, Any]:
     """Train a GFL detector as ``cfg`` says; with ``resume``, continue the run in ``cfg.out_dir`` from its
     ``last.pt`` (model, optimiser, GradScaler, EMA, RNG states and position), so that an interrupted run ends
-    with the same weights as an uninterrupted one."""
-    if not resume and (Path(cfg.out_dir) / "last.pt").exists():
-        raise ValueError(f"{cfg.out_dir} already holds a run (last.pt); pass --resume to continue it or choose another out_dir")
-    run = _Run(cfg, resume, progress)
-    try:
-        return run.run()
-    finally:
-        D.barrier()
+    with the same weights as an uninterrupted one.
 
+    A folder that already holds a run (``last.pt``) is never trained over silently: ``exist_ok`` starts over in
+    it (the previous run's checkpoints are removed), ``increment`` takes the next free name (``runs/x-1``,
+    ``runs/x-2``, ... as ``gfldet demo`` does), otherwise a ValueError says which to choose. The config is
+    checked (:func:`gfldet.config.preflight`) before any data set is read, and a run that fails before it
+    wrote anything leaves no folder behind.
+    """
+    if resume and (exist_ok or increment):
+        raise ValueError("--resume continues the run in out_dir; it cannot be combined with --exist-ok or --increment")
+    preflight(cfg)
+    if cfg.model.weights_backbone and D.launched_main():  # fetched (or found missing) before any data is read
+        backbone_state_dict(cfg.model.arch, cfg.model.weights_backbone)
+    out = Path(cfg.out_dir)
+    if resume:
+        check_resumable(cfg)
+    elif (out / "last.pt").exists() and not exist_ok:
+        if not increment:
+            raise ValueError(f"{cfg.out_dir} already holds a run (last.pt): pass --resume to continue it, --exist-ok to "
+                             "start over in it, --increment to take the next free name, or choose another out_dir")
+        if D.launched_world_size() > 1:
+            raise ValueError("--increment under torchrun would let the processes pick different folders; give an "
+                             "unused out_dir instead")
+        cfg = copy.deepcopy(cfg)
+        cfg.out_dir = str(_next_free(out))
+        log.info("%s holds a run; this one goes to %s", out, cfg.out_dir)
+        out = Path(cfg.out_dir)
+    existed = out.exists()
+    try:
+        run = _Run(cfg, resume, progress, start_over=exist_ok)
+        try:
+            return run.run()
+        finally:
+            D.barrier()
+    except BaseException:
+        if not existed and D.launched_main() and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
+
+
+def _next_free(path: Path) -> Path:
+    """The first of ``path-1``, ``path-2``, ... that does not exist (the naming of :func:`gfldet.data.folders.claim_dir`)."""
+    k = 1
+    while Path(f"{path}-{k}").exists():
+        k += 1
+    return Path(f"{path}-{k}")
+
+
+def check_resumable(cfg: Config) -> None:
+    """Before any data is read: ``cfg.out_dir`` holds a ``last.pt`` with training state, the run is not finished
+    under ``cfg``, and ``cfg`` builds the same model (settings the checkpoint's run resolved are compared where
+    ``cfg`` sets them). Each failure is a ValueError that says what to do instead."""
+    path = Path(cfg.out_dir) / "last.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
+    ck = load_checkpoint(path, map_location="cpu")
+    if "optimizer" not in ck:
+        raise ValueError(f"{path}: has no training state to resume from (a converted or exported checkpoint?)")
+    saved = ck.get("config", {}).get("model", {})
+    changed = [f"model.{k}: {saved[k]!r} in the run, {v!r} now" for k, v in cfg.to_dict()["model"].items()
+               if v is not None and k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"cannot resume {cfg.out_dir} with other model settings ({'; '.join(changed)}): resume with "
+                         f"the run's own config ({Path(cfg.out_dir) / 'config.yaml'}), or start a new run from its "
+                         f"weights with --init {path}")
+    t = cfg.train
+    epoch, it = int(ck["epoch"]), int(ck["iteration"])
+    if epoch >= t.epochs:
+        raise ValueError(f"{cfg.out_dir} is finished ({epoch} of train.epochs={t.epochs} epochs, {it} iterations): "
+                         f"nothing to resume; to train longer, --resume --set train.epochs=N with N > {epoch} (the "
+                         "schedule is then stretched to N epochs), or start a new run with --init")
+    if t.max_iters is not None and it >= t.max_iters:
+        raise ValueError(f"{cfg.out_dir} stopped at train.max_iters={t.max_iters} (iteration {it}): to continue, "
+                         "--resume --set train.max_iters=null (or a larger number)")

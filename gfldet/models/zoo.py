@@ -21,7 +21,8 @@ from torchvision.models import get_weight
 from ..config import ModelConfig, backbone_regime
 from .detector import GFL
 
-__all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "build_model", "ARCHS"]
+__all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "build_model",
+           "backbone_state_dict", "ARCHS"]
 
 # builder name -> architecture fields and torchvision's name of the matching ImageNet classifier
 ARCHS: dict[str, tuple[dict[str, int], str]] = {
@@ -37,7 +38,7 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
     """Build a GFL detector by builder name (``model.arch`` in configs)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown model.arch {arch!r}; choose from {sorted(ARCHS)}")
-    fixed, tv_name = ARCHS[arch]
+    fixed = ARCHS[arch][0]
     clash = sorted(set(kwargs) & set(fixed))
     if clash:
         raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
@@ -49,28 +50,44 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
     if weights_backbone is not None and cfg.base_channels != 64:  # before anything is downloaded
         raise ValueError(f"ImageNet backbone weights are for the standard widths (base_channels=64), not base_channels={cfg.base_channels}")
     model = GFL(cfg, class_names=class_names)
+    if weights_backbone is not None:
+        model.backbone.load_torchvision_weights(backbone_state_dict(arch, weights_backbone))
+    if weights is not None:
+        from ..engine.checkpoint import load_weights_into
+
+        load_weights_into(model, weights)
+    return model
+
+
+def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict ``weights_backbone`` names for ``arch``'s backbone (torchvision's ResNet names): a
+    local file, or torchvision weights (a ``WeightsEnum`` member or its name, e.g. ``IMAGENET1K_V1``) from torch
+    hub's cache or downloaded into it. ``gfldet train`` calls it before reading any data, so that a missing file
+    or no network stops a run at once."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {arch!r}; choose from {sorted(ARCHS)}")
+    tv_name = ARCHS[arch][1]
     if isinstance(weights_backbone, (str, os.PathLike)) and os.path.isfile(weights_backbone):
         # a local ImageNet state dict with torchvision's ResNet names (an "fc.*" head is ignored)
         try:
             sd = torch.load(weights_backbone, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"{weights_backbone}: not a readable state dict ({type(e).__name__}: {e})") from e
-        model.backbone.load_torchvision_weights(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
-    elif isinstance(weights_backbone, (str, os.PathLike)) and _looks_like_path(os.fspath(weights_backbone)):
+        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if isinstance(weights_backbone, (str, os.PathLike)) and _looks_like_path(os.fspath(weights_backbone)):
         raise FileNotFoundError(f"backbone weights file not found: {weights_backbone} (model.weights_backbone; a state dict "
                                 "with torchvision's ResNet names, or a torchvision weights name such as IMAGENET1K_V1)")
-    elif weights_backbone is not None:
-        if not tv_name:
-            raise ValueError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
-                             "model.backbone.load_torchvision_weights(state_dict)")
-        if isinstance(weights_backbone, str):
-            weights_backbone = get_weight(weights_backbone if "." in weights_backbone else f"{tv_name.replace('resnet', 'ResNet')}_Weights.{weights_backbone}")
-        model.backbone.load_torchvision_weights(imagenet_state_dict(weights_backbone))
-    if weights is not None:
-        from ..engine.checkpoint import load_weights_into
-
-        load_weights_into(model, weights)
-    return model
+    if not tv_name:
+        raise ValueError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
+                         "model.backbone.load_torchvision_weights(state_dict)")
+    if isinstance(weights_backbone, str):
+        try:
+            weights_backbone = get_weight(weights_backbone if "." in weights_backbone
+                                          else f"{tv_name.replace('resnet', 'ResNet')}_Weights.{weights_backbone}")
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"model.weights_backbone={weights_backbone!r}: not a torchvision weights name for {arch} "
+                             f"(e.g. IMAGENET1K_V1) nor an existing file ({e})") from e
+    return imagenet_state_dict(weights_backbone)
 
 
 def _looks_like_path(name: str) -> bool:
