@@ -69,13 +69,22 @@ def _train_config(args: argparse.Namespace):
         log.warning("%s not found: resuming with the config given on the command line", saved)
         return given
     cfg = shortcuts(load_config(saved, args.set or []))
+    cfg.out_dir = given.out_dir  # the folder the run is in now (it may have been moved since config.yaml was written)
     if args.config:
-        ignored = _differences(given.to_dict(), cfg.to_dict())
+        ignored = _differences(_file_keys(args.config), cfg.to_dict())
         if ignored:
             log.warning("resuming with the run's own %s; %s differs in %s (not used: change a setting with --set)",
                         saved, args.config, ", ".join(ignored))
     log.info("resuming with the run's own config %s", saved)
     return cfg
+
+
+def _file_keys(path: str) -> dict:
+    """The keys a YAML config file sets (not the defaults around them)."""
+    from .config import load_config, read_yaml
+
+    load_config(path)  # its errors first, with their messages
+    return read_yaml(path) or {}
 
 
 def _differences(given: dict, saved: dict, prefix: str = "") -> list[str]:
@@ -127,9 +136,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-EVAL_FILES = ("metrics.json", "detections.json", "pr_curve.png", "per_class_ap.md")
-
-
 def _eval_data(args: argparse.Namespace, meta: dict) -> tuple[str, str]:
     """--ann/--images, or the validation split of the run the checkpoint came from."""
     if args.ann and args.images:
@@ -153,13 +159,14 @@ def _eval_out(args: argparse.Namespace):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder (eval writes metrics.json and pictures into a folder)")
-    if out.suffix == ".json":
+    if out.suffix == ".json" and not out.exists():
         raise ValueError(f"--out {out}: --out is a folder (eval writes metrics.json and pictures into it), "
                          f"e.g. --out {out.parent}")
-    taken = [f for f in EVAL_FILES if (out / f).exists()]
+    from .engine.evaluate import EVAL_FILES
+
+    taken = [f for f in ("metrics.json", *EVAL_FILES) if (out / f).exists()]
     if taken and not args.force:
         raise ValueError(f"--out {out}: already holds {', '.join(taken)}; pass --force to replace them or choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -168,15 +175,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine.checkpoint import load_checkpoint, load_model
     from .engine.evaluate import evaluate, format_metrics
 
-    meta = load_checkpoint(args.checkpoint)
-    ann, images = _eval_data(args, meta)
     device = _device(args.device)
     out = _eval_out(args)
+    meta = load_checkpoint(args.checkpoint)
+    ann, images = _eval_data(args, meta)
     overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
     model = load_model(args.checkpoint, **overrides)
     dataset = CocoDetection(ann, images, train=False)
     if model.class_names is not None and list(model.class_names) != list(dataset.classes):
         raise ValueError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, num_workers=args.workers,
                        progress=not args.no_progress, out_dir=str(out) if out else None)
     print(format_metrics(metrics))
@@ -219,12 +228,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _device(name: str):
+    """--device of eval/predict/export, by the same rule as ``train.device`` (:func:`gfldet.config.check_device`)."""
     import torch
 
+    from .config import check_device
+
+    name = check_device(name, "--device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -232,7 +243,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each option's default (where it has one worth showing)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -356,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # A mistake of the user's (a bad value, a missing or unreadable file, no network for a download, a missing
 # optional package) is one message and exit code 2; -v adds the traceback. Anything else is a bug: a traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# optional packages some commands need (import name -> what to pip install)
+OPTIONAL = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in OPTIONAL:
+            raise  # a broken installation or a bug: the traceback is what helps
+        print(f"gfldet {args.command}: error: this needs the optional package {e.name.split('.')[0]!r}: "
+              f"pip install {OPTIONAL[e.name.split('.')[0]]}", file=sys.stderr)
+        return 2
     except USER_ERRORS as e:
         if args.verbose:
             log.exception("traceback (-v)")
@@ -379,8 +398,6 @@ def _message(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     if isinstance(e, OSError) and getattr(e, "filename", None) and str(e.filename) not in text:
         text = f"{e.filename}: {text}"
-    if isinstance(e, ImportError) and getattr(e, "name", None):
-        text += f" (the optional package {e.name!r} is needed for this: pip install {e.name})"
     if isinstance(e, OSError) and type(e).__name__ == "URLError":
         text = f"cannot download ({text}); without network access, place the file by hand"
     return text

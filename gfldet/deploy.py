@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import TORCH_SUFFIXES, file_kind, first_line
 from .ops.resize import keep_ratio_size
 
 __all__ = ["postprocess", "nms", "batched_nms", "preprocess", "OnnxDetector", "decode_raw", "edge_uncertainty_np"]
@@ -242,17 +243,11 @@ def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray,
     return batch, sizes, scales, originals
 
 
-_TORCH_SUFFIXES = (".pt", ".pth")
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format; an ONNX file is a bare protobuf, never a zip
-
-
 def _check_onnx_path(path: str) -> None:
     """Refuse, with advice, a missing file or a PyTorch checkpoint given where an ONNX file is expected."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ONNX model not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(len(_ZIP_MAGIC))
-    if head == _ZIP_MAGIC or path.lower().endswith(_TORCH_SUFFIXES):
+    if file_kind(path) == "torch" or path.lower().endswith(TORCH_SUFFIXES):
         raise ValueError(f"{path} is a PyTorch checkpoint, not an ONNX file: run it with `--backend torch`, "
                          f"or make an ONNX file with `gfldet export --checkpoint {path} --out model.onnx`")
 
@@ -266,12 +261,7 @@ def _load_onnx(path: str) -> Any:
     try:
         return onnx.load(path, load_external_data=False)
     except DecodeError as e:
-        raise ValueError(f"{path}: not a readable ONNX file: {_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise ValueError(f"{path}: not a readable ONNX file: {first_line(e)}") from e
 
 
 def read_metadata(path_or_model: str | os.PathLike | Any) -> dict[str, Any]:
@@ -309,7 +299,7 @@ class OnnxDetector:
             self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
         except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
                 ort_errors.NotImplemented) as e:  # onnxruntime's own types, derived from Exception only
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {_first_line(e)}") from e
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {first_line(e)}") from e
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.class_names = self.meta.get("class_names")
         self.cat_ids = self.meta.get("cat_ids")

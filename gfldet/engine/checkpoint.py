@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..files import file_kind, first_line
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_weights_into", "FORMAT", "VERSION"]
 
@@ -23,9 +24,6 @@ log = logging.getLogger(__name__)
 FORMAT = "gfldet"
 VERSION = 1
 
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
-_PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle (protocol >= 2)
-_ONNX_MAGIC = b"\x08"  # an ONNX ModelProto starts with its field 1, ir_version (a varint)
 
 # A fine-tuning transfer changes the output layers (gfl_cls for another class count, gfl_reg for another
 # reg_max), a handful of tensors. When less than this share of the model's tensors is filled from the file,
@@ -88,33 +86,28 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _read_torch_file(path: str, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``; every failure is a ValueError (FileNotFoundError for a missing
     file) naming the file, and none suggests ``weights_only=False``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    is_torch = head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)
-    if path.lower().endswith(".onnx") or (not is_torch and head.startswith(_ONNX_MAGIC)):
+    kind = file_kind(path)
+    if kind == "onnx":
         raise ValueError(f"{path} is an ONNX file (from `gfldet export`), not a gfldet checkpoint: "
                          "run it with `--backend onnxruntime`")
-    if not is_torch:
-        raise ValueError(f"{path}: not a gfldet checkpoint (not a file torch.save wrote{'; the file is empty' if not head else ''})")
+    if kind != "torch":
+        raise ValueError(f"{path}: not a gfldet checkpoint (not a file torch.save wrote{'; the file is empty' if kind == 'empty' else ''})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, i.e. running arbitrary code from the file: not relayed
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         raise ValueError(f"{path}: not a gfldet checkpoint: it holds Python objects other than tensors and plain "
-                         f"types{f' ({found.group(1)})' if found else ''}, which gfldet does not load") from e
+                         f"types{f' ({found.group(1)})' if found else ''}, which gfldet does not load (an mmdetection "
+                         "checkpoint saved with such metadata: `gfldet convert --trusted FILE OUT.pt` if you trust it, "
+                         "then use OUT.pt)") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable gfldet checkpoint (corrupt, truncated or not saved by torch): {_first_line(e)}") from e
+        raise ValueError(f"{path}: not a readable gfldet checkpoint (corrupt, truncated or not saved by torch): {first_line(e)}") from e
 
 
 def _check_gfldet(obj: Any, path: str) -> dict[str, Any]:
@@ -165,14 +158,12 @@ def _read_weights(path: str) -> tuple[dict[str, torch.Tensor], str, dict[str, An
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = _check_gfldet(obj, path)
         return obj["state_dict"], "gfldet checkpoint", obj["model_config"]
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        from ..models.mmdet import convert_mmdet_state_dict
+    from ..models.mmdet import convert_mmdet_state_dict, split_mmdet_checkpoint
 
-        try:
-            return convert_mmdet_state_dict(obj["state_dict"]), "mmdetection checkpoint", None
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
-    raise ValueError(f"{path}: not a gfldet checkpoint (nor an mmdetection one: no 'state_dict')")
+    try:
+        return convert_mmdet_state_dict(split_mmdet_checkpoint(obj, path)[0]), "mmdetection checkpoint", None
+    except ValueError as e:
+        raise ValueError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: {e}") from e
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:

@@ -288,6 +288,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+# what ``evaluate(..., out_dir=...)`` writes into its folder (gfldet eval --out adds metrics.json)
+EVAL_FILES = ("detections.json", "pr_curve.png", "per_class_ap.md")
+
+
 def evaluate(
     model: nn.Module,
     dataset,

@@ -24,9 +24,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..config import Config, preflight, resolve_training, step_milestones, warmup_length
+from ..data.folders import claim_dir
 from ..models.zoo import backbone_state_dict, build_model
 from . import distributed as D
 from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from .evaluate import EVAL_FILES
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,26 @@ class ModelEMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["state_dict"])
         self.updates = int(state["updates"])
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so that bf16 autocast is faster."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def _autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device``: float16 on CUDA, bfloat16 on a CPU with native bf16, None
+    (float32, with a warning) elsewhere."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        log.info("train.amp on this CPU: bfloat16 autocast (native bf16 units)")
+        return torch.bfloat16
+    log.warning("train.amp is set but %s has no native float16/bfloat16 units: training in float32", device)
+    return None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -154,11 +176,15 @@ class _Run:
                 log.info("%s", note)
             self._inspect_data()
         mcfg = cfg.model_config(self.train_set.num_classes)
-        model = build_model(cfg.model.arch, class_names=self.train_set.classes, weights_backbone=cfg.model.weights_backbone,
+        # resuming: last.pt replaces every weight, so neither the ImageNet weights nor model.init are read again
+        model = build_model(cfg.model.arch, class_names=self.train_set.classes,
+                            weights_backbone=None if resume else cfg.model.weights_backbone,
                             **{k: v for k, v in dataclasses.asdict(mcfg).items() if k not in ("depth", "groups", "width_per_group")})
-        if cfg.model.init:  # logs what was loaded and what kept its initialisation
+        if cfg.model.init and not resume:  # logs what was loaded and what kept its initialisation
             load_weights_into(model, cfg.model.init, strict=cfg.model.init_strict)
         self.model = model.to(self.device)
+        if cfg.train.channels_last:  # weights NHWC: oneDNN then keeps the activations NHWC as well
+            self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.norm_init_batches > 0 and not resume:
             # the same images, in dataset order, on every process, so that all ranks get the same statistics
             from .norm_init import init_backbone_norms
@@ -173,9 +199,8 @@ class _Run:
         self.base_lr = float(cfg.train.lr)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
-        self.amp = bool(cfg.train.amp and self.device.type == "cuda")
-        if cfg.train.amp and not self.amp:
-            log.warning("train.amp is set but the device is %s: training in float32", self.device)
+        self.amp_dtype = _autocast_dtype(cfg.train.amp, self.device)
+        self.amp = self.amp_dtype == torch.float16  # CUDA float16: a GradScaler, and autocast in evaluation too
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ema = ModelEMA(self.model, cfg.train.ema_decay) if cfg.train.ema else None
         self.ddp_model: nn.Module = self.model
@@ -262,12 +287,11 @@ class _Run:
         self.best_ap = float(ck["best_ap"])
         self.last_eval_it = int(ck.get("last_eval_iter", -1))
         _set_rng_state(ck["rng"])
-        if self.main:  # drop metric lines written after this checkpoint (they will be written again), and the
-            # evaluation made only because the run was stopped (the continued run reads as an uninterrupted one)
+        if self.main:  # drop metric lines written after this checkpoint (they will be written again); an evaluation
+            # made because the run was stopped stays (marked stopped_early: best.pt may be that model)
             mpath = self.out / "metrics.jsonl"
             lines = mpath.read_text().splitlines() if mpath.exists() else []
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("iter", 0) <= self.it
-                    and not json.loads(ln).get("stopped_early")]
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("iter", 0) <= self.it]
             mpath.write_text("".join(ln + "\n" for ln in keep))
         log.info("resumed from %s at epoch %d, iteration %d", path, self.epoch + 1, self.it)
 
@@ -350,7 +374,8 @@ class _Run:
             g["lr"] = self.base_lr * factor
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in tg.items()} for tg in targets]
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
             losses = self.ddp_model(images, targets)
         values = {k: float(v.detach()) for k, v in losses.items()}
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -422,7 +447,7 @@ class _Run:
             self.save_last()
             self.plot()
             D.barrier()
-        if self.main and not (self.out / "best.pt").exists():
+        if self.main and (self.val_set is None or self.best_ap < 0):
             # without validation (or with no AP defined on it), best.pt is the final model
             final = self.ema.module if self.ema is not None else self.model
             save_checkpoint(self.out / "best.pt", final, epoch=self.epoch, iteration=self.it, config=cfg.to_dict(),
@@ -431,7 +456,7 @@ class _Run:
                 "best_ap": self.best_ap if self.best_ap >= 0 else None, "last_eval": last_metrics}
 
 
-RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "loss_curves.png", "val_ap.png")
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "loss_curves.png", "val_ap.png", *EVAL_FILES)
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bool = False,
@@ -448,8 +473,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
     """
     if resume and (exist_ok or increment):
         raise ValueError("--resume continues the run in out_dir; it cannot be combined with --exist-ok or --increment")
-    preflight(cfg)
-    if cfg.model.weights_backbone and D.launched_main():  # fetched (or found missing) before any data is read
+    if exist_ok and increment:
+        raise ValueError("--exist-ok starts over in out_dir, --increment takes the next free name: choose one")
+    preflight(cfg, resume=resume)
+    if cfg.model.weights_backbone and not resume and D.launched_main():  # fetched (or found missing) before any data
         backbone_state_dict(cfg.model.arch, cfg.model.weights_backbone)
     out = Path(cfg.out_dir)
     if resume:
@@ -462,10 +489,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
             raise ValueError("--increment under torchrun would let the processes pick different folders; give an "
                              "unused out_dir instead")
         cfg = copy.deepcopy(cfg)
-        cfg.out_dir = str(_next_free(out))
-        log.info("%s holds a run; this one goes to %s", out, cfg.out_dir)
-        out = Path(cfg.out_dir)
-    existed = out.exists()
+        claimed = claim_dir(out)  # created at once: two runs started together never share it
+        log.info("%s holds a run; this one goes to %s", out, claimed)
+        out, cfg.out_dir = claimed, str(claimed)
+    existed = out.exists() and not increment
     try:
         run = _Run(cfg, resume, progress, start_over=exist_ok)
         try:
@@ -476,14 +503,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
         if not existed and D.launched_main() and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed before writing anything leaves no empty folder
         raise
-
-
-def _next_free(path: Path) -> Path:
-    """The first of ``path-1``, ``path-2``, ... that does not exist (the naming of :func:`gfldet.data.folders.claim_dir`)."""
-    k = 1
-    while Path(f"{path}-{k}").exists():
-        k += 1
-    return Path(f"{path}-{k}")
 
 
 def check_resumable(cfg: Config) -> None:
@@ -507,8 +526,9 @@ def check_resumable(cfg: Config) -> None:
     epoch, it = int(ck["epoch"]), int(ck["iteration"])
     if epoch >= t.epochs:
         raise ValueError(f"{cfg.out_dir} is finished ({epoch} of train.epochs={t.epochs} epochs, {it} iterations): "
-                         f"nothing to resume; to train longer, --resume --set train.epochs=N with N > {epoch} (the "
-                         "schedule is then stretched to N epochs), or start a new run with --init")
+                         f"nothing to resume; to train longer, --resume --set train.epochs=N with N > {epoch} (cosine "
+                         "decay stretches to N epochs; step milestones stay as config.yaml has them unless you also "
+                         "--set train.milestones=[...]), or start a new run from its weights with --init")
     if t.max_iters is not None and it >= t.max_iters:
         raise ValueError(f"{cfg.out_dir} stopped at train.max_iters={t.max_iters} (iteration {it}): to continue, "
                          "--resume --set train.max_iters=null (or a larger number)")

@@ -18,7 +18,8 @@ from ..config import ModelConfig
 from .backbone import RESNET_SPECS
 from .detector import GFL
 
-__all__ = ["from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "to_mmdet_state_dict", "load_mmdet_checkpoint"]
+__all__ = ["from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "to_mmdet_state_dict", "load_mmdet_checkpoint",
+           "split_mmdet_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ def load_mmdet_checkpoint(path: str | os.PathLike, trusted: bool = False) -> tup
         ) from e
     except Exception as e:  # corrupt / truncated / not a torch file
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    return split_mmdet_checkpoint(obj, path)
+
+
+def split_mmdet_checkpoint(obj: Any, path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict and ``meta`` of a loaded mmdetection file: ``{"state_dict": ..., "meta": ...}`` or a bare
+    state dict (the rule both ``gfldet convert`` and fine-tuning with ``model.init`` follow)."""
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict with a 'state_dict', got {type(obj).__name__}")
     sd = obj.get("state_dict", obj)

@@ -55,7 +55,7 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
     if weights is not None:
         from ..engine.checkpoint import load_weights_into
 
-        load_weights_into(model, weights)
+        load_weights_into(model, weights, strict=True)  # the builders' weights= is this model's; fine-tuning: model.init
     return model
 
 

@@ -115,3 +115,23 @@ def test_another_architecture_is_refused(tmp_path, other):
         load_weights_into(model, path)
     assert ("fpn_channels 32 in the file, 64 in the model" if other == "width" else "depth 18 in the file, 50 in the model") in str(info.value)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+
+
+def test_a_bare_mmdetection_state_dict_fine_tunes_as_gfldet_convert_reads_it(tmp_path):
+    """mmdetection files without the {"state_dict": ...} wrapper: `gfldet convert` takes them, so does model.init."""
+    torch.manual_seed(0)
+    src = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32)
+    path = tmp_path / "bare.pth"
+    torch.save(to_mmdet_state_dict(src), path)
+    dst = gfldet.gfl_resnet18_fpn(num_classes=2, fpn_channels=32, head_channels=32)
+    report = load_weights_into(dst, path)
+    assert set(report["reinitialised"]) == {"head.gfl_cls.weight", "head.gfl_cls.bias"}
+    assert torch.equal(dst.state_dict()["head.gfl_reg.weight"], src.state_dict()["head.gfl_reg.weight"])
+
+
+def test_the_builders_weights_argument_stays_strict(tmp_path):
+    """``gfl_resnet18_fpn(weights=...)`` loads the model it names; fine-tuning onto other classes is model.init's."""
+    m = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32)
+    gfldet.save_checkpoint(tmp_path / "three.pt", m)
+    with pytest.raises(ValueError, match="gfl_cls"):
+        gfldet.gfl_resnet18_fpn(num_classes=2, fpn_channels=32, head_channels=32, weights=tmp_path / "three.pt")

@@ -57,7 +57,8 @@ def test_a_run_stopped_by_max_iters_is_evaluated_and_resumes_from_its_own_config
     res = json.loads(capsys.readouterr().out)
     assert res["iterations"] == 2 and res["epochs_done"] == 1
     evals = _evals(run)
-    assert [e["iter"] for e in evals] == [2] and not evals[0].get("stopped_early")  # reads as one uninterrupted run
+    assert [(e["iter"], e.get("stopped_early", False)) for e in evals] == [(1, True), (2, False)]
+    assert gfldet.load_checkpoint(run / "last.pt")["iteration"] == 2
 
     # a finished run: nothing to resume, and the message says how to train longer
     assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 2
@@ -259,3 +260,62 @@ def test_predict_never_replaces_earlier_predictions_without_force(data, tmp_path
     assert main(argv) == 2
     assert "--force" in capsys.readouterr().err and (out / "predictions.json").read_text() == "[]"
     assert main(argv + ["--force"]) == 0
+
+
+def test_resume_without_validation_updates_best_and_needs_neither_init_nor_the_old_folder(data, tmp_path, capsys):
+    tr, tri, _, _ = data
+    src = tmp_path / "src"
+    assert _train(_config(data, tmp_path), "--out", src, "--set", "train.max_iters=1") == 0
+    init = tmp_path / "start.pt"
+    init.write_bytes((src / "best.pt").read_bytes())
+    cfg = _config(data, tmp_path, **{"data.val": {"ann": "", "images": ""}})
+    run = tmp_path / "run"
+    assert _train(cfg, "--out", run, "--init", init, "--set", "train.max_iters=1") == 0
+    init.unlink()  # the weights it started from are gone: last.pt has everything a resume needs
+    moved = tmp_path / "moved"
+    run.rename(moved)  # and the run folder was moved; its config.yaml still names the old place
+    capsys.readouterr()
+    assert _train("--resume", "--out", moved, "--set", "train.max_iters=null") == 0
+    assert json.loads(capsys.readouterr().out)["out_dir"] == str(moved)
+    assert not run.exists()
+    # without validation best.pt is the final model, also after a resume
+    assert gfldet.load_checkpoint(moved / "best.pt")["iteration"] == gfldet.load_checkpoint(moved / "last.pt")["iteration"] == 2
+
+
+def test_exist_ok_also_removes_the_old_evaluation_files(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(_config(data, tmp_path), "--out", run, "--set", "train.max_iters=1") == 0
+    assert (run / "pr_curve.png").is_file() and (run / "detections.json").is_file()
+    cfg = _config(data, tmp_path, **{"data.val": {"ann": "", "images": ""}})
+    assert _train(cfg, "--out", run, "--exist-ok", "--set", "train.max_iters=1") == 0
+    assert not (run / "pr_curve.png").exists() and not (run / "detections.json").exists()
+    assert _train(cfg, "--out", run, "--exist-ok", "--increment") == 2
+    assert "choose one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--set", "out_dir="], ["out_dir is empty"]),
+    (["predict", "--checkpoint", "x.pt", ".", "--device", "gpu"], ["--device", "'gpu'", "cuda:N"]),
+    (["eval", "--checkpoint", "x.pt", "--device", "0,1"], ["--device", "torchrun"]),
+])
+def test_more_mistakes_are_messages(tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "Traceback" not in err, err
+
+
+def test_a_missing_optional_package_is_named_and_a_broken_import_is_not_hidden(monkeypatch, capsys):
+    import gfldet.cli as cli
+
+    def needs(name):
+        def command(args):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return command
+
+    monkeypatch.setattr(cli, "_cmd_config", needs("onnxruntime.capi"))
+    assert main(["config"]) == 2
+    assert "pip install onnxruntime" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_cmd_config", needs("gfldet.nothing"))  # gfldet's own: a bug, shown as one
+    with pytest.raises(ModuleNotFoundError):
+        main(["config"])
