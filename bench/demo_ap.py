@@ -42,9 +42,12 @@ def main() -> None:
                          f"{c['AP75']:.3f}", f"{c['AR100']:.3f}", f"{r['timings_s']['data']:.0f}", f"{wall:.0f}", load_average()])
     print(markdown_table(["seed", "epochs", "iterations", "AP", "AP50", "AP75", "AR100", "data s", "total s", "load after"], rows))
     aps = [a for a, _, _ in results]
-    print(f"\nmean AP {sum(aps) / len(aps):.3f}, AP50 {sum(b for _, b, _ in results) / len(results):.3f}, "
-          f"slowest run {max(w for _, _, w in results):.0f} s; target AP >= 0.5 within 600 s: "
-          f"{'met' if min(aps) >= 0.5 and max(w for _, _, w in results) <= 600 else 'NOT met'}")
+    slowest = max(w for _, _, w in results)
+    mean = sum(aps) / len(aps)
+    print(f"\nmean AP {mean:.3f}, AP50 {sum(b for _, b, _ in results) / len(results):.3f}, slowest run {slowest:.0f} s")
+    print(f"target AP >= 0.5 within 600 s: {'met' if min(aps) >= 0.5 and slowest <= 600 else 'NOT met'}; "
+          f"with margin (every seed >= 0.52, mean >= 0.55, within 600 s): "
+          f"{'met' if min(aps) >= 0.52 and mean >= 0.55 and slowest <= 600 else 'NOT met'}")
 
 
 if __name__ == "__main__":

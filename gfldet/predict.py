@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .data.folders import check_output_folder
+
 log = logging.getLogger(__name__)
 
 __all__ = ["collect_images", "read_image", "predict", "coco_image_ids", "IMAGE_EXTENSIONS"]
@@ -129,9 +131,7 @@ def predict(
     """
     from .deploy import resize_shape
 
-    if (Path(out_dir) / "predictions.json").exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds predictions.json; pass --force (overwrite=True) to replace it, "
-                              "or choose another --out")
+    check_output_folder(out_dir, ("predictions.json",), overwrite)
     files = collect_images(inputs)
     image_ids = coco_image_ids(files, ann) if ann is not None else list(range(len(files)))
     if backend == "torch":

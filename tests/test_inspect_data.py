@@ -202,7 +202,7 @@ def test_cli_prints_report_and_writes_files(tmp_path, capsys):
     before = (out / "inspect.json").read_bytes()
     assert main(argv) == 2  # refuses to replace the report
     err = capsys.readouterr().err
-    assert "inspect.json exists" in err and "--force" in err
+    assert "already holds inspect.json" in err and "--force" in err
     assert (out / "inspect.json").read_bytes() == before
     assert main(argv + ["--force"]) == 0
     # a config key that does not exist is a message

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_root", "cached_splits", "claim_dir", "generation_workers"]
+__all__ = ["cache_root", "cached_splits", "claim_dir", "generation_workers", "check_output_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +82,17 @@ def claim_dir(path: str | os.PathLike) -> Path:
             return cand
         except FileExistsError:
             k += 1
+
+
+def check_output_folder(folder: str | os.PathLike, names: tuple[str, ...], force: bool = False, what: str = "--out") -> Path:
+    """The one rule of the commands that write results into a folder (eval, predict, inspect-data): ``folder`` must
+    not be a file, and must not hold any of ``names`` unless ``force``. Checked before the work, so that its result
+    is never lost and nothing a user had is replaced unasked. Raises FileExistsError naming the folder and files."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{what} {out}: exists and is not a folder (the results are written into a folder)")
+    taken = [n for n in names if (out / n).exists()]
+    if taken and not force:
+        raise FileExistsError(f"{what} {out}: already holds {', '.join(taken)}; pass --force to replace "
+                              f"{'it' if len(taken) == 1 else 'them'}, or choose another folder")
+    return out

@@ -690,12 +690,9 @@ def plot_sizes(report_or_boxes: dict[str, Any] | Any, path: str | os.PathLike, *
 def check_out_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
     """Raise ``FileExistsError`` when ``out_dir`` already holds a report and ``force`` is not set (or when it
     is a file)."""
-    out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FileExistsError(f"--out {out_dir} exists and is not a folder")
-    target = os.path.join(out_dir, REPORT_FILE)
-    if os.path.exists(target) and not force:
-        raise FileExistsError(f"{target} exists; pass --force to replace it")
+    from .folders import check_output_folder
+
+    check_output_folder(out_dir, (REPORT_FILE,), force)
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike, *, force: bool = False) -> dict[str, str]:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -90,7 +91,11 @@ class ModelEMA:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so that bf16 autocast is faster."""
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX) and oneDNN may use it (an
+    ``ONEDNN_MAX_CPU_ISA`` below those ISAs makes bf16 an emulation, slower than float32)."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not (isa == "ALL" or any(tag in isa for tag in ("BF16", "AMX", "FP16", "AVX10", "VNNI_2"))):
+        return False
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(bool(check()) for check in checks if check is not None)
 

@@ -230,3 +230,23 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     assert grads.keys() == got["grads"].keys()
     for k, g in grads.items():
         torch.testing.assert_close(got["grads"][k], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=k)
+
+
+def test_amp_and_channels_last_on_the_cpu(data, tmp_path, caplog):
+    """train.amp on a CPU: bfloat16 autocast where the CPU has bf16 units, else float32 with a warning; with
+    train.channels_last the weights train in NHWC and the checkpoint loads into an ordinary model."""
+    from gfldet.engine.train import cpu_has_native_bf16
+
+    with caplog.at_level(logging.INFO, logger="gfldet"):
+        res = train(load_config(None, _sets(data, tmp_path / "amp", **{"train.amp": "true", "train.channels_last": "true",
+                                                                       "train.max_iters": 1})), progress=False)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    if cpu_has_native_bf16():
+        assert "bfloat16 autocast" in text
+    else:
+        assert "training in float32" in text
+    assert res["iterations"] == 1 and res["last_eval"] is not None
+    ck = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    model = load_model(tmp_path / "amp" / "last.pt")  # an ordinary (NCHW) model
+    assert model.backbone.conv1.weight.is_contiguous()
