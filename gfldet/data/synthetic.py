@@ -63,6 +63,17 @@ def _check_num_classes(num_classes: int) -> None:
 
 
 # --------------------------------------------------------------------------- small image helpers
+def overlap_window(a_shape: tuple[int, ...], ax: int, ay: int, b_shape: tuple[int, ...], bx: int, by: int):
+    """Where two image patches placed at (``ax``, ``ay``) and (``bx``, ``by``) overlap: ``(a slices, b slices)``
+    indexing the common window in each patch, or None when they do not overlap (occlusion bookkeeping of both
+    generators)."""
+    x0, y0 = max(ax, bx), max(ay, by)
+    x1, y1 = min(ax + a_shape[1], bx + b_shape[1]), min(ay + a_shape[0], by + b_shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return ((slice(y0 - ay, y1 - ay), slice(x0 - ax, x1 - ax)), (slice(y0 - by, y1 - by), slice(x0 - bx, x1 - bx)))
+
+
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     """Hue in degrees, saturation and value in [0, 1] -> RGB floats in [0, 255]."""
     h = (h % 360.0) / 60.0
@@ -373,17 +384,15 @@ def make_sample(
     visible = []
     keep = []
     for i, (m, cx0, cy0) in enumerate(masks):
-        mh, mw = m.shape
         occ = np.zeros_like(m)
         for hides_below, cov, lx0, ly0 in layers:
             if hides_below <= i:
                 continue
-            ix0, iy0 = max(cx0, lx0), max(cy0, ly0)
-            ix1, iy1 = min(cx0 + mw, lx0 + cov.shape[1]), min(cy0 + mh, ly0 + cov.shape[0])
-            if ix1 <= ix0 or iy1 <= iy0:
+            window = overlap_window(m.shape, cx0, cy0, cov.shape, lx0, ly0)
+            if window is None:
                 continue
-            sub = occ[iy0 - cy0: iy1 - cy0, ix0 - cx0: ix1 - cx0]
-            np.maximum(sub, cov[iy0 - ly0: iy1 - ly0, ix0 - lx0: ix1 - lx0], out=sub)
+            sub = occ[window[0]]
+            np.maximum(sub, cov[window[1]], out=sub)
         vis = m * (1 - occ)
         frac = float(vis.sum() / max(m.sum(), 1e-6))
         visible.append(frac)

@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .folders import cached_splits, generation_workers
-from .synthetic import _hsv_to_rgb  # the demo generator's colour helper
+from .synthetic import _hsv_to_rgb, overlap_window  # the demo generator's colour and occlusion helpers
 
 __all__ = [
     "CATEGORIES",
@@ -570,15 +570,12 @@ def make_scene(
     visible: list[float] = []
     for i, (m, mx, my) in enumerate(masks):
         keep_frac = np.ones_like(m)
-        mh, mw = m.shape
         for hides_below, cov, lx, ly in layers:
             if hides_below <= i:
                 continue
-            ax0, ay0 = max(mx, lx), max(my, ly)
-            ax1, ay1 = min(mx + mw, lx + cov.shape[1]), min(my + mh, ly + cov.shape[0])
-            if ax1 <= ax0 or ay1 <= ay0:
-                continue
-            keep_frac[ay0 - my:ay1 - my, ax0 - mx:ax1 - mx] *= 1 - cov[ay0 - ly:ay1 - ly, ax0 - lx:ax1 - lx]
+            window = overlap_window(m.shape, mx, my, cov.shape, lx, ly)
+            if window is not None:
+                keep_frac[window[0]] *= 1 - cov[window[1]]
         visible.append(float((m * keep_frac).sum() / max(float(m.sum()), 1e-6)))
     idx = [i for i in range(len(masks)) if visible[i] >= min_visible and inside[i] >= min_inside
            and boxes[i][2] - boxes[i][0] >= 2 and boxes[i][3] - boxes[i][1] >= 2]
