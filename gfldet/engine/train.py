@@ -151,7 +151,9 @@ def _seed_all(seed: int) -> None:
 class _Run:
     """State of one training run (kept in one object so that the loop reads top to bottom)."""
 
-    def __init__(self, cfg: Config, resume: bool, progress: bool, start_over: bool = False):
+    def __init__(self, cfg: Config, resumed: dict[str, Any] | None, progress: bool, start_over: bool = False):
+        """``resumed``: the ``last.pt`` to continue from (read once by :func:`check_resumable`), or None."""
+        resume = resumed is not None
         self.cfg, self.progress = cfg, progress
         self.device = D.init_distributed(cfg.train.device)
         self.main = D.is_main()
@@ -218,9 +220,7 @@ class _Run:
         self.epoch, self.epoch_iter, self.it, self.best_ap = 0, 0, 0, -1.0
         self.last_eval_it = -1  # iteration of the last evaluation (the end of a run is always evaluated)
         if resume:
-            self._resume()
-            if self.main:  # the settings the run continues with (a --set on resume changes them)
-                (self.out / "config.yaml").write_text(cfg.to_yaml())
+            self._resume(resumed)
         elif self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if start_over:
@@ -229,8 +229,9 @@ class _Run:
                     (self.out / f).unlink()
                 if old:
                     log.warning("starting over in %s (--exist-ok): removed the previous run's %s", self.out, ", ".join(old))
-            (self.out / "config.yaml").write_text(cfg.to_yaml())
             (self.out / "metrics.jsonl").write_text("")
+        if self.main:  # the settings the run trains with (on resume, a --set may have changed them)
+            (self.out / "config.yaml").write_text(cfg.to_yaml())
 
     def _inspect_data(self) -> None:
         """One line on what the training data looks like to this model, and warnings on what would silently hurt
@@ -270,11 +271,8 @@ class _Run:
         if self.main:
             save_checkpoint(self.out / "last.pt", self.model, **self._state())
 
-    def _resume(self) -> None:
+    def _resume(self, ck: dict[str, Any]) -> None:
         path = self.out / "last.pt"
-        ck = load_checkpoint(path, map_location="cpu")
-        if "optimizer" not in ck:
-            raise ValueError(f"{path}: has no training state to resume from (a converted or exported checkpoint?)")
         if ck.get("world_size", 1) != self.world:
             log.warning("resuming a run saved with %d processes on %d: data order changes", ck.get("world_size", 1), self.world)
         try:
@@ -484,9 +482,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
     if cfg.model.weights_backbone and not resume and D.launched_main():  # fetched (or found missing) before any data
         backbone_state_dict(cfg.model.arch, cfg.model.weights_backbone)
     out = Path(cfg.out_dir)
-    if resume:
-        check_resumable(cfg)
-    elif (out / "last.pt").exists() and not exist_ok:
+    resumed = check_resumable(cfg) if resume else None
+    if not resume and (out / "last.pt").exists() and not exist_ok:
         if not increment:
             raise ValueError(f"{cfg.out_dir} already holds a run (last.pt): pass --resume to continue it, --exist-ok to "
                              "start over in it, --increment to take the next free name, or choose another out_dir")
@@ -499,7 +496,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
         out, cfg.out_dir = claimed, str(claimed)
     existed = out.exists() and not increment
     try:
-        run = _Run(cfg, resume, progress, start_over=exist_ok)
+        run = _Run(cfg, resumed, progress, start_over=exist_ok)
         try:
             return run.run()
         finally:
@@ -510,10 +507,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
         raise
 
 
-def check_resumable(cfg: Config) -> None:
+def check_resumable(cfg: Config) -> dict[str, Any]:
     """Before any data is read: ``cfg.out_dir`` holds a ``last.pt`` with training state, the run is not finished
     under ``cfg``, and ``cfg`` builds the same model (settings the checkpoint's run resolved are compared where
-    ``cfg`` sets them). Each failure is a ValueError that says what to do instead."""
+    ``cfg`` sets them). Each failure is a ValueError that says what to do instead. Returns the checkpoint, which
+    the run then continues from (the file is read once)."""
     path = Path(cfg.out_dir) / "last.pt"
     if not path.exists():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
@@ -537,3 +535,4 @@ def check_resumable(cfg: Config) -> None:
     if t.max_iters is not None and it >= t.max_iters:
         raise ValueError(f"{cfg.out_dir} stopped at train.max_iters={t.max_iters} (iteration {it}): to continue, "
                          "--resume --set train.max_iters=null (or a larger number)")
+    return ck
