@@ -80,10 +80,10 @@ def _train_config(args: argparse.Namespace):
 
 
 def _file_keys(path: str) -> dict:
-    """The keys a YAML config file sets (not the defaults around them)."""
-    from .config import load_config, read_yaml
+    """The keys a YAML config file sets (not the defaults around them); the file was read and checked as the
+    given config before."""
+    from .config import read_yaml
 
-    load_config(path)  # its errors first, with their messages
     return read_yaml(path) or {}
 
 
@@ -168,7 +168,7 @@ def _eval_out(args: argparse.Namespace):
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.coco import CocoDetection
-    from .engine.checkpoint import load_checkpoint, load_model
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .engine.evaluate import evaluate, format_metrics
 
     device = _device(args.device)
@@ -176,7 +176,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     meta = load_checkpoint(args.checkpoint)
     ann, images = _eval_data(args, meta)
     overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
-    model = load_model(args.checkpoint, **overrides)
+    model = model_from_checkpoint(meta, args.checkpoint, **overrides)
     dataset = CocoDetection(ann, images, train=False)
     if model.class_names is not None and list(model.class_names) != list(dataset.classes):
         raise ValueError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
@@ -209,11 +209,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import load_checkpoint, load_model
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .export import export_onnx
 
-    model = load_model(args.checkpoint)
     meta = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(meta, args.checkpoint)
     if args.score_thr is not None:
         model.config.score_thr = args.score_thr
     h, w = args.example_size

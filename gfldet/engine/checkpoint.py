@@ -17,7 +17,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..files import file_kind, first_line
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_weights_into", "FORMAT", "VERSION"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "model_from_checkpoint", "load_weights_into", "FORMAT", "VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any):
     """Build the :class:`~gfldet.GFL` a checkpoint describes and load its weights (eval mode).
     ``overrides`` change non-architecture settings such as ``score_thr`` or ``min_size``."""
+    return model_from_checkpoint(load_checkpoint(path, map_location), path, **overrides)
+
+
+def model_from_checkpoint(obj: dict[str, Any], path: str | os.PathLike, **overrides: Any):
+    """:func:`load_model` for a checkpoint already read with :func:`load_checkpoint` (``path`` names it in
+    errors), so that a command needing both its metadata and its model reads the file once."""
     from ..models.detector import GFL
 
-    obj = load_checkpoint(path, map_location)
     cfg_dict = dict(obj["model_config"])
     cfg_dict.update(overrides)
     try:
