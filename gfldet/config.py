@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = ["ModelConfig", "Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
-           "load_config", "apply_override", "validate_config", "format_config", "read_yaml", "preflight", "device_name", "check_device", "Regime", "REGIMES", "backbone_regime", "resolve_training",
+           "load_config", "apply_override", "validate_config", "format_config", "read_yaml", "preflight", "device_name", "check_device", "torchvision_weights", "Regime", "REGIMES", "backbone_regime", "resolve_training",
            "warmup_length", "step_milestones", "WARMUP_MAX_FRACTION"]
 
 
@@ -599,7 +599,7 @@ def preflight(cfg: Config, resume: bool = False) -> None:
                 f"model.weights_backbone={m.weights_backbone!r}: no such file; set it to the path of a state dict with "
                 f"torchvision's ResNet parameter names, to a torchvision weights name such as IMAGENET1K_V1, or to "
                 f"null to train from scratch")
-        _check_torchvision_weights(m.arch, m.weights_backbone, ARCHS[m.arch][1])
+        torchvision_weights(m.arch, m.weights_backbone, ARCHS[m.arch][1])
     check_device(cfg.train.device)
     for split in ("train", "val"):
         s = getattr(cfg.data, split)
@@ -616,8 +616,11 @@ def preflight(cfg: Config, resume: bool = False) -> None:
                 raise FileNotFoundError(f"{key}={value!r} is a {'file' if want_dir else 'folder'}; set it to {fix}")
 
 
-def _check_torchvision_weights(arch: str, name: str, tv_name: str) -> None:
-    """``model.weights_backbone`` names torchvision ImageNet weights of ``arch``'s backbone (looked up, not fetched)."""
+def torchvision_weights(arch: str, name: str, tv_name: str) -> Any:
+    """The torchvision ImageNet weights (a ``WeightsEnum`` member, looked up, not fetched) that ``name`` (e.g.
+    ``IMAGENET1K_V1`` or ``ResNet50_Weights.IMAGENET1K_V1``) names for ``arch``'s backbone, torchvision's
+    ``tv_name``; a ConfigError naming the value and the choices otherwise. The one rule for preflight and the
+    builders."""
     key = f"model.weights_backbone={name!r}"
     if not tv_name:
         raise ConfigError(f"{key}: torchvision publishes no ImageNet weights for {arch}'s backbone; set it to the path "
@@ -634,6 +637,7 @@ def _check_torchvision_weights(arch: str, name: str, tv_name: str) -> None:
     if type(weights).__name__ != enum_name:
         raise ConfigError(f"{key} are weights of another network, not of {arch}'s backbone ({tv_name}); use one of "
                           f"{choices} (or {enum_name}.<name>)")
+    return weights
 
 
 def check_device(device: str, key: str = "train.device") -> str:

@@ -16,9 +16,7 @@ from typing import Any
 
 import torch
 
-from torchvision.models import get_weight
-
-from ..config import ModelConfig, backbone_regime
+from ..config import ModelConfig, backbone_regime, torchvision_weights
 from .detector import GFL
 
 __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "build_model",
@@ -81,12 +79,7 @@ def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Ten
         raise ValueError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
                          "model.backbone.load_torchvision_weights(state_dict)")
     if isinstance(weights_backbone, str):
-        try:
-            weights_backbone = get_weight(weights_backbone if "." in weights_backbone
-                                          else f"{tv_name.replace('resnet', 'ResNet')}_Weights.{weights_backbone}")
-        except (ValueError, KeyError, AttributeError) as e:
-            raise ValueError(f"model.weights_backbone={weights_backbone!r}: not a torchvision weights name for {arch} "
-                             f"(e.g. IMAGENET1K_V1) nor an existing file ({e})") from e
+        weights_backbone = torchvision_weights(arch, weights_backbone, tv_name)
     return imagenet_state_dict(weights_backbone)
 
 
