@@ -11,8 +11,7 @@ log = logging.getLogger("gfldet")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import save_checkpoint
-    from .models.mmdet import from_mmdet
+    from .models.io import from_mmdet, save_checkpoint
 
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise ValueError(f"refusing to overwrite the source checkpoint {args.src}; choose another output path")
@@ -168,8 +167,8 @@ def _eval_out(args: argparse.Namespace):
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.coco import CocoDetection
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .engine.evaluate import evaluate, format_metrics
+    from .models.io import load_checkpoint, model_from_checkpoint
 
     device = _device(args.device)
     out = _eval_out(args)
@@ -209,8 +208,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .export import export_onnx
+    from .models.io import load_checkpoint, model_from_checkpoint
 
     meta = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(meta, args.checkpoint)
@@ -224,10 +223,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _device(name: str):
-    """--device of eval/predict/export, by the same rule as ``train.device`` (:func:`gfldet.config.check_device`)."""
+    """--device of eval/predict/export, by the same rule as ``train.device`` (:func:`gfldet.engine.preflight.check_device`)."""
     import torch
 
-    from .config import check_device
+    from .engine.preflight import check_device
 
     name = check_device(name, "--device")
     if name == "auto":

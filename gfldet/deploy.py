@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import TORCH_SUFFIXES, file_kind, first_line
+from .models.io import TORCH_SUFFIXES, file_kind, first_line
 from .ops.resize import keep_ratio_size
 
 __all__ = ["postprocess", "nms", "batched_nms", "preprocess", "OnnxDetector", "decode_raw", "edge_uncertainty_np"]

@@ -8,7 +8,6 @@ object per logged iteration and per evaluation) and the pictures ``loss_curves.p
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -24,12 +23,15 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..config import Config, preflight, resolve_training, step_milestones, warmup_length
+from ..config import Config
 from ..data.folders import claim_dir
-from ..models.zoo import backbone_state_dict, build_model
+from ..models.io import load_weights_into, save_checkpoint
+from ..models.zoo import backbone_state_dict, build_from_config
 from . import distributed as D
-from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from .checkpoint import check_resumable, restore_training_state, rng_state, save_training_checkpoint, set_rng_state
 from .evaluate import EVAL_FILES
+from .preflight import preflight
+from .recipe import resolve_training, step_milestones, warmup_length
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
     Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations (the reference's LinearLR), times either
     ``gamma`` per milestone epoch reached (MultiStepLR: with milestones [8, 11] epochs 9-11 run at 0.1x and
     epoch 12 at 0.01x) or a per-iteration cosine decay to 0 over the whole run. Null (automatic) warm-up and
-    milestones follow :func:`gfldet.config.warmup_length` and :func:`gfldet.config.step_milestones`.
+    milestones follow :func:`gfldet.engine.recipe.warmup_length` and :func:`gfldet.engine.recipe.step_milestones`.
     """
     t = cfg.train
     total = max(1, t.epochs * iters_per_epoch)
@@ -118,30 +120,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(_tuples(state["python"]))
-
-
-def _tuples(x: Any) -> Any:
-    """``random.setstate`` needs tuples; a checkpoint round trip may give lists."""
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -184,9 +162,8 @@ class _Run:
             self._inspect_data()
         mcfg = cfg.model_config(self.train_set.num_classes)
         # resuming: last.pt replaces every weight, so neither the ImageNet weights nor model.init are read again
-        model = build_model(cfg.model.arch, class_names=self.train_set.classes,
-                            weights_backbone=None if resume else cfg.model.weights_backbone,
-                            **{k: v for k, v in dataclasses.asdict(mcfg).items() if k not in ("depth", "groups", "width_per_group")})
+        model = build_from_config(cfg.model.arch, mcfg, class_names=self.train_set.classes,
+                                  weights_backbone=None if resume else cfg.model.weights_backbone)
         if cfg.model.init and not resume:  # logs what was loaded and what kept its initialisation
             load_weights_into(model, cfg.model.init, strict=cfg.model.init_strict)
         self.model = model.to(self.device)
@@ -248,17 +225,14 @@ class _Run:
             log.warning("training data: %s (gfldet inspect-data %s --images %s)", warning, d.ann, d.images)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
+    def _run_state(self) -> dict[str, Any]:
+        """What ``last.pt`` holds besides the model, optimiser, GradScaler, EMA and RNG states."""
         return {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "epoch_iter": self.epoch_iter,
             "iteration": self.it,
             "best_ap": self.best_ap,
             "last_eval_iter": self.last_eval_it,
-            "rng": _rng_state(),
             "config": self.cfg.to_dict(),
             "world_size": self.world,
             "cat_ids": self._cat_ids(),
@@ -269,27 +243,17 @@ class _Run:
 
     def save_last(self) -> None:
         if self.main:
-            save_checkpoint(self.out / "last.pt", self.model, **self._state())
+            save_training_checkpoint(self.out / "last.pt", self.model, self.optimizer, self.scaler, self.ema,
+                                     **self._run_state())
 
     def _resume(self, ck: dict[str, Any]) -> None:
         path = self.out / "last.pt"
         if ck.get("world_size", 1) != self.world:
             log.warning("resuming a run saved with %d processes on %d: data order changes", ck.get("world_size", 1), self.world)
-        try:
-            self.model.load_state_dict(ck["state_dict"])
-            self.optimizer.load_state_dict(ck["optimizer"])
-        except (RuntimeError, ValueError) as e:  # check_resumable compares the model settings first; this is the backstop
-            raise ValueError(f"{path}: the run's weights do not fit the model this config builds "
-                             f"({str(e).strip().splitlines()[0]}); resume with the run's own config.yaml") from e
-        self.scaler.load_state_dict(ck["scaler"])
-        if self.ema is not None:
-            if ck.get("ema") is None:
-                raise ValueError(f"{path}: run was saved without EMA but train.ema is now true")
-            self.ema.load_state_dict(ck["ema"])
+        restore_training_state(ck, path, self.model, self.optimizer, self.scaler, self.ema)
         self.epoch, self.epoch_iter, self.it = int(ck["epoch"]), int(ck["epoch_iter"]), int(ck["iteration"])
         self.best_ap = float(ck["best_ap"])
         self.last_eval_it = int(ck.get("last_eval_iter", -1))
-        _set_rng_state(ck["rng"])
         if self.main:  # drop metric lines written after this checkpoint (they will be written again); an evaluation
             # made because the run was stopped stays (marked stopped_early: best.pt may be that model)
             mpath = self.out / "metrics.jsonl"
@@ -336,9 +300,9 @@ class _Run:
     def evaluate_and_keep_best(self, stopped_early: bool = False) -> dict[str, Any] | None:
         """Evaluate now; log the metrics and write ``best.pt`` when the AP is the best so far (main process). The
         random state is restored afterwards: when and how often a run is evaluated never changes its training."""
-        rng = _rng_state()
+        rng = rng_state()
         metrics = self.evaluate()
-        _set_rng_state(rng)
+        set_rng_state(rng)
         self.last_eval_it = self.it
         if not self.main or metrics is None:
             return None
@@ -471,7 +435,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
     A folder that already holds a run (``last.pt``) is never trained over silently: ``exist_ok`` starts over in
     it (the previous run's checkpoints are removed), ``increment`` takes the next free name (``runs/x-1``,
     ``runs/x-2``, ... as ``gfldet demo`` does), otherwise a ValueError says which to choose. The config is
-    checked (:func:`gfldet.config.preflight`) before any data set is read, and a run that fails before it
+    checked (:func:`gfldet.engine.preflight.preflight`) before any data set is read, and a run that fails before it
     wrote anything leaves no folder behind.
     """
     if resume and (exist_ok or increment):
@@ -505,34 +469,3 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
         if not existed and D.launched_main() and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed before writing anything leaves no empty folder
         raise
-
-
-def check_resumable(cfg: Config) -> dict[str, Any]:
-    """Before any data is read: ``cfg.out_dir`` holds a ``last.pt`` with training state, the run is not finished
-    under ``cfg``, and ``cfg`` builds the same model (settings the checkpoint's run resolved are compared where
-    ``cfg`` sets them). Each failure is a ValueError that says what to do instead. Returns the checkpoint, which
-    the run then continues from (the file is read once)."""
-    path = Path(cfg.out_dir) / "last.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
-    ck = load_checkpoint(path, map_location="cpu")
-    if "optimizer" not in ck:
-        raise ValueError(f"{path}: has no training state to resume from (a converted or exported checkpoint?)")
-    saved = ck.get("config", {}).get("model", {})
-    changed = [f"model.{k}: {saved[k]!r} in the run, {v!r} now" for k, v in cfg.to_dict()["model"].items()
-               if v is not None and k in saved and saved[k] != v]
-    if changed:
-        raise ValueError(f"cannot resume {cfg.out_dir} with other model settings ({'; '.join(changed)}): resume with "
-                         f"the run's own config ({Path(cfg.out_dir) / 'config.yaml'}), or start a new run from its "
-                         f"weights with --init {path}")
-    t = cfg.train
-    epoch, it = int(ck["epoch"]), int(ck["iteration"])
-    if epoch >= t.epochs:
-        raise ValueError(f"{cfg.out_dir} is finished ({epoch} of train.epochs={t.epochs} epochs, {it} iterations): "
-                         f"nothing to resume; to train longer, --resume --set train.epochs=N with N > {epoch} (cosine "
-                         "decay stretches to N epochs; step milestones stay as config.yaml has them unless you also "
-                         "--set train.milestones=[...]), or start a new run from its weights with --init")
-    if t.max_iters is not None and it >= t.max_iters:
-        raise ValueError(f"{cfg.out_dir} stopped at train.max_iters={t.max_iters} (iteration {it}): to continue, "
-                         "--resume --set train.max_iters=null (or a larger number)")
-    return ck

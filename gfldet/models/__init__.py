@@ -2,7 +2,7 @@
 from .backbone import FPN, FrozenStatsBatchNorm2d, ResNetBackbone
 from .detector import GFL, BatchMeta
 from .head import GFLHead
-from .mmdet import from_mmdet
+from .io import from_mmdet
 from .zoo import ARCHS, build_model, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn
 
 __all__ = ["FPN", "FrozenStatsBatchNorm2d", "ResNetBackbone", "GFL", "BatchMeta", "GFLHead", "from_mmdet", "ARCHS",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from ..ops.integral import Integral
 from ..ops.priors import grid_anchors, valid_anchor_flags
 from ..ops.resize import keep_ratio_size, padded_size

@@ -1,24 +1,22 @@
-"""Load mmdetection GFL checkpoints (``configs/gfl/*``) without mmdetection.
-
-The architecture (ResNet depth, ResNeXt groups and width, FPN and head widths, number of tower convs,
-classes and ``reg_max``) is read off the tensors; parameter names are mapped to gfldet's.
+"""mmdetection GFL checkpoints (``configs/gfl/*``) without mmdetection: the architecture (ResNet depth, ResNeXt
+groups and width, FPN and head widths, number of tower convs, classes and ``reg_max``) is read off the tensors and
+parameter names are mapped to gfldet's (and back). Loaded objects only; files: :mod:`.io` (``from_mmdet``).
 """
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from .backbone import RESNET_SPECS
 from .detector import GFL
 
-__all__ = ["from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "to_mmdet_state_dict", "load_mmdet_checkpoint",
+__all__ = ["model_from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "to_mmdet_state_dict",
            "split_mmdet_checkpoint"]
 
 log = logging.getLogger(__name__)
@@ -30,27 +28,6 @@ _RENAMES = [
     (re.compile(r"^bbox_head\.scales\.(\d+)\.scale$"), r"head.scales.\1.scale"),
     (re.compile(r"^(backbone\.(?:conv1|bn1|layer[1-4])\..+)$"), r"\1"),
 ]
-
-
-def load_mmdet_checkpoint(path: str | os.PathLike, trusted: bool = False) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read an mmdetection ``.pth`` file: returns its state dict and its ``meta`` (may be empty).
-
-    Files are read with ``weights_only=True``; a checkpoint that needs arbitrary unpickling is refused
-    unless ``trusted=True``.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mmdetection checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path}: cannot be read with weights_only=True ({str(e).splitlines()[0]}); if you trust this file, "
-            "pass trusted=True (command line: --trusted)"
-        ) from e
-    except Exception as e:  # corrupt / truncated / not a torch file
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    return split_mmdet_checkpoint(obj, path)
 
 
 def split_mmdet_checkpoint(obj: Any, path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -178,23 +155,11 @@ def to_mmdet_state_dict(model: GFL) -> dict[str, Tensor]:
     return out
 
 
-def from_mmdet(checkpoint: str | os.PathLike | dict[str, Tensor], *, trusted: bool = False, **overrides: Any) -> GFL:
-    """Build a ready :class:`GFL` (in eval mode) from an mmdetection GFL checkpoint.
-
-    Args:
-        checkpoint: path to a ``.pth`` file holding ``{"state_dict": ...}``, or such a dict, or the state dict.
-        trusted: allow full unpickling of the file (only for files you trust).
-        overrides: :class:`ModelConfig` fields to set (e.g. ``min_size=None`` to feed pre-sized images,
-            ``score_thr=0.3``); architecture fields are inferred and should not be overridden.
-    """
-    meta: dict[str, Any] = {}
-    if isinstance(checkpoint, (str, os.PathLike)):
-        sd, meta = load_mmdet_checkpoint(checkpoint, trusted=trusted)
-    elif isinstance(checkpoint, dict):
-        sd = checkpoint.get("state_dict", checkpoint)
-        meta = checkpoint.get("meta", {}) if "state_dict" in checkpoint else {}
-    else:
-        raise TypeError(f"expected a path or a state dict, got {type(checkpoint).__name__}")
+def model_from_mmdet(obj: Any, path: str | os.PathLike = "checkpoint", **overrides: Any) -> GFL:
+    """A ready :class:`GFL` (in eval mode) from a loaded mmdetection GFL checkpoint (``{"state_dict": ...,
+    "meta": ...}`` or a bare state dict; ``path`` names it in errors). ``overrides``: other :class:`ModelConfig`
+    fields (:func:`gfldet.from_mmdet`, which reads files, documents them)."""
+    sd, meta = split_mmdet_checkpoint(obj, path)
     cfg = mmdet_config_from_state_dict(sd, **overrides)
     names = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
     names = list(names) if names is not None and len(names) == cfg.num_classes else None

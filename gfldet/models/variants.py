@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from ..ops.assign import atss_assign
 from ..ops.assigners import fcos_assign, fcos_regress_ranges, retina_assign
 from ..ops.boxes import box_centers, box_iou_aligned, box_to_distance, distance_to_box

@@ -6,7 +6,7 @@ them then); it may also be the path of a local state dict with torchvision's Res
 As torchvision's detection builders do, the backbone's training regime follows from the weights: with
 ``weights_backbone`` or ``weights`` the reference's frozen stem + ``layer1`` and frozen BatchNorm statistics
 (``frozen_stages=1, norm_eval=True``); without, every stage trainable with ordinary BatchNorm (``0, False``).
-Passing ``frozen_stages`` / ``norm_eval`` explicitly overrides this (:data:`gfldet.config.REGIMES`).
+Passing ``frozen_stages`` / ``norm_eval`` explicitly overrides this (:data:`gfldet.models.config.REGIMES`).
 """
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig, backbone_regime, torchvision_weights
+from .config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, backbone_regime
 from .detector import GFL
+from .io import load_weights_into
 
 __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "build_model",
-           "backbone_state_dict", "ARCHS"]
+           "build_from_config", "arch_config", "check_arch", "check_imagenet_width", "backbone_state_dict",
+           "torchvision_weights", "looks_like_path", "ARCHS", "ARCH_FIELDS"]
 
 # builder name -> architecture fields and torchvision's name of the matching ImageNet classifier
 ARCHS: dict[str, tuple[dict[str, int], str]] = {
@@ -31,30 +33,57 @@ ARCHS: dict[str, tuple[dict[str, int], str]] = {
 }
 
 
-def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike | None = None, weights_backbone: Any = None,
-                class_names: list[str] | None = None, **kwargs: Any) -> GFL:
-    """Build a GFL detector by builder name (``model.arch`` in configs)."""
+# the ModelConfig fields a builder fixes (the run config has no keys for them: model.arch chooses them)
+ARCH_FIELDS = tuple(sorted(set().union(*(fixed for fixed, _ in ARCHS.values()))))
+
+
+def check_arch(arch: str) -> None:
+    """``arch`` names a builder; a ConfigError naming the value and the choices otherwise."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown model.arch {arch!r}; choose from {sorted(ARCHS)}")
+        raise ConfigError(f"model.arch={arch!r} is not a known architecture; choose one of: {', '.join(sorted(ARCHS))}")
+
+
+def check_imagenet_width(base_channels: int) -> None:
+    """ImageNet backbone weights fit the standard width only (checked before anything is downloaded)."""
+    if base_channels != 64:
+        raise FieldError("base_channels", base_channels,
+                         "must be 64 (the standard width) with model.weights_backbone: ImageNet weights fit no other width")
+
+
+def arch_config(arch: str, *, pretrained: bool, **fields: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of builder ``arch`` with ``fields`` set; ``frozen_stages`` / ``norm_eval`` left
+    unset (or None) come from the regime of a ``pretrained`` model or of one trained from scratch."""
+    check_arch(arch)
     fixed = ARCHS[arch][0]
-    clash = sorted(set(kwargs) & set(fixed))
+    clash = sorted(set(fields) & set(fixed))
     if clash:
         raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
-    regime = backbone_regime(weights_backbone is not None or weights is not None)
-    for key in ("frozen_stages", "norm_eval"):
-        if kwargs.get(key) is None:
-            kwargs[key] = getattr(regime, key)
-    cfg = ModelConfig(num_classes=num_classes, **fixed, **kwargs)
-    if weights_backbone is not None and cfg.base_channels != 64:  # before anything is downloaded
-        raise ValueError(f"ImageNet backbone weights are for the standard widths (base_channels=64), not base_channels={cfg.base_channels}")
+    regime = backbone_regime(pretrained)
+    for key in REGIME_FIELDS:
+        if fields.get(key) is None:
+            fields[key] = getattr(regime, key)
+    return ModelConfig(**fixed, **fields)
+
+
+def build_from_config(arch: str, cfg: ModelConfig, *, weights: str | os.PathLike | None = None,
+                      weights_backbone: Any = None, class_names: list[str] | None = None) -> GFL:
+    """The :class:`GFL` of ``cfg`` (from :func:`arch_config`), with ``arch``'s ImageNet backbone weights
+    ``weights_backbone`` and this model's checkpoint ``weights`` loaded when given."""
+    if weights_backbone is not None:
+        check_imagenet_width(cfg.base_channels)
     model = GFL(cfg, class_names=class_names)
     if weights_backbone is not None:
         model.backbone.load_torchvision_weights(backbone_state_dict(arch, weights_backbone))
     if weights is not None:
-        from ..engine.checkpoint import load_weights_into
-
         load_weights_into(model, weights, strict=True)  # the builders' weights= is this model's; fine-tuning: model.init
     return model
+
+
+def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike | None = None, weights_backbone: Any = None,
+                class_names: list[str] | None = None, **kwargs: Any) -> GFL:
+    """Build a GFL detector by builder name (``model.arch`` in configs)."""
+    cfg = arch_config(arch, pretrained=weights_backbone is not None or weights is not None, num_classes=num_classes, **kwargs)
+    return build_from_config(arch, cfg, weights=weights, weights_backbone=weights_backbone, class_names=class_names)
 
 
 def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Tensor]:
@@ -62,8 +91,7 @@ def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Ten
     local file, or torchvision weights (a ``WeightsEnum`` member or its name, e.g. ``IMAGENET1K_V1``) from torch
     hub's cache or downloaded into it. ``gfldet train`` calls it before reading any data, so that a missing file
     or no network stops a run at once."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown model.arch {arch!r}; choose from {sorted(ARCHS)}")
+    check_arch(arch)
     tv_name = ARCHS[arch][1]
     if isinstance(weights_backbone, (str, os.PathLike)) and os.path.isfile(weights_backbone):
         # a local ImageNet state dict with torchvision's ResNet names (an "fc.*" head is ignored)
@@ -72,7 +100,7 @@ def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Ten
         except Exception as e:
             raise ValueError(f"{weights_backbone}: not a readable state dict ({type(e).__name__}: {e})") from e
         return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    if isinstance(weights_backbone, (str, os.PathLike)) and _looks_like_path(os.fspath(weights_backbone)):
+    if isinstance(weights_backbone, (str, os.PathLike)) and looks_like_path(os.fspath(weights_backbone)):
         raise FileNotFoundError(f"backbone weights file not found: {weights_backbone} (model.weights_backbone; a state dict "
                                 "with torchvision's ResNet names, or a torchvision weights name such as IMAGENET1K_V1)")
     if not tv_name:
@@ -83,8 +111,33 @@ def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Ten
     return imagenet_state_dict(weights_backbone)
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
+    """A weights setting that names a file (rather than torchvision weights such as ``IMAGENET1K_V1``)."""
     return os.sep in name or "/" in name or name.endswith((".pth", ".pt", ".bin", ".safetensors"))
+
+
+def torchvision_weights(arch: str, name: str, tv_name: str) -> Any:
+    """The torchvision ImageNet weights (a ``WeightsEnum`` member, looked up, not fetched) that ``name`` (e.g.
+    ``IMAGENET1K_V1`` or ``ResNet50_Weights.IMAGENET1K_V1``) names for ``arch``'s backbone, torchvision's
+    ``tv_name``; a ConfigError naming the value and the choices otherwise. The one rule for preflight and the
+    builders."""
+    key = f"model.weights_backbone={name!r}"
+    if not tv_name:
+        raise ConfigError(f"{key}: torchvision publishes no ImageNet weights for {arch}'s backbone; set it to the path "
+                          "of a state dict with torchvision's ResNet parameter names, or to null to train from scratch")
+    from torchvision.models import get_model_weights, get_weight
+
+    enum_name = f"{tv_name.replace('resnet', 'ResNet')}_Weights"
+    choices = ", ".join(w.name for w in get_model_weights(tv_name))
+    try:
+        weights = get_weight(name if "." in name else f"{enum_name}.{name}")
+    except (KeyError, ValueError, AttributeError):
+        raise ConfigError(f"{key} is not a torchvision ImageNet weights name for {arch} ({tv_name}); choose one of: "
+                          f"{choices} (or a file path, or null to train from scratch)") from None
+    if type(weights).__name__ != enum_name:
+        raise ConfigError(f"{key} are weights of another network, not of {arch}'s backbone ({tv_name}); use one of "
+                          f"{choices} (or {enum_name}.<name>)")
+    return weights
 
 
 def imagenet_state_dict(weights: Any) -> dict[str, torch.Tensor]:

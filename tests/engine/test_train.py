@@ -16,7 +16,7 @@ import yaml
 import gfldet
 from gfldet.cli import main
 from gfldet.config import load_config
-from gfldet.engine.checkpoint import load_model
+from gfldet.models.io import load_model
 from gfldet.engine.train import NonFiniteLossError, lr_factor, train
 from gfldet.models.backbone import FrozenStatsBatchNorm2d
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import gfldet
-from gfldet.models.mmdet import from_mmdet, mmdet_config_from_state_dict, to_mmdet_state_dict
+from gfldet.models.io import from_mmdet
+from gfldet.models.mmdet import mmdet_config_from_state_dict, to_mmdet_state_dict
 
 FAMILY = [
     dict(arch="gfl_resnet18_fpn", num_classes=5, reg_max=16, fpn_channels=64, head_channels=64),

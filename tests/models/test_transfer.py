@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gfldet
-from gfldet.engine.checkpoint import load_model, load_weights_into, save_checkpoint
+from gfldet.models.io import load_model, load_weights_into, save_checkpoint
 from gfldet.models.mmdet import to_mmdet_state_dict
 
 CLS = ("head.gfl_cls.weight", "head.gfl_cls.bias")
@@ -51,10 +51,10 @@ def test_finetune_3_classes_into_2(tmp_path, caplog):
     save_checkpoint(path, src)
     fresh = {k: v.clone() for k, v in _build(2, seed=0).state_dict().items()}
     model = _build(2, seed=0)
-    with caplog.at_level(logging.INFO, logger="gfldet.engine.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="gfldet.models.transfer"):
         report = load_weights_into(model, path)
     _check_transfer(model, fresh, src.state_dict(), report)
-    lines = [r.getMessage() for r in caplog.records if r.name == "gfldet.engine.checkpoint"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gfldet.models.transfer"]
     assert len(lines) == 1
     assert str(path) in lines[0] and "gfldet checkpoint" in lines[0]
     assert "head.gfl_cls.weight (file (3, 32, 3, 3), model (2, 32, 3, 3))" in lines[0]

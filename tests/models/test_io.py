@@ -9,7 +9,7 @@ import torch
 
 import gfldet
 from gfldet.deploy import OnnxDetector, read_metadata
-from gfldet.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model, load_weights_into, save_checkpoint
+from gfldet.models.io import atomic_torch_save, load_checkpoint, load_model, load_weights_into, save_checkpoint
 
 # the start of an ONNX ModelProto, as torch.onnx.export writes it: ir_version, then producer_name
 ONNX_BYTES = b"\x08\x08\x12\x07pytorch\x1a\x032.6"

@@ -1,0 +1,66 @@
+"""The training recipe a run resolves: the regime (pretrained or from scratch) fills every automatic (null) setting
+of the model and training sections; warm-up length and step milestones scale with the run's length."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..config import Config, TrainConfig
+from ..models.config import backbone_regime
+
+__all__ = ["resolve_training", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION"]
+
+WARMUP_ITERS = 500  # the paper's
+WARMUP_MAX_FRACTION = 0.1  # the automatic warm-up never takes more than this share of the run
+
+
+def warmup_length(t: TrainConfig, total_iters: int) -> int:
+    """Warm-up iterations: ``train.warmup_iters`` when set, else 500 capped at 10% of ``total_iters``
+    (the paper's 500 of 90k iterations stays 500; a 450-iteration run warms up for 45)."""
+    if t.warmup_iters is not None:
+        return int(t.warmup_iters)
+    return min(WARMUP_ITERS, int(WARMUP_MAX_FRACTION * max(0, total_iters)))
+
+
+def step_milestones(t: TrainConfig) -> list[int]:
+    """Epochs at which the step schedule multiplies the rate by ``gamma``: ``train.milestones`` when set, else the
+    paper's [8, 11] of 12 scaled to ``train.epochs`` (rounded down; milestones at 0 or repeated are dropped)."""
+    if t.milestones is not None:
+        return [int(m) for m in t.milestones]
+    return sorted({m for m in (t.epochs * 2 // 3, t.epochs * 11 // 12) if 1 <= m < t.epochs})
+
+
+def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> tuple[Config, list[str]]:
+    """A copy of ``cfg`` with every automatic (null) setting of the model and training sections filled in for a
+    run of ``iters_per_epoch`` iterations per epoch on ``world_size`` processes, and log lines that say which
+    regime runs, why, and which values were chosen (explicit values are kept and named as such)."""
+    out = copy.deepcopy(cfg)
+    m, t = out.model, out.train
+    pretrained = bool(m.weights_backbone or m.init)
+    regime = backbone_regime(pretrained)
+    why = (f"model.weights_backbone={m.weights_backbone}" if m.weights_backbone else f"model.init={m.init}") if pretrained \
+        else "no model.weights_backbone or model.init"
+    chosen, explicit = [], []
+
+    def pick(section: Any, key: str, value: Any, label: str) -> None:
+        if getattr(section, key) is None:
+            setattr(section, key, value)
+            chosen.append(f"{label}={value}")
+        else:
+            explicit.append(f"{label}={getattr(section, key)}")
+
+    total_batch = t.batch_size * world_size
+    total_iters = t.epochs * iters_per_epoch if t.max_iters is None else min(t.max_iters, t.epochs * iters_per_epoch)
+    pick(m, "frozen_stages", regime.frozen_stages, "model.frozen_stages")
+    pick(m, "norm_eval", regime.norm_eval, "model.norm_eval")
+    pick(t, "lr", round(regime.lr_per_16 * total_batch / 16, 10), "train.lr")
+    pick(t, "grad_clip", regime.grad_clip, "train.grad_clip")
+    pick(t, "warmup_iters", warmup_length(t, total_iters), "train.warmup_iters")
+    if t.schedule == "step":
+        pick(t, "milestones", step_milestones(t), "train.milestones")
+    lines = [f"training regime: {regime.name} ({why}); chosen: {', '.join(chosen) or 'nothing'}"
+             + (f"; set in the config: {', '.join(explicit)}" if explicit else "")]
+    if cfg.train.warmup_iters is not None and total_iters and t.warmup_iters > 0.25 * total_iters:
+        lines.append(f"train.warmup_iters={t.warmup_iters} is {t.warmup_iters / total_iters:.0%} of this run's "
+                     f"{total_iters} iterations (null: at most {WARMUP_MAX_FRACTION:.0%})")
+    return out, lines

@@ -1,0 +1,181 @@
+"""The detector's configuration (:class:`ModelConfig`), its rules, and the backbone training regimes. Imports nothing of gfldet."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["ModelConfig", "ConfigError", "FieldError", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "REGIME_FIELDS",
+           "backbone_regime"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key."""
+
+
+class FieldError(ConfigError):
+    """One field's rule broken: ``key``, ``value`` and ``why`` are kept, so that the run config can name the key
+    as ``model.KEY`` while :class:`ModelConfig` says ``model config KEY=VALUE``."""
+
+    def __init__(self, key: str, value: Any, why: str):
+        self.key, self.value, self.why = key, value, why
+        super().__init__(f"model config {key}={value!r} {why}")
+
+
+QUALITIES = ("qfl", "none", "centerness", "iou")
+BOXES = ("distribution", "dirac", "gaussian")
+ASSIGNERS = ("atss", "fcos", "retina")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a GFL detector: architecture, training targets and losses, test settings.
+
+    Defaults are the paper's / reference's GFL R-50-FPN 1x on COCO.
+    """
+
+    # backbone: torchvision ResNet / ResNeXt
+    depth: int = 50
+    groups: int = 1
+    width_per_group: int = 64
+    # channels of the stem and layer1; layers 2-4 double it each (mmdetection's ResNet base_channels). 64 is the
+    # standard ResNet (the only width ImageNet weights fit); smaller values give narrow, faster networks for
+    # training from scratch, which also want norm_eval=False and frozen_stages=0 (the demo: 24, False, 0).
+    base_channels: int = 64
+    frozen_stages: int = 1  # stem + layer1 frozen, as the reference
+    # Backbone BatchNorm: True normalises with frozen running statistics (the reference's norm_eval=True, right
+    # for ImageNet-initialised backbones); False uses batch statistics in training and updates the running ones
+    # (ordinary BatchNorm, better when training from scratch, as the demo does). Not synchronised across DDP ranks.
+    norm_eval: bool = True
+    # neck and head
+    fpn_channels: int = 256
+    head_channels: int = 256
+    stacked_convs: int = 4
+    gn_groups: int = 32
+    num_classes: int = 80
+    reg_max: int = 16  # n: each edge is a distribution over the n + 1 bins 0..n (in strides)
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    octave_base_scale: float = 8.0
+    # input: keep-ratio resize inside the model (None disables it), normalisation, padding
+    min_size: int | None = 800
+    max_size: int | None = 1333
+    # multi-scale training: in train mode each batch's short side is drawn from these (None: min_size)
+    train_min_sizes: tuple[int, ...] | None = None
+    size_divisor: int = 32
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    # training: assignment and losses
+    atss_topk: int = 9
+    # The reference's GFL config has no ignore regions (COCO crowd boxes are dropped there); gfldet
+    # ignores anchors mostly inside a crowd box (IoF > 0.5) when targets carry "iscrowd". <= 0 disables.
+    ignore_iof_thr: float = 0.5
+    qfl_beta: float = 2.0
+    loss_qfl_weight: float = 1.0
+    loss_bbox_weight: float = 2.0
+    loss_dfl_weight: float = 0.25  # also the weight of the Gaussian NLL when box="gaussian"
+    # test
+    score_thr: float = 0.05
+    nms_pre: int = 1000
+    nms_iou: float = 0.6
+    max_per_img: int = 100
+    # The representations the paper ablates (Table 1; gfldet.models.variants). The defaults are GFL itself.
+    quality: str = "qfl"  # qfl (joint, QFL) | none (focal loss) | centerness | iou (separate branches, BCE)
+    box: str = "distribution"  # distribution (DFL) | dirac (direct distances, GIoU) | gaussian (mean, log-var, NLL)
+    bin_width: float = 1.0  # delta: bins at 0, delta, ..., n * delta strides (box="distribution")
+    assigner: str = "atss"  # atss | fcos | retina
+    anchor_ratios: tuple[float, ...] = (1.0,)  # h / w of the anchors of a location (RetinaNet: 0.5, 1, 2)
+    scales_per_octave: int = 1  # anchor sizes octave_base_scale * 2^(i / scales_per_octave) (RetinaNet: 3)
+    fcos_radius: float = 1.5  # FCOS centre sampling radius, strides (0: inside the box is enough)
+    fcos_range_bounds: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)  # FCOS regression range edges, pixels
+    retina_pos_iou: float = 0.5
+    retina_neg_iou: float = 0.4
+    retina_min_pos_iou: float = 0.0
+    focal_alpha: float = 0.25  # focal loss of the quality="none" | "centerness" | "iou" classifiers
+    focal_gamma: float = 2.0
+    loss_quality_weight: float = 1.0  # the centerness / IoU branch's BCE
+
+    def __post_init__(self) -> None:
+        choices = {"quality": QUALITIES, "box": BOXES, "assigner": ASSIGNERS}
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise FieldError(key, value, f"is not one of {allowed}")
+        ratios = tuple(self.anchor_ratios)
+        checks = [
+            (self.base_channels >= 1, "base_channels", self.base_channels, "must be >= 1"),
+            (self.bin_width > 0, "bin_width", self.bin_width, "must be > 0"),
+            (len(ratios) >= 1 and all(r > 0 for r in ratios), "anchor_ratios", ratios, "must be one or more numbers > 0"),
+            (self.scales_per_octave >= 1, "scales_per_octave", self.scales_per_octave, "must be >= 1"),
+            (self.fcos_radius >= 0, "fcos_radius", self.fcos_radius, "must be >= 0"),
+            (0 <= self.retina_neg_iou <= self.retina_pos_iou <= 1, "retina_neg_iou/retina_pos_iou",
+             (self.retina_neg_iou, self.retina_pos_iou), "need 0 <= neg <= pos <= 1"),
+            (0 <= self.retina_min_pos_iou <= 1, "retina_min_pos_iou", self.retina_min_pos_iou, "must be in [0, 1]"),
+            (0 <= self.focal_alpha <= 1, "focal_alpha", self.focal_alpha, "must be in [0, 1]"),
+            (self.focal_gamma >= 0, "focal_gamma", self.focal_gamma, "must be >= 0"),
+            (self.assigner != "fcos" or self.num_anchors == 1, "assigner", self.assigner,
+             f"assigns locations and needs one anchor per location, got {self.num_anchors} "
+             f"(anchor_ratios={ratios}, scales_per_octave={self.scales_per_octave})"),
+            (self.assigner != "fcos" or len(self.fcos_range_bounds) == len(self.strides) - 1, "fcos_range_bounds",
+             tuple(self.fcos_range_bounds), f"must hold {len(self.strides) - 1} edges for {len(self.strides)} levels"),
+        ]
+        for ok, key, value, why in checks:
+            if not ok:
+                raise FieldError(key, value, why)
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per feature-map location (1 for GFL)."""
+        return len(self.anchor_ratios) * self.scales_per_octave
+
+    @property
+    def is_variant(self) -> bool:
+        """True when the config departs from GFL's representations (QFL, distribution with unit bins, ATSS,
+        one anchor per location); such a detector runs through :mod:`gfldet.models.variants`."""
+        current = (self.quality, self.box, float(self.bin_width), self.assigner, tuple(self.anchor_ratios), self.scales_per_octave)
+        return current != ("qfl", "distribution", 1.0, "atss", (1.0,), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**kw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training regimes. The paper's recipe (frozen stem + layer1, frozen BatchNorm statistics, lr 0.01 per 16 images,
+# no clipping) is for an ImageNet-initialised backbone; applied to a random one it freezes random layers and
+# "normalises" with statistics that are mean 0 / variance 1, i.e. not at all. torchvision's detection builders
+# switch on the same condition (FrozenBatchNorm2d and 3 trainable layers with weights, BatchNorm2d and 5 without).
+# From scratch (cf. He et al., "Rethinking ImageNet Pre-training", 2019: normalisation trained, lr 0.02 per 16
+# images) gfldet trains every layer with ordinary BatchNorm at twice the paper's rate, with gradients clipped.
+# The builders take frozen_stages / norm_eval from here; the trainer (gfldet.engine.recipe) the rest.
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    frozen_stages: int
+    norm_eval: bool
+    lr_per_16: float  # base learning rate for a total batch of 16 images (scaled linearly)
+    grad_clip: float  # 0: none
+
+
+REGIMES = {
+    True: Regime("pretrained", frozen_stages=1, norm_eval=True, lr_per_16=0.01, grad_clip=0.0),
+    False: Regime("from scratch", frozen_stages=0, norm_eval=False, lr_per_16=0.02, grad_clip=35.0),
+}
+REGIME_FIELDS = ("frozen_stages", "norm_eval")  # the ModelConfig fields a regime chooses when they are not set
+
+
+def backbone_regime(pretrained: bool) -> Regime:
+    """The regime of a model that starts from pretrained weights (``True``) or from random ones."""
+    return REGIMES[bool(pretrained)]
