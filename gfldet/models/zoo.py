@@ -47,7 +47,7 @@ def check_imagenet_width(base_channels: int) -> None:
     """ImageNet backbone weights fit the standard width only (checked before anything is downloaded)."""
     if base_channels != 64:
         raise FieldError("base_channels", base_channels,
-                         "must be 64 (the standard width) with model.weights_backbone: ImageNet weights fit no other width")
+                         "is not the standard width: ImageNet weights (model.weights_backbone) fit base_channels=64 only")
 
 
 def arch_config(arch: str, *, pretrained: bool, **fields: Any) -> ModelConfig:
