@@ -247,3 +247,25 @@ def _reload(tmp_path, text):
     p = tmp_path / "again.yaml"
     p.write_text(text)
     return load_config(p)
+
+
+def test_the_model_section_is_every_model_config_field_but_those_set_elsewhere():
+    from gfldet.models.config import ModelConfig
+
+    settings = {f.name for f in dataclasses.fields(C.ModelSettings)}
+    elsewhere = {"depth", "groups", "width_per_group", "num_classes", "min_size", "max_size", "train_min_sizes"}
+    assert settings == {f.name for f in dataclasses.fields(ModelConfig)} - elsewhere | {"arch", "weights_backbone", "init",
+                                                                                       "init_strict"}
+    mc = load_config(None, ["model.gn_groups=8", "model.pixel_std=[1, 1, 1]", "model.strides=[8, 16, 32, 64, 128]"]).model_config(3)
+    assert (mc.gn_groups, mc.pixel_std, mc.strides) == (8, (1.0, 1.0, 1.0), (8, 16, 32, 64, 128))
+    # the defaults are ModelConfig's, with the from-scratch regime (no weights named)
+    assert load_config(None).model_config(80) == dataclasses.replace(ModelConfig(), frozen_stages=0, norm_eval=False)
+
+
+def test_a_model_rule_is_the_model_configs_named_as_the_run_configs_key():
+    from gfldet.models.config import ModelConfig
+
+    with pytest.raises(ConfigError, match=r"^model\.fcos_radius: -1\.0 must be >= 0$"):
+        load_config(None, ["model.fcos_radius=-1"])
+    with pytest.raises(ValueError, match=r"^model config fcos_radius=-1\.0 must be >= 0$"):
+        ModelConfig(fcos_radius=-1.0)

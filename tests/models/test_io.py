@@ -140,3 +140,18 @@ def test_checkpoint_given_as_an_onnx_file(tmp_path):
     garbage.write_bytes(b"\xff\xff\xff\xff not protobuf")
     with pytest.raises(ValueError, match=r"garbage.onnx: not a readable ONNX file: \S"):
         read_metadata(garbage)
+
+
+def test_the_kind_of_a_file_is_decided_by_its_content(tmp_path):
+    from gfldet.models.io import checkpoint_kind, from_mmdet
+
+    assert (checkpoint_kind({"format": "gfldet"}), checkpoint_kind({"state_dict": {}}), checkpoint_kind([1])) == \
+        ("gfldet", "mmdetection", "")
+    ours = tmp_path / "ours.pt"
+    save_checkpoint(ours, _model())
+    with pytest.raises(ValueError, match=r"ours\.pt is a gfldet checkpoint, not an mmdetection one.*load_model"):
+        from_mmdet(ours)
+    listed = tmp_path / "list.pt"
+    torch.save([1, 2], listed)
+    with pytest.raises(ValueError, match=r"list\.pt: neither a gfldet checkpoint nor an mmdetection one"):
+        load_weights_into(_model(), listed)
