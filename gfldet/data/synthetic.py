@@ -38,6 +38,8 @@ __all__ = [
     "make_sample",
     "make_split",
     "write_coco",
+    "hsv_to_rgb",
+    "overlap_window",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def overlap_window(a_shape: tuple[int, ...], ax: int, ay: int, b_shape: tuple[in
     return ((slice(y0 - ay, y1 - ay), slice(x0 - ax, x1 - ax)), (slice(y0 - by, y1 - by), slice(x0 - bx, x1 - bx)))
 
 
-def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+def hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     """Hue in degrees, saturation and value in [0, 1] -> RGB floats in [0, 255]."""
     h = (h % 360.0) / 60.0
     c = v * s
@@ -131,7 +133,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, channels
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Low-saturation textured background, float32 ``(h, w, 3)`` in [0, 255]."""
-    base = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.05, 0.25), rng.uniform(0.35, 0.75))
+    base = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.05, 0.25), rng.uniform(0.35, 0.75))
     coarse = _smooth_noise(rng, h, w, cells=int(rng.integers(2, 5)), channels=3) - 0.5
     fine = _smooth_noise(rng, h, w, cells=int(rng.integers(12, 24)), channels=1) - 0.5
     img = base[None, None, :] + 90.0 * coarse + 40.0 * fine
@@ -140,7 +142,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _texture_patch(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A background-like occluder texture ``(h, w, 3)`` (it belongs to no class)."""
-    base = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.0, 0.2), rng.uniform(0.3, 0.8))
+    base = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.0, 0.2), rng.uniform(0.3, 0.8))
     stripes = np.sin(np.arange(w, dtype=np.float32)[None, :] * rng.uniform(0.3, 0.9) + rng.uniform(0, 6.3))
     tex = 25.0 * stripes[:, :, None] + 50.0 * (_smooth_noise(rng, h, w, cells=6, channels=3) - 0.5)
     return np.clip(base[None, None, :] + tex, 0, 255)
@@ -327,7 +329,7 @@ def make_sample(
 
         # colour: class hue with jitter, strong saturation, a brightness that stands out from the background
         hue = _CLASS_HUES[label] + rng.uniform(-18, 18)
-        colour = _hsv_to_rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.55, 1.0))
+        colour = hsv_to_rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.55, 1.0))
         region = img[cy0:cy1, cx0:cx1]
         shade = 1.0 + 0.15 * (_smooth_noise(rng, ch, cw, cells=3) - 0.5)  # mild shading inside the object
         fill = np.clip(colour[None, None, :] * shade, 0, 255)

@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .folders import cached_splits, generation_workers
-from .synthetic import _hsv_to_rgb, overlap_window  # the demo generator's colour and occlusion helpers
+from .synthetic import hsv_to_rgb, overlap_window  # the demo generator's colour and occlusion helpers
 
 __all__ = [
     "CATEGORIES",
@@ -51,6 +51,7 @@ __all__ = [
     "TEXTURES",
     "SCENES_DATA_VERSION",
     "make_scene",
+    "split_scene",
     "write_scenes_coco",
     "scenes_data",
 ]
@@ -268,7 +269,7 @@ def _contrasting(rng: np.random.Generator, bg: np.ndarray) -> np.ndarray:
         v = rng.uniform(0.05, max(0.1, bright - 0.3)) if bright > 0.5 else rng.uniform(min(0.9, bright + 0.3), 1.0)
     else:
         v = rng.uniform(0.1, 1.0)
-    return _hsv_to_rgb(hue, sat, v)
+    return hsv_to_rgb(hue, sat, v)
 
 
 def _fill(rng: np.random.Generator, texture: str, colour: np.ndarray, xs: np.ndarray, ys: np.ndarray,
@@ -302,7 +303,7 @@ def _fill(rng: np.random.Generator, texture: str, colour: np.ndarray, xs: np.nda
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A textured colour field ``(h, w, 3)`` float32 in [0, 255]."""
-    base = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.05, 0.5), rng.uniform(0.25, 0.8))
+    base = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.05, 0.5), rng.uniform(0.25, 0.8))
     img = base[None, None] + 110.0 * (_smooth_noise(rng, h, w, int(rng.integers(2, 5)), 3) - 0.5)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
     kind = int(rng.integers(4))
@@ -474,7 +475,7 @@ def make_scene(
         _blend(img, cov, ox, oy, fill)
     for _ in range(int(rng.integers(1, 6))):
         cov, ox, oy = _segment(rng, h, w, 0.8 * side)
-        colour = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, 0.8), rng.uniform(0.05, 1.0))
+        colour = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, 0.8), rng.uniform(0.05, 1.0))
         _blend(img, cov * rng.uniform(0.4, 1.0), ox, oy, colour)
 
     boxes: list[np.ndarray] = []  # tight in-image boxes of the objects drawn so far
@@ -563,7 +564,7 @@ def make_scene(
     # a few thin lines over everything
     for _ in range(int(rng.integers(0, 4))):
         cov, ox, oy = _segment(rng, h, w, 0.6 * side)
-        _blend(img, cov, ox, oy, _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, 0.8), rng.uniform(0.05, 1.0)))
+        _blend(img, cov, ox, oy, hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, 0.8), rng.uniform(0.05, 1.0)))
         layers.append((len(boxes), cov, ox, oy))
 
     # visibility: what later drawings leave of each object's in-image shape
@@ -599,7 +600,7 @@ def make_scene(
     return image, boxes_a, labels_a, meta
 
 
-def _scene(seed: int, i: int, size: tuple[int, int], kwargs: dict[str, Any]) -> tuple:
+def split_scene(seed: int, i: int, size: tuple[int, int], kwargs: dict[str, Any]) -> tuple:
     """Image ``i`` of the split ``seed``: its own generator, so that it depends on ``(seed, i)`` only."""
     return make_scene(np.random.default_rng([int(seed), int(i), _SALT]), size, with_meta=True, **kwargs)
 
@@ -608,7 +609,7 @@ def _write_scenes(img_dir: str, indices: range, seed: int, size: tuple[int, int]
                   kwargs: dict[str, Any]) -> list[tuple[int, int, int, list[dict[str, Any]]]]:
     out = []
     for i in indices:
-        image, boxes, labels, meta = _scene(seed, i, size, kwargs)
+        image, boxes, labels, meta = split_scene(seed, i, size, kwargs)
         Image.fromarray(image).save(os.path.join(img_dir, f"{i:06d}.png"), compress_level=1)
         objects = []
         for k, (b, lab) in enumerate(zip(boxes.tolist(), labels.tolist())):
