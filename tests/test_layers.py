@@ -14,8 +14,8 @@ PKG = ROOT / "gfldet"
 #   rank 1  models          the detector and its parts, built from ops
 #   rank 2  data            datasets, transforms, synthetic data, output folders
 #   rank 3  engine          training, evaluation, checkpoints, distributed; gfldet/config.py (the run config) with it
-#   rank 4  app parts       viz, analysis, export, deploy, data.inspect (it reads the run config, so it sits above
-#                           engine): each its own group, none imports another
+#   rank 4  app parts       viz, analysis, export, deploy, data.inspect* (the inspect-data report reads the run
+#                           config, so it sits above engine): each its own group, none imports another
 #   rank 5  app commands    predict, demo: compose the app parts; neither imports the other
 #   rank 6  cli, __main__   the command line, on top of everything
 #
@@ -34,6 +34,8 @@ LAYERS = {  # module prefix -> (rank, group)
     "gfldet.export": (4, "export"),
     "gfldet.deploy": (4, "deploy"),
     "gfldet.data.inspect": (4, "inspect"),
+    "gfldet.data.inspect_stats": (4, "inspect"),
+    "gfldet.data.inspect_plot": (4, "inspect"),
     "gfldet.predict": (5, "predict"),
     "gfldet.demo": (5, "demo"),
     "gfldet.cli": (6, "cli"),
