@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .coco_load import CocoAnnotations, DatasetError, decode_rgb, is_int
+from .coco_load import CocoAnnotations, DatasetError, is_int
+from .image_files import decode_rgb
 from .transforms import hflip
 
 __all__ = ["CocoDetection", "DatasetError", "collate"]
