@@ -25,7 +25,7 @@ from _util import load_average, machine_info, markdown_table  # noqa: E402
 
 from gfldet.analysis import edge_records, uncertainty_report  # noqa: E402
 from gfldet.data.synthetic import write_coco  # noqa: E402
-from gfldet.demo import _detect, load_split, run_demo  # noqa: E402
+from gfldet.demo import detect, load_split, run_demo  # noqa: E402
 from gfldet.engine.checkpoint import load_model  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
         ann = write_coco(os.path.join(tmp, "test"), args.images, args.seed, (args.size, args.size), model.config.num_classes)
         samples = load_split(ann, os.path.join(tmp, "test"))
         with torch.inference_mode():
-            dets = _detect(model, samples, torch.device("cpu"))
+            dets = detect(model, samples, torch.device("cpu"))
     rec = edge_records(dets, samples)
     r = uncertainty_report(rec)
     print(machine_info())

@@ -1,20 +1,73 @@
-"""gfldet: Generalized Focal Loss (Li et al., NeurIPS 2020) for dense object detection, in pure PyTorch."""
-import logging
+"""gfldet: Generalized Focal Loss (Li et al., NeurIPS 2020) for dense object detection, in pure PyTorch.
 
-from .config import ModelConfig
-from .engine.checkpoint import load_checkpoint, load_model, save_checkpoint
-from .models import (GFL, build_model, from_mmdet, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn,
-                     gfl_resnext101_32x4d_fpn)
-from .ops import (Integral, atss_assign, distribution_focal_loss, generalized_focal_loss, giou_loss,
-                  quality_focal_loss, quality_focal_loss_sparse)
+The public face: the model builders and class, ``load_model`` / ``from_mmdet``, the losses and the config types.
+Training, evaluation and checkpoint files are reached through :mod:`gfldet.engine`, the tensor maths through
+:mod:`gfldet.ops`. Names are imported on first use (PEP 562), so ``import gfldet.ops`` loads the ops alone.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "GFL": "gfldet.models",
+    "build_model": "gfldet.models",
+    "gfl_resnet18_fpn": "gfldet.models",
+    "gfl_resnet50_fpn": "gfldet.models",
+    "gfl_resnet101_fpn": "gfldet.models",
+    "gfl_resnext101_32x4d_fpn": "gfldet.models",
+    "from_mmdet": "gfldet.models",
+    "load_model": "gfldet.engine.checkpoint",
+    "ModelConfig": "gfldet.config",
+    "Config": "gfldet.config",
+    "quality_focal_loss": "gfldet.ops",
+    "quality_focal_loss_sparse": "gfldet.ops",
+    "distribution_focal_loss": "gfldet.ops",
+    "generalized_focal_loss": "gfldet.ops",
+    "giou_loss": "gfldet.ops",
+    "atss_assign": "gfldet.ops",
+}
+# still importable from gfldet for existing code, but not part of the public face
+_COMPAT = {
+    "load_checkpoint": "gfldet.engine.checkpoint",  # gfldet.engine
+    "save_checkpoint": "gfldet.engine.checkpoint",  # gfldet.engine
+    "Integral": "gfldet.ops",  # gfldet.ops
+}
+_SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "export", "files", "models", "ops",
+                "predict", "viz"}
+
 __all__ = [
-    "ModelConfig", "GFL", "build_model", "from_mmdet", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn",
-    "gfl_resnext101_32x4d_fpn", "load_checkpoint", "load_model", "save_checkpoint", "Integral", "atss_assign",
-    "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "quality_focal_loss",
-    "quality_focal_loss_sparse", "__version__",
-]
+    "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
+    "from_mmdet", "load_model", "ModelConfig", "Config", "quality_focal_loss", "quality_focal_loss_sparse",
+    "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign", "__version__",
+]  # = _EXPORTS' names
+
+if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time
+    from .config import Config, ModelConfig
+    from .engine.checkpoint import load_model
+    from .models import (GFL, build_model, from_mmdet, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn,
+                         gfl_resnext101_32x4d_fpn)
+    from .ops import (atss_assign, distribution_focal_loss, generalized_focal_loss, giou_loss, quality_focal_loss,
+                      quality_focal_loss_sparse)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name) or _COMPAT.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_COMPAT) | _SUBPACKAGES)

@@ -39,7 +39,7 @@ from .data.synthetic import EFFECTS, write_coco
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions
 
-__all__ = ["run_demo", "demo_data", "demo_config", "demo_epochs", "load_split", "DEMO_DATA_VERSION"]
+__all__ = ["run_demo", "demo_data", "demo_config", "demo_epochs", "load_split", "detect", "DEMO_DATA_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,6 @@ def _describe_model(cfg: Config) -> str:
             f"fpn_channels={m.fpn_channels}, head_channels={m.head_channels}, stacked_convs={m.stacked_convs}), from scratch")
 
 
-_claim_dir = claim_dir  # the demo's name for it
-
-
 def _pick_example(samples, dets, want_blur: bool, iou_thr: float = 0.5):
     """The detection to draw for a blurred (``want_blur``) or a fully sharp ground truth.
 
@@ -187,8 +184,10 @@ def _pick_example(samples, dets, want_blur: bool, iou_thr: float = 0.5):
 
 # --------------------------------------------------------------------------- the demo
 @torch.no_grad()
-def _detect(model: torch.nn.Module, samples: list[dict[str, Any]], device: torch.device, batch_size: int = 8,
-            score_thr: float | None = None) -> list[dict[str, torch.Tensor]]:
+def detect(model: torch.nn.Module, samples: list[dict[str, Any]], device: torch.device, batch_size: int = 8,
+           score_thr: float | None = None) -> list[dict[str, torch.Tensor]]:
+    """The model's detections (eval mode) on generated ``samples``, in batches; ``score_thr`` overrides the model's
+    for this call only."""
     model.eval()
     old = model.config.score_thr
     if score_thr is not None:
@@ -236,7 +235,7 @@ def run_demo(
     t0 = time.perf_counter()
     data = demo_data(cache_dir, train_images, val_images, image_size, seed=0)  # one dataset, whatever the run seed
     t_data = time.perf_counter()
-    out = _claim_dir(Path(out_dir))
+    out = claim_dir(Path(out_dir))
     if out != Path(out_dir):
         log.info("%s already holds a run; writing to %s", out_dir, out)
     cfg = demo_config(data, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, image_size=image_size)
@@ -255,7 +254,7 @@ def run_demo(
     model = load_model(out / "last.pt").to(dev)
 
     samples = load_split(data["val_ann"], data["val_images"])
-    dets = _detect(model, samples, dev)
+    dets = detect(model, samples, dev)
     report = uncertainty_report(edge_records(dets, samples))
     names = model.class_names or [str(i) for i in range(NUM_CLASSES)]
     paths: dict[str, Any] = {"detections": [], "distributions": {}}
@@ -269,7 +268,7 @@ def run_demo(
     for kind, want_blur in (("blurred", True), ("sharp", False)):
         pick, pdets = _pick_example(samples, dets, want_blur), dets
         if pick is None:  # nothing near such an object: look again without a score threshold
-            low = low if low is not None else _detect(model, samples, dev, score_thr=0.0)
+            low = low if low is not None else detect(model, samples, dev, score_thr=0.0)
             pick, pdets = _pick_example(samples, low, want_blur), low
         if pick is None:
             log.warning("no %s object in the validation split to draw distributions for", kind)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.folders import check_output_folder
+from .engine.evaluate import detections_to_coco
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +179,13 @@ def predict(
             failed.append(str(f))
             continue
         det = run(img)
+        coco = detections_to_coco([image_ids[idx]], [det], cat_ids, box_digits=2)
         unc = zip(det["edge_std"].tolist(), det["edge_entropy"].tolist(), det["edge_peak"].tolist(), det["loc_conf"].tolist())
-        for b, s, lab, (std, ent, peak, conf) in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), unc):
-            results.append({"image_id": image_ids[idx], "file_name": str(f), "category_id": int(cat_ids[lab]), "category": names[lab],
-                            "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                            "score": round(s, 5), "edge_std": [round(v, 3) for v in std],
-                            "edge_entropy": [round(v, 4) for v in ent], "edge_peak": [round(v, 4) for v in peak],
-                            "loc_conf": round(conf, 4)})
+        for e, lab, (std, ent, peak, conf) in zip(coco, det["labels"].tolist(), unc):
+            results.append({"image_id": e["image_id"], "file_name": str(f), "category_id": e["category_id"],
+                            "category": names[lab], "bbox": e["bbox"], "score": e["score"],
+                            "edge_std": [round(v, 3) for v in std], "edge_entropy": [round(v, 4) for v in ent],
+                            "edge_peak": [round(v, 4) for v in peak], "loc_conf": round(conf, 4)})
         stem = f"{idx:04d}_{f.stem}"
         if draw:
             from .viz import draw_detections

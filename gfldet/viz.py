@@ -18,12 +18,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-__all__ = ["draw_detections", "draw_distributions", "plot_curves", "infer_stride", "to_hwc_uint8", "EDGE_NAMES"]
+__all__ = ["draw_detections", "draw_distributions", "plot_curves", "infer_stride", "to_hwc_uint8", "EDGE_NAMES", "COLOURS"]
 
 log = logging.getLogger(__name__)
 
 EDGE_NAMES = ("left", "top", "right", "bottom")
-_COLOURS = ("#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#5ac8fa", "#ff9500", "#a2845e")
+#: the palette of boxes and curves, one colour per class or series (cycled)
+COLOURS = ("#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#5ac8fa", "#ff9500", "#a2845e")
 
 
 def _np(x: Any) -> np.ndarray:
@@ -103,7 +104,7 @@ def draw_detections(
         if scores_a is not None and scores_a[i] < score_thr:
             continue
         x0, y0, x1, y1 = boxes[i]
-        c = _COLOURS[int(labels[i]) % len(_COLOURS)]
+        c = COLOURS[int(labels[i]) % len(COLOURS)]
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=c, lw=1.6))
         name = class_names[labels[i]] if class_names is not None and 0 <= labels[i] < len(class_names) else str(labels[i])
         text = name if scores_a is None else f"{name} {scores_a[i]:.2f}"
@@ -227,7 +228,7 @@ def draw_distributions(
         ax = fig.add_subplot(gs[r, c])
         xs = bins * unit
         width = 0.8 * unit
-        ax.bar(xs, dist[e], width=width, color=_COLOURS[e + 1], alpha=0.85)
+        ax.bar(xs, dist[e], width=width, color=COLOURS[e + 1], alpha=0.85)
         ax.axvline(expect[e] * unit, color="black", lw=1.2)
         if targets is not None:
             ax.axvline(targets[e] * unit, color="#ff3b30", lw=1.2, ls="--")
@@ -289,7 +290,7 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
             ax2.set_ylabel("learning rate", fontsize=8)
             ax2.tick_params(labelsize=7)
             continue
-        c = _COLOURS[i % len(_COLOURS)]
+        c = COLOURS[i % len(COLOURS)]
         k = max(1, min(smooth, v.size))
         if k > 1:  # with k == 1 the running mean is the raw series itself
             ax.plot(steps, v, color=c, alpha=0.25, lw=0.8)

@@ -210,13 +210,13 @@ def test_run_demo_tiny(tmp_path, one_thread):
 
 
 def test_demo_folders_are_claimed_atomically(tmp_path):
-    from gfldet.demo import _claim_dir
+    from gfldet.data.folders import claim_dir
 
-    a, b = _claim_dir(tmp_path / "demo"), _claim_dir(tmp_path / "demo")
+    a, b = claim_dir(tmp_path / "demo"), claim_dir(tmp_path / "demo")
     assert (a, b) == (tmp_path / "demo", Path(f"{tmp_path / 'demo'}-1"))  # even an empty claimed folder is taken
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    assert _claim_dir(tmp_path / "mine") == Path(f"{tmp_path / 'mine'}-1")
+    assert claim_dir(tmp_path / "mine") == Path(f"{tmp_path / 'mine'}-1")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 

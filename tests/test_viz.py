@@ -93,17 +93,17 @@ def _colour_pixels_in_axes(fig, ax, colour, tol=40):
 
 def test_plot_curves_one_point_is_visible(tmp_path):
     """One evaluation: a line through one point draws nothing; the point must show (as a marker)."""
-    from gfldet.viz import _COLOURS
+    from gfldet.viz import COLOURS
 
     fig = plot_curves({"AP": [0.31], "AP50": [0.52]}, tmp_path / "one.png", smooth=1)
     ax = fig.axes[0]
-    assert _colour_pixels_in_axes(fig, ax, _COLOURS[0]) >= 10
-    assert _colour_pixels_in_axes(fig, ax, _COLOURS[1]) >= 10
+    assert _colour_pixels_in_axes(fig, ax, COLOURS[0]) >= 10
+    assert _colour_pixels_in_axes(fig, ax, COLOURS[1]) >= 10
     assert _read(tmp_path / "one.png") == (700, 400)
     # a long series keeps plain lines (markers would clutter it) and is visible as well
     fig = plot_curves({"loss": list(np.linspace(3, 1, 200))}, tmp_path / "long.png")
     assert all(line.get_marker() in (None, "None", "") for line in fig.axes[0].lines)
-    assert _colour_pixels_in_axes(fig, fig.axes[0], _COLOURS[0]) >= 10
+    assert _colour_pixels_in_axes(fig, fig.axes[0], COLOURS[0]) >= 10
 
 
 def test_plot_curves_axis_labels_and_x_values(tmp_path):

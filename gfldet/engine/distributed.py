@@ -6,11 +6,12 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 log = logging.getLogger(__name__)
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main", "launched_world_size", "launched_main",
-           "barrier", "all_reduce_mean", "cleanup"]
+           "barrier", "all_reduce_mean", "cleanup", "unwrap"]
 
 
 def is_distributed() -> bool:
@@ -27,6 +28,13 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside (possibly nested) ``DistributedDataParallel`` / ``DataParallel`` wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
 
 
 def launched_world_size() -> int:

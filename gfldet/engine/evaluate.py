@@ -29,7 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["detections_to_coco", "coco_metrics", "evaluate", "format_metrics", "collate_lists", "METRIC_KEYS"]
+from ..data.coco import collate
+from . import distributed as D
+
+__all__ = ["detections_to_coco", "coco_metrics", "evaluate", "format_metrics", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,15 @@ def _np(x: Any) -> np.ndarray:
 
 
 def detections_to_coco(
-    image_ids: Sequence[int], detections: Sequence[Mapping[str, Any]], cat_ids: Sequence[int] | None
+    image_ids: Sequence[int], detections: Sequence[Mapping[str, Any]], cat_ids: Sequence[int] | None,
+    box_digits: int = 3,
 ) -> list[dict]:
     """COCO ``bbox`` result entries ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
 
     ``detections[i]`` holds the detections of image ``image_ids[i]``: ``boxes`` ``(D, 4)`` xyxy in original
     pixels, ``scores`` ``(D,)`` and ``labels`` ``(D,)`` (0-based, contiguous); tensors or arrays. ``labels`` are
     mapped to COCO category ids through ``cat_ids`` (``None``: the labels are the category ids). Boxes are
-    rounded to 3 decimals, scores to 5.
+    rounded to ``box_digits`` decimals, scores to 5. The entries follow the detections' order.
     """
     if len(image_ids) != len(detections):
         raise ValueError(f"got {len(image_ids)} image ids for {len(detections)} detection dicts")
@@ -76,7 +80,7 @@ def detections_to_coco(
             out.append({
                 "image_id": iid,
                 "category_id": lut[lab] if lut is not None else int(lab),
-                "bbox": [round(v, 3) for v in b],
+                "bbox": [round(v, box_digits) for v in b],
                 "score": round(s, 5),
             })
     return out
@@ -266,28 +270,6 @@ def _plot_pr(path: str, ev, classes: Sequence[tuple[int, str]], t50: int, t75: i
 
 
 # --------------------------------------------------------------------------- inference loop
-def collate_lists(batch: Sequence[tuple[Any, Any]]) -> tuple[list, list]:
-    """``[(image, target), ...]`` -> ``([images], [targets])`` (picklable, for worker processes)."""
-    images, targets = [], []
-    for image, target in batch:
-        images.append(image)
-        targets.append(target)
-    return images, targets
-
-
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # run the bare module: a DDP wrapper would sync buffers in forward and hang when shards differ in length
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
 # what ``evaluate(..., out_dir=...)`` writes into its folder (gfldet eval --out adds metrics.json)
 EVAL_FILES = ("detections.json", "pr_curve.png", "per_class_ap.md")
 
@@ -316,12 +298,12 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    rank, world = _dist_info()
+    rank, world = D.rank(), D.world_size()
     device = torch.device(device)
-    net = _unwrap(model)
+    net = D.unwrap(model)  # the bare module: a DDP wrapper would sync buffers in forward and hang on uneven shards
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers, collate_fn=collate_lists,
+        dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers, collate_fn=collate,
         pin_memory=device.type == "cuda",
     )
     image_ids: list[int] = []

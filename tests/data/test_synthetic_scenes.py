@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gfldet.data.coco import CocoDetection
-from gfldet.data.synthetic_scenes import (CATEGORIES, KINDS, TEXTURES, _scene, make_scene, scenes_data,
+from gfldet.data.synthetic_scenes import (CATEGORIES, KINDS, TEXTURES, split_scene, make_scene, scenes_data,
                                           write_scenes_coco)
 
 SIZE = (96, 96)
@@ -111,7 +111,7 @@ def test_boxes_inside_and_aspect_ratios_span_wide_range(split100):
 def test_boxes_are_tight_around_the_rendered_shapes():
     n_obj = 0
     for i in range(25):
-        image, boxes, labels, meta = _scene(7, i, SIZE, {})
+        image, boxes, labels, meta = split_scene(7, i, SIZE, {})
         assert image.shape == (*SIZE, 3) and image.dtype == np.uint8
         assert labels.dtype == np.int64 and ((labels >= 0) & (labels < len(KINDS))).all()
         assert len(meta["masks"]) == len(boxes)

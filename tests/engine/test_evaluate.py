@@ -240,7 +240,7 @@ def test_evaluate_on_a_subset_of_the_json_images(gt_file):
 
 def test_evaluate_distributed_shards_and_gathers_to_rank0(monkeypatch, gt_file, tmp_path):
     """Two ranks simulated in turn (fast): each runs its own images, rank 0 gets both shards' results."""
-    import gfldet.engine.evaluate as ev
+    from gfldet.engine import distributed
 
     payloads = {}
 
@@ -251,7 +251,8 @@ def test_evaluate_distributed_shards_and_gathers_to_rank0(monkeypatch, gt_file, 
     monkeypatch.setattr(torch.distributed, "all_gather_object", fake_all_gather)
     calls = {}
     for rank in (1, 0):
-        monkeypatch.setattr(ev, "_dist_info", lambda: (rank, 2))
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)
         model = FakeDetector(gt_detections())
         m = evaluate(model, TinyDataset(gt_file), batch_size=1, progress=False, out_dir=tmp_path / f"r{rank}")
         calls[rank] = model.calls
