@@ -1,19 +1,17 @@
 """ResNet / ResNeXt backbones (torchvision) and the FPN neck with P3-P7 outputs.
 
 Parameter names follow torchvision's ResNet, which are also mmdetection's ``backbone.*`` names, so
-checkpoints of either map one to one.
+checkpoints of either map one to one. The forward here is the plain one; the CPU fast path (BatchNorm folded into
+fused convolutions, channels_last) is swapped in by gfldet.models.fusion.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
-
-from gfldet.models import fast_conv
 
 __all__ = ["ResNetBackbone", "FPN", "FrozenStatsBatchNorm2d", "RESNET_SPECS"]
 
@@ -94,17 +92,6 @@ class ResNetBackbone(nn.Module):
         self.out_channels = [base_channels * 2**i * expansion for i in (1, 2, 3)]
         self.frozen_stages = frozen_stages
         self._freeze()
-        # Speed (docs/speed.md). channels_last: activations in NHWC, which oneDNN convolves ~20% faster on CPU
-        # than NCHW; conv outputs differ from NCHW's in the last bits (~1e-6 relative), like any other conv
-        # algorithm choice. fuse_frozen_bn: where no gradient flows through a block (inference, and the frozen
-        # stem and layer1 in training), convolve with BatchNorm folded into the weights and the ReLU / residual
-        # addition fused into the convolution; same function, float rounding differs by ~1e-6 relative.
-        self.channels_last = True
-        self.fuse_frozen_bn = True
-        # Training with frozen statistics (norm_eval): each BatchNorm is a per-channel affine map, folded into its
-        # convolution's weight and bias inside the autograd graph (gradients reach conv, gamma and beta as before);
-        # saves BatchNorm's forward, backward and saved activations. Same function, rounding differs ~1e-6.
-        self.fold_frozen_bn_train = True
 
     def _frozen_modules(self) -> list[nn.Module]:
         stages = [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
@@ -122,34 +109,12 @@ class ResNetBackbone(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        # Traced (torch.export / ONNX, torch.compile, jit): the plain NCHW modules. channels_last would make the
-        # tracer guard on the batch size (a size-1 dim has ambiguous strides) and the fused path cannot be traced.
-        # channels_last only where no gradient flows: on this CPU oneDNN's NHWC convolution forward is faster, but
-        # its backward is ~1.5x slower than NCHW's (docs/speed.md), so trainable blocks get NCHW activations.
-        traced = fast_conv.tracing()
-        if self.channels_last and not traced:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.fuse_frozen_bn and fast_conv.foldable(x, (self.conv1, self.bn1)):
-            x = fast_conv.conv2d(self.conv1, x, self.bn1, relu=True)
-        else:
-            x = self.relu(self.bn1(self.conv1(self._grad_layout(x))))
-        x = self.maxpool(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                if self.fuse_frozen_bn and fast_conv.foldable(x, (block,)):
-                    x = _block_as_convs(block, x, _fused_conv_bn)
-                elif self.fold_frozen_bn_train and not traced and _frozen_stats(block) and not fast_conv.plain_only((block,)):
-                    x = _block_as_convs(block, self._grad_layout(x), _affine_conv_bn)
-                else:
-                    x = block(self._grad_layout(x))
+            x = layer(x)
             feats.append(x)
         return feats[1:]
-
-    @staticmethod
-    def _grad_layout(x: Tensor) -> Tensor:
-        """NCHW for modules that record an autograd graph (see forward); unchanged otherwise."""
-        return x.contiguous() if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() else x
 
     def load_torchvision_weights(self, state_dict: dict[str, Tensor]) -> None:
         """Load an ImageNet classification state dict (its ``fc.*`` entries are dropped)."""
@@ -160,53 +125,6 @@ class ResNetBackbone(nn.Module):
         missing, unexpected = self.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise ValueError(f"backbone weights do not fit ResNet-{self.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _frozen_stats(block: nn.Module) -> bool:
-    """Every BatchNorm in ``block`` normalises with its running statistics (eval mode)."""
-    bns = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
-    return bool(bns) and not any(m.training for m in bns)
-
-
-def _conv_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
-    """``bn(conv(x))`` for an eval-mode ``bn``, as one convolution with folded weights, differentiable in the
-    conv weight and bn's weight and bias (``a = gamma / sqrt(var + eps)``, ``b = beta - mean * a``)."""
-    a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    b = bn.bias - bn.running_mean * a
-    if conv.bias is not None:
-        b = b + conv.bias * a
-    return F.conv2d(x, conv.weight * a.reshape(-1, 1, 1, 1), b, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _affine_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = False, residual: Tensor | None = None) -> Tensor:
-    """``relu?(bn(conv(x)) [+ residual])`` through :func:`_conv_affine` (differentiable; training)."""
-    y = _conv_affine(conv, bn, x)
-    if residual is not None:
-        y = y + residual
-    return F.relu(y) if relu else y
-
-
-def _fused_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = False, residual: Tensor | None = None) -> Tensor:
-    """The same through gfldet.models.fast_conv (no autograd; inference and frozen stages)."""
-    return fast_conv.conv2d(conv, x, bn, relu=relu, residual=residual)
-
-
-def _block_as_convs(block: nn.Module, x: Tensor, conv_bn) -> Tensor:
-    """A torchvision Bottleneck / BasicBlock with eval-mode BatchNorm as a chain of ``conv_bn(conv, bn, x, relu,
-    residual)`` calls (BatchNorm folded into each convolution, the residual addition and ReLU into the last)."""
-    ds = block.downsample
-    if ds is not None and not (
-        isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d) and isinstance(ds[1], nn.BatchNorm2d)
-    ):
-        return block(x)
-    identity = conv_bn(ds[0], ds[1], x) if ds is not None else x
-    pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
-    if isinstance(block, tv_resnet.Bottleneck):
-        pairs.append((block.conv3, block.bn3))
-    out = x
-    for conv, bn in pairs[:-1]:
-        out = conv_bn(conv, bn, out, relu=True)
-    return conv_bn(*pairs[-1], out, relu=True, residual=identity)
 
 
 class FPN(nn.Module):
@@ -232,26 +150,10 @@ class FPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        if fast_conv.usable(feats, (self,)):
-            return self._forward_fast(feats)
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
         outs = [self.fpn_convs[i](lat) for i, lat in enumerate(laterals)]
         for conv in self.fpn_convs[len(laterals):]:
             outs.append(conv(outs[-1]))
-        return outs
-
-    def _forward_fast(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """forward() with gfldet.models.fast_conv: the top-down addition fused into the lateral convolutions
-        (same additions in the same order, so the same rounding)."""
-        n = len(feats)
-        laterals: list[Tensor] = [None] * n  # type: ignore[list-item]
-        laterals[-1] = fast_conv.conv2d(self.lateral_convs[-1], feats[-1])
-        for i in range(n - 1, 0, -1):
-            up = F.interpolate(laterals[i], size=feats[i - 1].shape[-2:], mode="nearest")
-            laterals[i - 1] = fast_conv.conv2d(self.lateral_convs[i - 1], feats[i - 1], residual=up)
-        outs = [fast_conv.conv2d(self.fpn_convs[i], lat) for i, lat in enumerate(laterals)]
-        for conv in self.fpn_convs[n:]:
-            outs.append(fast_conv.conv2d(conv, outs[-1]))
         return outs

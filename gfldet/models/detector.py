@@ -25,6 +25,7 @@ from ..ops.priors import grid_anchors, valid_anchor_flags
 from ..ops.resize import keep_ratio_size, padded_size
 from .backbone import FPN, ResNetBackbone
 from .criterion import GFLTargets, gfl_losses, gfl_targets
+from .fusion import set_fusion
 from .head import GFLHead
 from .postprocess import decode_image
 from .variants import VariantHead, variant_decode, variant_losses, variant_targets
@@ -276,3 +277,9 @@ class GFL(nn.Module):
                 if "edge_std" in d:  # pixels of the network input -> pixels of the image given
                     d["edge_std"] = d["edge_std"] / d["edge_std"].new_tensor([sx, sy, sx, sy])
         return dets
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, and the CPU fast path of the mode (gfldet.models.fusion): fused convolutions for
+        inference in eval mode, the backbone's frozen-statistics BatchNorm folded into its convolutions in training."""
+        super().train(mode)
+        return set_fusion(self, "training" if mode else "inference")

@@ -7,8 +7,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from gfldet.models import fast_conv
-
 __all__ = ["GFLHead", "Scale"]
 
 
@@ -32,7 +30,10 @@ class _GroupNorm(nn.GroupNorm):
         return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
-class _ConvGN(nn.Module):
+class ConvGN(nn.Module):
+    """3x3 convolution (no bias), GroupNorm, ReLU: one layer of the head's towers (fused for CPU inference by
+    gfldet.models.fusion)."""
+
     def __init__(self, in_ch: int, out_ch: int, gn_groups: int):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
@@ -40,9 +41,10 @@ class _ConvGN(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if fast_conv.usable(x, (self,)):  # inference on CPU: pre-packed oneDNN convolution (docs/speed.md)
-            return self.gn(fast_conv.conv2d(self.conv, x)).relu_()
         return self.act(self.gn(self.conv(x)))
+
+
+_ConvGN = ConvGN  # the name GFLHead builds it by
 
 
 class GFLHead(nn.Module):

@@ -1,5 +1,5 @@
-"""Backbone: the fast inference path (channels_last, BatchNorm folded into fused oneDNN convolutions) computes
-the same function as the plain modules; BatchNorm modes (frozen statistics / ordinary) and frozen stages."""
+"""Backbone: its fast path (gfldet.models.fusion: channels_last, BatchNorm folded into fused oneDNN convolutions)
+computes the same function as the plain modules; BatchNorm modes (frozen statistics / ordinary) and frozen stages."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from gfldet.models.backbone import FrozenStatsBatchNorm2d, ResNetBackbone
+from gfldet.models.fusion import FusedResNetBackbone, set_fusion
 
 
 def _randomise_norms(net: nn.Module, seed: int = 0) -> None:
@@ -22,22 +23,24 @@ def _randomise_norms(net: nn.Module, seed: int = 0) -> None:
 
 
 def _plain(net: ResNetBackbone, x: torch.Tensor) -> list[torch.Tensor]:
-    fast = (net.channels_last, net.fuse_frozen_bn, net.fold_frozen_bn_train)
-    net.channels_last, net.fuse_frozen_bn, net.fold_frozen_bn_train = False, False, False
+    """``net(x)`` with the plain modules, ``net`` left as it was (fused or not)."""
+    fused = type(net) is FusedResNetBackbone
+    set_fusion(net, None)
     try:
         return net(x)
     finally:
-        net.channels_last, net.fuse_frozen_bn, net.fold_frozen_bn_train = fast
+        set_fusion(net, "inference" if fused else None)
 
 
 @pytest.mark.parametrize("depth,groups,wpg", [(18, 1, 64), (50, 1, 64), (50, 4, 16)])
 def test_fast_inference_path_equals_plain_modules(depth, groups, wpg):
     torch.manual_seed(0)
-    net = ResNetBackbone(depth, groups, wpg).eval()
+    net = set_fusion(ResNetBackbone(depth, groups, wpg).eval(), "inference")
     _randomise_norms(net)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         fast, plain = net(x), _plain(net, x)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in fast), "the fused path did not run"
     assert [f.shape for f in fast] == [p.shape for p in plain]
     for f, p in zip(fast, plain):
         scale = p.abs().max().item()
@@ -56,7 +59,8 @@ def test_training_gradients_unchanged_by_fast_path(depth, groups, wpg):
     grads, feats = [], []
     for fast in (True, False):
         net.zero_grad()
-        net.channels_last = net.fuse_frozen_bn = net.fold_frozen_bn_train = fast
+        set_fusion(net, "training" if fast else None)
+        assert (type(net) is FusedResNetBackbone) == fast
         out = net(x)
         sum(f.square().mean() for f in out).backward()
         feats.append([f.detach() for f in out])
@@ -73,7 +77,7 @@ def test_training_gradients_unchanged_by_fast_path(depth, groups, wpg):
 def test_folded_weights_follow_parameter_updates():
     """The folded-weight cache must notice in-place updates (optimizer steps, load_state_dict)."""
     torch.manual_seed(0)
-    net = ResNetBackbone(18).eval()
+    net = set_fusion(ResNetBackbone(18).eval(), "inference")
     _randomise_norms(net)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -123,7 +127,7 @@ def test_base_channels_scales_every_stage(depth):
     """base_channels=32 halves the stem and every stage's width (mmdetection's base_channels); the C3-C5 maps
     keep their strides, out_channels tells the FPN their widths, and the fast path still equals the plain one."""
     torch.manual_seed(0)
-    net = ResNetBackbone(depth, base_channels=32).eval()
+    net = set_fusion(ResNetBackbone(depth, base_channels=32).eval(), "inference")
     _randomise_norms(net)
     expansion = 4 if depth == 50 else 1
     assert net.conv1.out_channels == 32 and net.layer1[0].conv1.out_channels == 32

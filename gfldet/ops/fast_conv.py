@@ -1,11 +1,10 @@
-"""The CPU inference fast path: oneDNN convolutions with pre-packed weights, frozen BatchNorm folded into the
-weights, and the ReLU / residual addition fused into the convolution.
+"""The CPU convolution fast path as tensor maths: a convolution with eval-mode BatchNorm folded into its weights
+(differentiable, :func:`conv_bn_folded`), and oneDNN convolutions on pre-packed folded weights with the ReLU /
+residual addition fused in (no autograd, :func:`conv2d`).
 
-It computes the same function as the plain modules; float rounding differs by about 1e-6 relative, like any other
-convolution algorithm choice (tests/models/test_fast_conv.py). It is used only where it cannot change training:
-no autograd graph is recorded through the modules, every BatchNorm involved uses its running statistics, and the
-code is not being traced (torch.export / ONNX, torch.compile and jit see the plain modules). Inputs that are not
-float32 CPU tensors (CUDA, autocast) run ``F.conv2d`` on the folded weights. Measured effect: docs/speed.md.
+Both compute the same function as the plain modules; float rounding differs by about 1e-6 relative, like any other
+convolution algorithm choice. When they may run instead of the modules (no gradient needed, not traced, no hooks,
+...) is decided by gfldet.models.fusion. Measured effect: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -16,12 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["available", "tracing", "no_grad_needed", "plain_only", "foldable", "usable", "conv2d", "clear_cache"]
-
-
-def tracing() -> bool:
-    """True under torch.export / ONNX export, torch.compile or jit tracing."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+__all__ = ["available", "conv_bn_folded", "conv2d", "clear_cache"]
 
 
 def available() -> bool:
@@ -34,65 +28,19 @@ def available() -> bool:
     )
 
 
-def no_grad_needed(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
-    """True when running ``modules`` on ``x`` (one tensor or several) records no autograd graph and every
-    BatchNorm in them uses its running statistics (it does not, briefly, in gfldet.engine.norm_init)."""
-    for m in modules:
-        for sub in m.modules():
-            if isinstance(sub, nn.BatchNorm2d) and sub.training:
-                return False
-    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
-        return True
-    if any(t.requires_grad for t in ([x] if isinstance(x, Tensor) else x)):
-        return False
-    return not any(p.requires_grad for m in modules for p in m.parameters())
-
-
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as _m
-
-    return any(getattr(_m, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks"))
-
-
-def plain_only(modules: Sequence[nn.Module]) -> bool:
-    """Modules whose own forward must run: forward hooks (feature extraction, FLOP counters, pruning masks,
-    hook-based weight norm), a padding mode other than zeros, BatchNorm without running statistics or affine."""
-    if _global_hooks():
-        return True
-    for m in modules:
-        for sub in m.modules():
-            if sub._forward_hooks or sub._forward_pre_hooks:
-                return True
-            if isinstance(sub, nn.Conv2d) and sub.padding_mode != "zeros":
-                return True
-            if isinstance(sub, nn.BatchNorm2d) and not (sub.affine and sub.track_running_stats):
-                return True
-    return False
-
-
-def _autocast_cpu() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-def foldable(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
-    """``modules`` may run as folded convolutions (:func:`conv2d`) on ``x``: fused operators available, not traced,
-    no gradient needed, no hooks or other reasons to run the modules' own forward, and not under CPU autocast
-    (which asks for bfloat16 convolutions; the fused path would compute in float32)."""
-    first = x if isinstance(x, Tensor) else x[0]
-    return (available() and not tracing() and not (first.device.type == "cpu" and _autocast_cpu())
-            and no_grad_needed(x, modules) and not plain_only(modules))
-
-
-def usable(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
-    """:func:`foldable`, and worth it for modules without BatchNorm: float32 CPU input (elsewhere :func:`conv2d`
-    would only run ``F.conv2d``) and parameters that are not inference tensors (made under
-    torch.inference_mode: their weights cannot be cached)."""
-    xs = [x] if isinstance(x, Tensor) else list(x)
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in xs) and foldable(xs, modules)
-            and not any(p.is_inference() for m in modules for p in m.parameters()))
+def conv_bn_folded(conv: nn.Conv2d, x: Tensor, bn: nn.BatchNorm2d, relu: bool = False,
+                   residual: Tensor | None = None) -> Tensor:
+    """``relu?(bn(conv(x)) [+ residual])`` for an eval-mode ``bn`` as one convolution with folded weights,
+    differentiable in the conv weight and bn's weight and bias (``a = gamma / sqrt(var + eps)``,
+    ``b = beta - mean * a``), which saves BatchNorm's forward, backward and saved activations in training."""
+    a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    b = bn.bias - bn.running_mean * a
+    if conv.bias is not None:
+        b = b + conv.bias * a
+    y = F.conv2d(x, conv.weight * a.reshape(-1, 1, 1, 1), b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
 
 
 def clear_cache() -> None:
@@ -157,7 +105,7 @@ def _prepared(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, input_shape: Sequence[
 def conv2d(conv: nn.Conv2d, x: Tensor, bn: nn.BatchNorm2d | None = None, relu: bool = False,
            residual: Tensor | None = None) -> Tensor:
     """``relu?(bn?(conv(x)) [+ residual])`` as one convolution (the fused ReLU and addition round exactly as the
-    separate ops do). Call it only where :func:`foldable` holds (:func:`usable` for modules without BatchNorm).
+    separate ops do). No autograd graph is recorded through it (gfldet.models.fusion calls it only where none is needed).
     Output is channels_last for float32 CPU input."""
     if isinstance(conv.padding, str):
         raise ValueError(f"fast_conv.conv2d needs numeric padding, got {conv.padding!r}")
