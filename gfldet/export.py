@@ -29,11 +29,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .models.box_coders import DistributionBox
+from .models.quality import JointQFL
 from .ops.boxes import box_centers, distance_to_box
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "ExportModule", "MODES", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
+__all__ = ["export_onnx", "ExportModule", "is_gfl_assembly", "MODES", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
 
 MODES = ("decoded", "raw")
 _LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7", "p8", "p9")
@@ -76,6 +78,12 @@ def output_names(mode: str, num_levels: int) -> list[str]:
     raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
 
 
+def is_gfl_assembly(model: nn.Module) -> bool:
+    """Whether ``model`` decodes as GFL does (what the ONNX outputs and gfldet.deploy assume)."""
+    return (isinstance(model.box, DistributionBox) and model.box.bin_width == 1.0 and isinstance(model.quality, JointQFL)
+            and model.head.quality_channels == 0 and model.prior_generator.num_anchors == 1)
+
+
 class ExportModule(nn.Module):
     """The traced graph: ``images (N, 3, H, W)`` float 0..255 -> the outputs of ``mode`` (see module doc)."""
 
@@ -83,9 +91,9 @@ class ExportModule(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
-        cfg = model.config
-        if getattr(cfg, "is_variant", False):
-            raise ValueError("ONNX export supports the GFL detector only (not the ablation assemblies of gfldet.models.assemble)")
+        if not is_gfl_assembly(model):
+            raise ValueError("ONNX export supports the GFL detector only (its default parts: distribution with unit bins, "
+                             "joint QFL score without a branch, one anchor per location), not another assembly")
         self.model, self.mode = model, mode
 
     def forward(self, images: Tensor):
