@@ -149,7 +149,7 @@ def _positive_qfl(logits: Tensor, pos: Tensor, pos_labels: Tensor, scores: Tenso
     ).abs().pow(beta)
 
 
-_QFL_CHUNK = 1 << 20  # elements of (P, C) per chunk in _NegativeQFLSum
+QFL_CHUNK = 1 << 20  # elements of (P, C) per chunk in _NegativeQFLSum
 
 
 def _negative_qfl(x: Tensor, beta: float, derivative: bool) -> Tensor:
@@ -189,7 +189,7 @@ class _NegativeQFLSum(torch.autograd.Function):
 def _negative_chunks(x, row_weight, pos, pos_labels, beta, derivative):
     """Yields ``(start, stop, rows)``: the weighted negative QFL (or its derivative) of rows start:stop, zero at the
     positives."""
-    rows = max(1, _QFL_CHUNK // max(1, x.shape[1]))
+    rows = max(1, QFL_CHUNK // max(1, x.shape[1]))
     for start in range(0, x.shape[0], rows):
         stop = min(start + rows, x.shape[0])
         out = _negative_qfl(x[start:stop], beta, derivative=derivative)
