@@ -8,7 +8,7 @@ only for its methods, the backbone never runs.
 
 Measured per number of GTs per image:
   (a) ``model.compute_targets``      ATSS assignment + target tensors (no autograd)
-  (a') ``gfl_losses`` on precomputed targets: the loss terms alone (QFL / GIoU / DFL forward)
+  (a') ``model.criterion`` on precomputed targets: the loss terms alone (QFL / GIoU / DFL forward)
   (b) ``model.compute_losses``       (a) + (a'), building the autograd graph
   (c) (b) + ``backward()`` of the summed losses
 
@@ -93,18 +93,10 @@ def make_call(mode: str, model, cls, reg, boxes, labels, pad_shapes):
     if mode == "targets":
         return (lambda: model.compute_targets(cls, boxes, labels, pad_shapes)), None
     if mode == "loss_terms":
-        # gfl_losses on precomputed targets: what compute_losses adds on top of compute_targets.
-        from gfldet.models.criterion import gfl_losses
-
-        cfg = model.config
+        # the criterion on precomputed targets: what compute_losses adds on top of compute_targets.
         targets = model.compute_targets(cls, boxes, labels, pad_shapes)
-        anchors = model.anchors([tuple(c.shape[-2:]) for c in cls], cls[0].device)
-        strides = torch.repeat_interleave(torch.tensor(cfg.strides, dtype=torch.float32),
-                                          torch.tensor([a.shape[0] for a in anchors]))
-        flat_anchors = torch.cat(anchors)
-        return (lambda: gfl_losses(model._flatten(cls), model._flatten(reg), flat_anchors, strides, targets, cfg.reg_max,
-                                   beta=cfg.qfl_beta,
-                                   weights=(cfg.loss_qfl_weight, cfg.loss_bbox_weight, cfg.loss_dfl_weight))), None
+        priors = model.prior_generator([tuple(c.shape[-2:]) for c in cls], cls[0].device)
+        return (lambda: model.criterion(*model.head.split(cls, reg), priors, targets)), None
     if mode == "losses_fwd":
         return (lambda: model.compute_losses(cls, reg, boxes, labels, pad_shapes)), None
     if mode == "losses_fwd_bwd":

@@ -91,6 +91,12 @@ def main() -> int:
         print(f"  missing  {k}")
     for k in added[:20]:
         print(f"  new      {k}")
+    print("| model/kind | tensors that differ | largest abs diff |\n|---|---:|---:|")
+    groups: dict[str, list[float]] = {}
+    for k, _, _, d in differ:
+        groups.setdefault("/".join(k.split("/")[:2]), []).append(d)
+    for g, ds in sorted(groups.items()):
+        print(f"| {g} | {len(ds)} | {max(ds):.3g} |")
     print("| tensor | shape before | shape now | max abs diff |\n|---|---|---|---|")
     for k, sa, sb, d in differ[:60]:
         print(f"| {k} | {sa} | {sb} | {d:.3g} |")

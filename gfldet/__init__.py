@@ -24,7 +24,7 @@ _EXPORTS = {
     "gfl_resnext101_32x4d_fpn": "gfldet.models",
     "from_mmdet": "gfldet.models",
     "load_model": "gfldet.engine.checkpoint",
-    "ModelConfig": "gfldet.config",
+    "ModelConfig": "gfldet.models.config",
     "Config": "gfldet.config",
     "quality_focal_loss": "gfldet.ops",
     "quality_focal_loss_sparse": "gfldet.ops",
@@ -49,7 +49,8 @@ __all__ = [
 ]  # = _EXPORTS' names
 
 if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time
-    from .config import Config, ModelConfig
+    from .config import Config
+    from .models.config import ModelConfig
     from .engine.checkpoint import load_model
     from .models import (GFL, build_model, from_mmdet, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn,
                          gfl_resnext101_32x4d_fpn)

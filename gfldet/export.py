@@ -27,14 +27,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops.uncertainty import edge_uncertainty
+from .models.box_coders import DistributionBox
+from .models.quality import JointQFL
+from .ops.boxes import box_centers, distance_to_box
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "ExportModule", "MODES", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
+__all__ = ["export_onnx", "ExportModule", "is_gfl_assembly", "MODES", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
 
 MODES = ("decoded", "raw")
 _LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7", "p8", "p9")
@@ -77,6 +78,12 @@ def output_names(mode: str, num_levels: int) -> list[str]:
     raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
 
 
+def is_gfl_assembly(model: nn.Module) -> bool:
+    """Whether ``model`` decodes as GFL does (what the ONNX outputs and gfldet.deploy assume)."""
+    return (isinstance(model.box, DistributionBox) and model.box.bin_width == 1.0 and isinstance(model.quality, JointQFL)
+            and model.head.quality_channels == 0 and model.prior_generator.num_anchors == 1)
+
+
 class ExportModule(nn.Module):
     """The traced graph: ``images (N, 3, H, W)`` float 0..255 -> the outputs of ``mode`` (see module doc)."""
 
@@ -84,44 +91,26 @@ class ExportModule(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
-        cfg = model.config
-        if getattr(cfg, "is_variant", False):
-            raise ValueError("ONNX export supports the GFL detector only (not the ablation variants of gfldet.models.variants)")
+        if not is_gfl_assembly(model):
+            raise ValueError("ONNX export supports the GFL detector only (its default parts: distribution with unit bins, "
+                             "joint QFL score without a branch, one anchor per location), not another assembly")
         self.model, self.mode = model, mode
-        self.strides = tuple(int(s) for s in cfg.strides)
-        self.divisor = int(cfg.size_divisor)
-        self.reg_max = int(cfg.reg_max)
 
     def forward(self, images: Tensor):
         m = self.model
-        x = (images - m.pixel_mean) / m.pixel_std
-        h, w = x.shape[-2], x.shape[-1]
-        # zero-pad (in normalised space, as GFL.preprocess) up to a multiple of the size divisor
-        x = F.pad(x, (0, (self.divisor - w % self.divisor) % self.divisor, 0, (self.divisor - h % self.divisor) % self.divisor))
+        # normalisation and zero-padding up to a multiple of the size divisor: the model's own transform
+        x = m.transform.pad(m.transform.normalize(images))
         cls_logits, reg_logits = m.forward_features(x)
         if self.mode == "raw":
             return (*cls_logits, *reg_logits)
-        bins = m.integral.project
-        boxes, scores, dists, stds, confs, priors = [], [], [], [], [], []
-        for cls, reg, stride in zip(cls_logits, reg_logits, self.strides):
-            n, c, fh, fw = cls.shape
-            scores.append(cls.permute(0, 2, 3, 1).reshape(n, -1, c).sigmoid())
-            logits = reg.permute(0, 2, 3, 1).reshape(n, -1, 4, self.reg_max + 1)
-            p = F.softmax(logits, dim=-1)
-            # the same F.linear as gfldet.ops.integral (identical floats to the eager model)
-            d = F.linear(p, bins[None]).squeeze(-1) * stride
-            ys = torch.arange(fh, device=x.device, dtype=torch.float32) * stride
-            xs = torch.arange(fw, device=x.device, dtype=torch.float32) * stride
-            cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-            cx, cy = cx.reshape(1, -1), cy.reshape(1, -1)
-            boxes.append(torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], dim=-1))
-            u = edge_uncertainty(p, bins, float(stride))
-            dists.append(p)
-            stds.append(u["edge_std"])
-            confs.append(u["loc_conf"])
-            priors.append(torch.stack([cx[0], cy[0], torch.full_like(cx[0], float(stride))], dim=-1))
-        return (torch.cat(boxes, 1), torch.cat(scores, 1), torch.cat(dists, 1), torch.cat(stds, 1),
-                torch.cat(confs, 1), torch.cat(priors, 0))
+        # the model's prior generator and box representation (identical floats to the eager model)
+        per_level = m.prior_generator.grid([tuple(c.shape[-2:]) for c in cls_logits], x.device)
+        centers, strides = box_centers(torch.cat(per_level)), m.prior_generator.anchor_strides(per_level)  # (A, 2), (A,)
+        cls, box, _ = m.head.split(cls_logits, reg_logits)
+        boxes = distance_to_box(centers, m.box.distances(box) * strides[:, None])
+        u = m.box.extras(box, strides)
+        priors = torch.cat([centers, strides[:, None]], dim=-1)
+        return boxes, cls.sigmoid(), u["distributions"], u["edge_std"], u["loc_conf"], priors
 
 
 def _metadata(model: nn.Module, mode: str, class_names: list[str] | None, cat_ids: list[int] | None) -> dict[str, str]:
@@ -177,7 +166,7 @@ def export_onnx(
     was_training = model.training
     wrapper = ExportModule(model, mode).eval()
     names = output_names(mode, len(model.config.strides))
-    example = torch.randint(0, 256, (1, 3, *example_size), dtype=torch.float32, device=model.pixel_mean.device)
+    example = torch.randint(0, 256, (1, 3, *example_size), dtype=torch.float32, device=model.transform.pixel_mean.device)
     batch, height, width = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import gfldet
 from gfldet.cli import main
 from gfldet.deploy import OnnxDetector, batched_nms, edge_uncertainty_np, postprocess, preprocess, read_metadata
 from gfldet.engine.checkpoint import save_checkpoint
-from gfldet.export import EXPORTER_LOGGERS, export_onnx, output_names, quiet_exporter_logs
+from gfldet.export import EXPORTER_LOGGERS, ExportModule, export_onnx, output_names, quiet_exporter_logs
 from gfldet.ops.uncertainty import edge_uncertainty
 
 ort = pytest.importorskip("onnxruntime")
@@ -280,3 +280,9 @@ def test_onnx_detector_takes_float_images_like_the_model(model, exported):
         det([imgs[0].float().numpy()])
     with pytest.raises(ValueError, match="dtype"):
         det([imgs[0].to(torch.int32).numpy()])
+
+
+def test_only_the_gfl_assembly_exports():
+    m = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, quality="centerness", box="dirac")
+    with pytest.raises(ValueError, match="GFL detector only"):
+        ExportModule(m)

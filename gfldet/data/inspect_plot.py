@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from . import inspect_stats as stats
 
 __all__ = ["plot_sizes"]

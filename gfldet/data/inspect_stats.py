@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config, ModelConfig
+from ..config import Config
+from ..models.config import ModelConfig
 from ..ops.assign import atss_assign
 from ..ops.boxes import box_centers, box_to_distance
 from ..ops.priors import grid_anchors, level_index

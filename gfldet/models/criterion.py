@@ -1,6 +1,9 @@
-"""Training targets and the GFL objective (paper eq. 8) for a batch, all levels at once.
+"""Training targets and the weighted loss terms of a batch, all levels at once, from the criterion's parts.
 
-Shapes: N images, A anchors of all levels, C classes, B = n + 1 bins, P positives of the batch.
+GFL's objective (paper eq. 8) with its default parts, the ablations' with others (gfldet.models.quality,
+gfldet.models.box_coders, gfldet.models.assigners).
+
+Shapes: N images, A anchors of all levels, C classes, K box channels per anchor, P positives of the batch.
 """
 from __future__ import annotations
 
@@ -8,31 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from ..ops.assign import AssignResult, atss_assign
-from ..ops.boxes import box_centers, box_iou_aligned, box_to_distance, distance_to_box
-from ..ops.integral import distribution_expectation
-from ..ops.losses import _dfl, giou_loss, quality_focal_loss_sparse
+from ..ops.assign import AssignResult
+from ..ops.boxes import box_centers, box_iou_aligned, distance_to_box
+from ..ops.losses import EPS32, giou_loss, reduce_mean
+from .priors import Priors
 
-__all__ = ["GFLTargets", "gfl_targets", "targets_from_assignment", "gfl_losses", "reduce_mean"]
-
-# The reference divides a loss sum by (avg_factor + float32 eps).
-_EPS32 = float(torch.finfo(torch.float32).eps)
-
-
-def reduce_mean(x: Tensor) -> Tensor:
-    """Average a tensor over the processes of the default group (identity when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone()
-        dist.all_reduce(x.div_(dist.get_world_size()))
-    return x
+__all__ = ["GFLTargets", "targets_from_assignment", "Criterion"]
 
 
 @dataclass
 class GFLTargets:
-    """ATSS targets of a batch.
+    """Training targets of a batch (any assigner).
 
     labels: ``(N, A)`` int64 class of each anchor, ``C`` for background.
     label_weights: ``(N, A)`` 1 for positives and negatives, 0 for ignored / invalid anchors.
@@ -46,22 +37,6 @@ class GFLTargets:
     boxes: Tensor
     positive: Tensor
     num_pos_avg: Tensor
-
-
-@torch.no_grad()
-def gfl_targets(
-    anchors: Tensor,
-    num_level_anchors: Sequence[int],
-    valid: Tensor,
-    gt_boxes: Sequence[Tensor],
-    gt_labels: Sequence[Tensor],
-    num_classes: int,
-    gt_ignore: Sequence[Tensor | None] | None = None,
-    topk: int = 9,
-    ignore_iof_thr: float = 0.5,
-) -> GFLTargets:
-    res = atss_assign(anchors, num_level_anchors, gt_boxes, valid, gt_ignore, topk=topk, ignore_iof_thr=ignore_iof_thr)
-    return targets_from_assignment(res, anchors, gt_boxes, gt_labels, num_classes)
 
 
 @torch.no_grad()
@@ -87,70 +62,61 @@ def targets_from_assignment(
     return GFLTargets(labels, label_weights, boxes, res.positive, num_pos)
 
 
-def gfl_losses(
-    cls_logits: Tensor,
-    reg_logits: Tensor,
-    anchors: Tensor,
-    anchor_strides: Tensor,
-    targets: GFLTargets,
-    reg_max: int,
-    beta: float = 2.0,
-    weights: tuple[float, float, float] = (1.0, 2.0, 0.25),
-) -> dict[str, Tensor]:
-    """The weighted loss terms ``loss_qfl``, ``loss_bbox`` (GIoU), ``loss_dfl``.
+class Criterion:
+    """Assignment, targets and the weighted loss terms, from its parts:
 
-    Args:
-        cls_logits: ``(N, A, C)``; reg_logits: ``(N, A, 4 * B)``; anchors ``(A, 4)``; anchor_strides ``(A,)``.
-    Box terms are weighted per positive by its highest detached class score and normalised by the sum of
-    those weights (averaged over processes, at least 1); QFL is normalised by the number of positives.
+    * ``assigner``: ``(priors, valid, gt_boxes, gt_ignore) -> AssignResult`` (gfldet.models.assigners);
+    * ``box``: the box representation (gfldet.models.box_coders): distances from its outputs, its loss term;
+    * ``quality``: the quality estimator (gfldet.models.quality): classification loss, box-loss weights, branch.
+
+    Terms, in this order: the classification term of the quality estimator, ``loss_bbox`` (GIoU of the decoded
+    box, weight ``bbox_weight``), the box representation's term (``loss_dfl`` / ``loss_nll``), the branch's
+    ``loss_quality``. Box terms are weighted per positive by the quality estimator's box weight and normalised by
+    the sum of those weights (averaged over processes, at least 1), sums divided by ``avg_factor + eps`` as the
+    reference.
     """
-    num_images, num_anchors, num_classes = cls_logits.shape
-    w_qfl, w_bbox, w_dfl = weights
-    pos = targets.positive
-    n_idx, a_idx = pos.nonzero(as_tuple=True)
-    scores = cls_logits.new_zeros(num_images, num_anchors, dtype=torch.float32)
 
-    if n_idx.numel() > 0:
-        stride = anchor_strides[a_idx].to(torch.float32)[:, None]  # (P, 1)
-        centers = box_centers(anchors[a_idx]) / stride  # (P, 2), in strides
-        pos_reg = reg_logits[n_idx, a_idx].float()  # (P, 4B)
-        pred_boxes = distance_to_box(centers, distribution_expectation(pos_reg, _project(reg_max, pos_reg)))
-        target_boxes = targets.boxes[n_idx, a_idx] / stride
-        with torch.no_grad():
-            weight = cls_logits[n_idx, a_idx].detach().float().sigmoid().amax(dim=1)  # (P,)
-            scores[n_idx, a_idx] = box_iou_aligned(pred_boxes.detach(), target_boxes)
-        loss_bbox = giou_loss(pred_boxes, target_boxes, weight=weight, reduction="sum") / (1.0 + _EPS32)
-        target_dist = box_to_distance(centers, target_boxes, reg_max, eps=0.1)  # (P, 4)
-        dfl = _dfl(pos_reg.reshape(-1, reg_max + 1), target_dist.reshape(-1))  # (4P,)
-        loss_dfl = (dfl * weight[:, None].expand(-1, 4).reshape(-1)).sum() / (4.0 + _EPS32)
-        weight_sum = weight.sum()
-    else:  # keeps the graph connected (DDP) and the value 0, never NaN
-        loss_bbox = reg_logits.sum() * 0.0 + 0.0  # "+ 0.0" turns a -0.0 into 0.0
-        loss_dfl = reg_logits.sum() * 0.0 + 0.0
-        weight_sum = reg_logits.new_zeros(())
+    def __init__(self, num_classes: int, assigner, box, quality, bbox_weight: float = 2.0):
+        self.num_classes, self.assigner, self.box, self.quality, self.bbox_weight = num_classes, assigner, box, quality, bbox_weight
 
-    loss_qfl = quality_focal_loss_sparse(
-        cls_logits.reshape(-1, num_classes),
-        targets.labels.reshape(-1),
-        scores.reshape(-1),
-        beta=beta,
-        weight=targets.label_weights.reshape(-1),
-        reduction="sum",
-    )
-    num_pos = reduce_mean(targets.num_pos_avg.to(loss_qfl))
-    box_norm = reduce_mean(weight_sum.detach().float()).clamp(min=1.0)
-    return {
-        "loss_qfl": w_qfl * loss_qfl / (num_pos + _EPS32),
-        "loss_bbox": w_bbox * loss_bbox / box_norm,
-        "loss_dfl": w_dfl * loss_dfl / box_norm,
-    }
+    @torch.no_grad()
+    def targets(self, priors: Priors, valid: Tensor, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor],
+                gt_ignore: Sequence[Tensor | None] | None = None) -> GFLTargets:
+        """Targets for boxes in the network-input frame; ``valid (N, A)`` bool flags of the anchors."""
+        res = self.assigner(priors, valid, gt_boxes, gt_ignore)
+        return targets_from_assignment(res, priors.anchors, gt_boxes, gt_labels, self.num_classes)
 
-
-_PROJECT_CACHE: dict[tuple[int, torch.device], Tensor] = {}
-
-
-def _project(reg_max: int, like: Tensor) -> Tensor:
-    key = (reg_max, like.device)
-    if key not in _PROJECT_CACHE:
-        _PROJECT_CACHE[key] = torch.linspace(0, reg_max, reg_max + 1, device=like.device)
-    return _PROJECT_CACHE[key]
+    def __call__(self, cls: Tensor, box: Tensor, quality: Tensor | None, priors: Priors,
+                 targets: GFLTargets) -> dict[str, Tensor]:
+        """The weighted loss terms from ``cls (N, A, C)``, ``box (N, A, K)`` and ``quality (N, A)`` (or None) outputs."""
+        num_images, num_anchors, _ = cls.shape
+        n_idx, a_idx = targets.positive.nonzero(as_tuple=True)
+        ious = cls.new_zeros(num_images, num_anchors, dtype=torch.float32)
+        terms: dict[str, Tensor] = {}
+        key = self.box.loss_key
+        if n_idx.numel() > 0:
+            stride = priors.strides[a_idx][:, None]  # (P, 1)
+            centers = box_centers(priors.anchors[a_idx]) / stride  # (P, 2), in strides
+            pos_box = box[n_idx, a_idx].float()  # (P, K)
+            pred_boxes = distance_to_box(centers, self.box.distances(pos_box))
+            target_boxes = targets.boxes[n_idx, a_idx] / stride
+            with torch.no_grad():
+                iou = box_iou_aligned(pred_boxes.detach(), target_boxes)
+                ious[n_idx, a_idx] = iou
+                weight = self.quality.box_weight(cls[n_idx, a_idx], centers, target_boxes, iou)  # (P,)
+            box_norm = reduce_mean(weight.sum().detach().float()).clamp(min=1.0)
+            loss_bbox = giou_loss(pred_boxes, target_boxes, weight=weight, reduction="sum") / (1.0 + EPS32)
+            terms["loss_bbox"] = self.bbox_weight * loss_bbox / box_norm
+            box_term = self.box.loss(pos_box, centers, target_boxes, weight)
+            if box_term is not None:
+                terms[key] = self.box.loss_weight * box_term / box_norm
+            q_target = self.quality.branch_target(centers, target_boxes, iou) if quality is not None else None
+            if q_target is not None:
+                terms.update(self.quality.branch_loss(quality[n_idx, a_idx], q_target, targets))
+        else:  # zero terms that keep the graph connected (DDP) and the value 0, never NaN
+            terms["loss_bbox"] = box.sum() * 0.0 + 0.0  # "+ 0.0" turns a -0.0 into 0.0
+            if key is not None:
+                terms[key] = box.sum() * 0.0 + 0.0
+            if quality is not None:
+                terms["loss_quality"] = quality.sum() * 0.0 + 0.0
+        return {**self.quality.classification_loss(cls, targets, ious), **terms}

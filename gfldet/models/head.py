@@ -1,8 +1,11 @@
-"""The GFL head: two shared towers of 3x3 conv + GroupNorm + ReLU, a joint class-quality classifier and a
-distribution regressor (``4 * (n + 1)`` logits per location), with a learnable scale per level."""
+"""The GFL head: class and box towers of 3x3 conv + GroupNorm + ReLU, their output convolutions, a scale per level.
+
+GFL's joint class-quality classifier and distribution regressor (``4 * (n + 1)`` logits per location); also with
+``A`` anchors per location, another box representation's channels and a quality branch (the ablations)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,8 +51,10 @@ _ConvGN = ConvGN  # the name GFLHead builds it by
 
 
 class GFLHead(nn.Module):
-    """Per level: ``(N, in_channels, H, W)`` -> class logits ``(N, C, H, W)`` and distribution logits
-    ``(N, 4 * (n + 1), H, W)``. The level's ``Scale`` multiplies the distribution logits."""
+    """Per level: ``(N, in_channels, H, W)`` -> class logits ``(N, A*C, H, W)`` and box outputs
+    ``(N, A*K + A*Q, H, W)``: the ``A*K`` box channels (anchor-major; GFL: A = 1, K = 4 (n + 1) distribution
+    logits), multiplied by the level's ``Scale``, then ``Q`` quality-branch logits per anchor (a 3x3 conv on the
+    regression tower, as the ATSS / FCOS centerness branch; Q = 0 for GFL)."""
 
     def __init__(
         self,
@@ -61,6 +66,9 @@ class GFLHead(nn.Module):
         num_levels: int = 5,
         gn_groups: int = 32,
         prior_prob: float = 0.01,
+        box_channels: int | None = None,
+        num_anchors: int = 1,
+        quality_channels: int = 0,
     ):
         super().__init__()
         if num_classes < 1:
@@ -68,12 +76,15 @@ class GFLHead(nn.Module):
         if feat_channels % gn_groups:
             raise ValueError(f"head channels ({feat_channels}) must be divisible by GroupNorm groups ({gn_groups})")
         self.num_classes, self.reg_max = num_classes, reg_max
+        self.num_anchors, self.quality_channels = num_anchors, quality_channels
+        self.box_channels = 4 * (reg_max + 1) if box_channels is None else box_channels
         chans = [in_channels] + [feat_channels] * stacked_convs
         self.cls_convs = nn.ModuleList(_ConvGN(chans[i], chans[i + 1], gn_groups) for i in range(stacked_convs))
         self.reg_convs = nn.ModuleList(_ConvGN(chans[i], chans[i + 1], gn_groups) for i in range(stacked_convs))
-        self.gfl_cls = nn.Conv2d(chans[-1], num_classes, 3, padding=1)
-        self.gfl_reg = nn.Conv2d(chans[-1], 4 * (reg_max + 1), 3, padding=1)
+        self.gfl_cls = nn.Conv2d(chans[-1], num_anchors * num_classes, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(chans[-1], num_anchors * self.box_channels, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        self.gfl_quality = nn.Conv2d(chans[-1], num_anchors * quality_channels, 3, padding=1) if quality_channels else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
@@ -87,10 +98,26 @@ class GFLHead(nn.Module):
             cls_feat = conv(cls_feat)
         for conv in self.reg_convs:
             reg_feat = conv(reg_feat)
-        return self.gfl_cls(cls_feat), self.scales[level](self.gfl_reg(reg_feat)).float()
+        reg = self.scales[level](self.gfl_reg(reg_feat)).float()
+        if self.gfl_quality is not None:
+            reg = torch.cat([reg, self.gfl_quality(reg_feat).float()], dim=1)
+        return self.gfl_cls(cls_feat), reg
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         if len(feats) != len(self.scales):
             raise ValueError(f"head built for {len(self.scales)} levels got {len(feats)} feature maps")
         outs = [self.forward_level(f, i) for i, f in enumerate(feats)]
         return [o[0] for o in outs], [o[1] for o in outs]
+
+    def flatten(self, maps: Sequence[Tensor]) -> Tensor:
+        """Per level ``(N, A_l*K, H, W)`` -> ``(N, A, K)``, priors location-major then anchor (row-major per level)."""
+        a = self.num_anchors
+        return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1] // a) for m in maps], dim=1)
+
+    def split(self, cls_logits: Sequence[Tensor], reg_logits: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Per-level outputs -> ``cls (N, A, C)``, ``box (N, A, K)`` and ``quality (N, A)`` logits (None: no branch)."""
+        if not self.quality_channels:
+            return self.flatten(cls_logits), self.flatten(reg_logits), None
+        n = self.num_anchors * self.box_channels
+        quality = self.flatten([m[:, n:] for m in reg_logits])[..., 0]
+        return self.flatten(cls_logits), self.flatten([m[:, :n] for m in reg_logits]), quality

@@ -1,6 +1,6 @@
 """Test-time decoding: score threshold and top-k per level, box decoding, clipping, class-aware NMS.
 
-Shapes: A_l anchors of level l, C classes, B = n + 1 bins, D detections kept.
+Shapes: N images, A anchors of all levels, A_l of level l, C classes, K box channels per anchor, D detections kept.
 """
 from __future__ import annotations
 
@@ -11,19 +11,20 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from ..ops.boxes import box_centers, distance_to_box
-from ..ops.integral import distribution_expectation, edge_distributions
-from ..ops.uncertainty import edge_uncertainty
+from .priors import Priors
 
-__all__ = ["decode_image"]
+__all__ = ["Postprocessor", "decode_image"]
 
 
 def decode_image(
     cls_logits: Sequence[Tensor],
-    reg_logits: Sequence[Tensor],
+    box_logits: Sequence[Tensor],
+    quality_logits: Sequence[Tensor] | None,
     anchors: Sequence[Tensor],
     strides: Sequence[int],
     image_size: tuple[int, int],
-    project: Tensor,
+    box,
+    quality,
     score_thr: float = 0.05,
     nms_pre: int = 1000,
     nms_iou: float = 0.6,
@@ -32,28 +33,31 @@ def decode_image(
     """Detections of one image from its per-level outputs.
 
     Args:
-        cls_logits: per level ``(A_l, C)``; reg_logits: per level ``(A_l, 4 * B)``; anchors: per level ``(A_l, 4)``.
-        image_size: ``(H, W)`` the boxes are clipped to.
+        cls_logits: per level ``(A_l, C)``; box_logits: per level ``(A_l, K)``; quality_logits: per level ``(A_l,)``
+            or None; anchors: per level ``(A_l, 4)``; image_size: ``(H, W)`` the boxes are clipped to.
+        box: the box representation (distances, extras); quality: the quality estimator (test-time score).
+    Score threshold and per-level top-k use the class score; the quality estimator then gives the NMS and output
+    score (mmdetection's ``filter_scores_and_topk`` then score factors, not a threshold on the product).
     Returns:
         ``boxes (D, 4)`` xyxy in the frame of the network input, ``scores (D,)``, ``labels (D,)`` int64,
-        ``distributions (D, 4, B)`` the learned (l, t, r, b) edge distributions, ``strides (D,)`` the stride of
-        each box's level, and the uncertainty summaries of :func:`gfldet.ops.uncertainty.edge_uncertainty`
-        (``edge_peak``, ``edge_entropy``, ``edge_std`` in pixels of the network input, ``loc_conf``).
+        ``strides (D,)`` the stride of each box's level, and the box representation's extras (GFL:
+        ``distributions (D, 4, B)`` and the uncertainty summaries of :func:`gfldet.ops.uncertainty.edge_uncertainty`,
+        ``edge_std`` in pixels of the network input).
     """
-    reg_max = project.numel() - 1
     all_boxes, all_scores, all_labels, all_logits, all_strides = [], [], [], [], []
-    for cls, reg, anc, stride in zip(cls_logits, reg_logits, anchors, strides):
+    for lvl, (cls, reg, anc, stride) in enumerate(zip(cls_logits, box_logits, anchors, strides)):
         scores = cls.float().sigmoid()  # (A_l, C)
         keep = scores > score_thr
         flat_scores = scores[keep]
-        idxs = keep.nonzero()  # (K, 2): (anchor, class), row-major as the reference
+        idxs = keep.nonzero()  # (k, 2): (anchor, class), row-major as the reference
         # stable: exact ties keep the (anchor, class) order, so that any implementation can reproduce it
         flat_scores, order = flat_scores.sort(descending=True, stable=True)
         top = min(nms_pre, idxs.shape[0])
         flat_scores, idxs = flat_scores[:top], idxs[order[:top]]
         a_idx, labels = idxs.unbind(dim=1)
+        flat_scores = quality.rescore(flat_scores, None if quality_logits is None else quality_logits[lvl][a_idx])
         logits = reg[a_idx].float()
-        dists = distribution_expectation(logits, project) * stride
+        dists = box.distances(logits) * stride
         boxes = distance_to_box(box_centers(anc[a_idx]), dists, max_shape=image_size)
         all_boxes.append(boxes)
         all_scores.append(flat_scores)
@@ -72,12 +76,34 @@ def decode_image(
     if boxes.shape[0] > 0:
         keep = batched_nms(boxes, scores, labels, nms_iou)[:max_per_img]
         boxes, scores, labels, logits, strides_t = boxes[keep], scores[keep], labels[keep], logits[keep], strides_t[keep]
-    probs = edge_distributions(logits, reg_max)
-    return {
-        "boxes": boxes,
-        "scores": scores,
-        "labels": labels,
-        "distributions": probs,
-        "strides": strides_t,
-        **edge_uncertainty(probs, project, strides_t),
-    }
+    return {"boxes": boxes, "scores": scores, "labels": labels, "strides": strides_t, **box.extras(logits, strides_t)}
+
+
+class Postprocessor:
+    """Detections of a batch from the head's flattened outputs, per image with :func:`decode_image`.
+
+    ``settings`` holds the test settings ``score_thr``, ``nms_pre``, ``nms_iou``, ``max_per_img`` (the detector's
+    :class:`~gfldet.models.config.ModelConfig` is one), read at each call: ``model.config.score_thr = ...`` takes effect.
+    """
+
+    def __init__(self, box, quality, settings):
+        self.box, self.quality, self.settings = box, quality, settings
+
+    def __call__(self, cls: Tensor, box: Tensor, quality: Tensor | None, priors: Priors, strides: Sequence[int],
+                 image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """``cls (N, A, C)``, ``box (N, A, K)``, ``quality (N, A)`` or None -> per image detections (network-input
+        frame, clipped to each image's size)."""
+        bounds = [0]
+        for n in priors.num_level_anchors:
+            bounds.append(bounds[-1] + n)
+        levels = list(zip(bounds[:-1], bounds[1:]))
+        s, out = self.settings, []
+        for i, image_size in enumerate(image_sizes):
+            out.append(decode_image(
+                [cls[i, lo:hi] for lo, hi in levels],
+                [box[i, lo:hi] for lo, hi in levels],
+                None if quality is None else [quality[i, lo:hi] for lo, hi in levels],
+                priors.per_level, strides, image_size, self.box, self.quality,
+                s.score_thr, s.nms_pre, s.nms_iou, s.max_per_img,
+            ))
+        return out

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .boxes import box_centers, box_iof, box_iou_aligned
 
-__all__ = ["atss_assign", "AssignResult"]
+__all__ = ["atss_assign", "AssignResult", "regular_grid", "window_candidates"]
 
 # The reference marks ignored anchors with this distance; invalid anchors (outside an image's padded
 # size) get +inf so that they are never preferred over ignored ones.
@@ -132,9 +132,9 @@ def atss_assign(
         idx = torch.empty(num_gt, k, dtype=torch.long, device=device)
         ok = torch.ones(num_gt, k, dtype=torch.bool, device=device)
         rest = None  # GTs whose candidates still need the search over the whole level
-        grid = _regular_grid(anchor_pts[start:end]) if n_l > _WINDOW_MIN_ANCHORS else None
+        grid = regular_grid(anchor_pts[start:end]) if n_l > _WINDOW_MIN_ANCHORS else None
         if grid is not None:
-            w_idx, accept = _window_candidates(
+            w_idx, accept = window_candidates(
                 anchor_pts, start, grid, gt_pts, gt_img, k, None if all_valid else valid, ignore_dist
             )
             idx[accept] = w_idx[accept]
@@ -244,7 +244,7 @@ def _full_candidates(
     return torch.cat(out_idx), torch.cat(out_ok)
 
 
-def _regular_grid(pts: Tensor) -> tuple[int, int, float, float, float, float] | None:
+def regular_grid(pts: Tensor) -> tuple[int, int, float, float, float, float] | None:
     """``(h, w, x0, y0, sx, sy)`` when the anchor centres ``pts`` ``(n, 2)`` are exactly the row-major grid
     ``(x0 + j * sx, y0 + i * sy)``, ``i < h``, ``j < w`` (one anchor per location, as gfldet's priors); else None."""
     n = pts.shape[0]
@@ -265,7 +265,7 @@ def _regular_grid(pts: Tensor) -> tuple[int, int, float, float, float, float] | 
     return (h, w, x0, y0, sx, sy) if torch.equal(grid, pts) else None
 
 
-def _window_candidates(
+def window_candidates(
     anchor_pts: Tensor,
     start: int,
     grid: tuple[int, int, float, float, float, float],

@@ -22,6 +22,7 @@ __all__ = [
     "distance_to_box",
     "box_to_distance",
     "clip_boxes",
+    "centerness_target",
 ]
 
 
@@ -127,3 +128,14 @@ def box_to_distance(points: Tensor, boxes: Tensor, max_dist: float | None = None
     if max_dist is not None:
         dist = dist.clamp(min=0, max=max_dist - eps)
     return dist
+
+
+def centerness_target(points: Tensor, boxes: Tensor) -> Tensor:
+    """FCOS / ATSS centerness of ``(..., 2)`` points in their ``(..., 4)`` GT boxes:
+    ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``; 0 for a point outside its box (the reference
+    never sees one with ATSS or FCOS; max-IoU assignment can give one)."""
+    d = box_to_distance(points, boxes).clamp(min=0)
+    lr = d[..., [0, 2]]
+    tb = d[..., [1, 3]]
+    ratio = (lr.amin(-1) / lr.amax(-1).clamp(min=1e-12)) * (tb.amin(-1) / tb.amax(-1).clamp(min=1e-12))
+    return ratio.sqrt()

@@ -1,4 +1,4 @@
-"""The losses of Generalized Focal Loss (Li et al., NeurIPS 2020) as pure functions.
+"""The losses of Generalized Focal Loss (Li et al., NeurIPS 2020) and of its ablations, as pure functions.
 
 Every function computes in at least float32 (half inputs are upcast, so it is safe under autocast;
 float64 stays float64), accepts an
@@ -7,7 +7,10 @@ Equation numbers refer to the paper.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -20,15 +23,33 @@ __all__ = [
     "generalized_focal_loss",
     "giou_loss",
     "reduce_loss",
+    "upcast",
+    "dfl_unchecked",
+    "dfl_targets",
+    "sigmoid_focal_loss",
+    "gaussian_nll",
+    "reduce_mean",
+    "EPS32",
 ]
+
+# The reference divides a loss sum by (avg_factor + float32 eps).
+EPS32 = float(torch.finfo(torch.float32).eps)
 
 _REDUCTIONS = ("none", "sum", "mean")
 
 
-def _upcast(x: Tensor) -> Tensor:
+def upcast(x: Tensor) -> Tensor:
     """Half / bfloat16 -> float32 (losses are computed in at least float32, also under autocast);
     float32 and float64 stay as they are, so float64 gradchecks work."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def reduce_mean(x: Tensor) -> Tensor:
+    """Average a tensor over the processes of the default group (identity when not distributed): loss normalisers."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x.div_(dist.get_world_size()))
+    return x
 
 
 def reduce_loss(loss: Tensor, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
@@ -65,7 +86,7 @@ def quality_focal_loss(
     """
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
-    logits = _upcast(logits)
+    logits = upcast(logits)
     targets = targets.to(logits.dtype)
     sigma = logits.sigmoid()
     # The modulating factor is not detached, as in the reference implementation.
@@ -107,8 +128,8 @@ def quality_focal_loss_sparse(
     if reduction != "none" and (weight is None or (weight.shape == labels.shape and not weight.requires_grad)):
         # the training case: a scalar without the dense (P, C) temporaries (docs/speed.md, peak memory); its
         # backward gives no gradient to the weight, so a weight that needs one takes the dense path
-        return _qfl_sparse_reduced(_upcast(logits), labels, scores, pos, beta, weight, reduction)
-    logits = _upcast(logits)
+        return _qfl_sparse_reduced(upcast(logits), labels, scores, pos, beta, weight, reduction)
+    logits = upcast(logits)
     sigma = logits.sigmoid()
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * sigma.pow(beta)
     if pos.numel() > 0:
@@ -128,7 +149,7 @@ def _positive_qfl(logits: Tensor, pos: Tensor, pos_labels: Tensor, scores: Tenso
     ).abs().pow(beta)
 
 
-_QFL_CHUNK = 1 << 20  # elements of (P, C) per chunk in _NegativeQFLSum
+QFL_CHUNK = 1 << 20  # elements of (P, C) per chunk in _NegativeQFLSum
 
 
 def _negative_qfl(x: Tensor, beta: float, derivative: bool) -> Tensor:
@@ -168,7 +189,7 @@ class _NegativeQFLSum(torch.autograd.Function):
 def _negative_chunks(x, row_weight, pos, pos_labels, beta, derivative):
     """Yields ``(start, stop, rows)``: the weighted negative QFL (or its derivative) of rows start:stop, zero at the
     positives."""
-    rows = max(1, _QFL_CHUNK // max(1, x.shape[1]))
+    rows = max(1, QFL_CHUNK // max(1, x.shape[1]))
     for start in range(0, x.shape[0], rows):
         stop = min(start + rows, x.shape[0])
         out = _negative_qfl(x[start:stop], beta, derivative=derivative)
@@ -216,26 +237,32 @@ def distribution_focal_loss(
     n = logits.shape[-1] - 1
     if n < 1:
         raise ValueError(f"need at least 2 bins, got logits with last dim {logits.shape[-1]}")
-    logits = _upcast(logits)
+    logits = upcast(logits)
     target = target.to(logits.dtype)
     if target.numel() and not torch.jit.is_tracing():
         lo, hi = float(target.min()), float(target.max())
         if not (lo >= 0 and hi <= n) or not bool(torch.isfinite(target).all()):  # NaN fails every comparison
             raise ValueError(f"DFL targets must lie in [0, {n}], got values in [{lo:g}, {hi:g}]")
-    return reduce_loss(_dfl(logits, target), weight, reduction)
+    return reduce_loss(dfl_unchecked(logits, target), weight, reduction)
 
 
-def _dfl(logits: Tensor, target: Tensor) -> Tensor:
+def dfl_unchecked(logits: Tensor, target: Tensor) -> Tensor:
     """DFL without input checks (targets assumed in ``[0, n]``)."""
     n = logits.shape[-1] - 1
     left = target.floor().clamp(max=n - 1).long()  # y = n uses bins (n-1, n) with weights (0, 1)
     right = left + 1
     w_left = right.to(target.dtype) - target
     w_right = target - left.to(target.dtype)
-    logp = F.log_softmax(_upcast(logits), dim=-1)
+    logp = F.log_softmax(upcast(logits), dim=-1)
     nll_left = -logp.gather(-1, left.unsqueeze(-1)).squeeze(-1)
     nll_right = -logp.gather(-1, right.unsqueeze(-1)).squeeze(-1)
     return nll_left * w_left + nll_right * w_right
+
+
+def dfl_targets(distances: Tensor, bin_width: float, reg_max: int) -> Tensor:
+    """DFL targets in bins for distances in strides, with bins at ``0, delta, ..., n delta`` strides: ``y / delta``,
+    clamped to ``[0, n - 0.1]`` as the reference clamps (so that the right bin ``floor + 1`` exists)."""
+    return (distances / bin_width).clamp(min=0, max=reg_max - 0.1)
 
 
 def generalized_focal_loss(
@@ -258,8 +285,8 @@ def generalized_focal_loss(
     ``y in [0,1]``) and DFL (eq. 11: ``beta=0``, ``p_l=S_i, p_r=S_{i+1}``). Probabilities are clamped to
     ``[eps, 1]`` inside the logarithms so that the loss stays finite at 0 and 1.
     """
-    p_left = _upcast(p_left)
-    p_right = _upcast(p_right).to(p_left.dtype)
+    p_left = upcast(p_left)
+    p_right = upcast(p_right).to(p_left.dtype)
     y, y_left, y_right = (torch.as_tensor(v, device=p_left.device).to(p_left.dtype) for v in (y, y_left, y_right))
     estimate = y_left * p_left + y_right * p_right
     ce = (y_right - y) * p_left.clamp(min=eps).log() + (y - y_left) * p_right.clamp(min=eps).log()
@@ -277,6 +304,37 @@ def giou_loss(
     """GIoU loss ``1 - GIoU(pred, target)`` for aligned ``(..., 4)`` xyxy boxes -> ``(...)``."""
     if pred.shape != target.shape or pred.shape[-1:] != (4,):
         raise ValueError(f"expected two (..., 4) box tensors of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
-    pred = _upcast(pred)
+    pred = upcast(pred)
     loss = 1.0 - box_giou_aligned(pred, target.to(pred.dtype), eps=eps)
+    return reduce_loss(loss, weight, reduction)
+
+
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, weight: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Sigmoid focal loss (Lin et al. 2017; GFL's eq. 1), ``-alpha_t (1 - p_t)^gamma log(p_t)``, from logits.
+
+    Args:
+        logits, targets: ``(..., C)``; targets in ``{0, 1}`` (one-hot rows, all zero for background).
+        weight: optional, broadcast against the loss (e.g. ``(P, 1)`` per-row weights).
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    logits = upcast(logits)
+    targets = targets.to(logits.dtype)
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return reduce_loss(alpha_t * (1 - p_t).pow(gamma) * ce, weight, reduction)
+
+
+def gaussian_nll(mean: Tensor, log_var: Tensor, target: Tensor, weight: Tensor | None = None,
+                 reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of ``target`` under ``N(mean, exp(log_var))``:
+    ``0.5 log(2 pi) + 0.5 log_var + 0.5 (target - mean)^2 exp(-log_var)``, element-wise."""
+    mean, log_var = upcast(mean), upcast(log_var)
+    target = target.to(mean.dtype)
+    loss = 0.5 * math.log(2 * math.pi) + 0.5 * log_var + 0.5 * (target - mean).square() * torch.exp(-log_var)
     return reduce_loss(loss, weight, reduction)

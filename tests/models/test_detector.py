@@ -148,7 +148,7 @@ def test_iscrowd_boxes_are_ignored_not_learned():
     img = [torch.rand(3, 128, 128)]
     crowd = {"boxes": torch.tensor([[10.0, 10, 100, 100]]), "labels": torch.tensor([1]), "iscrowd": torch.tensor([1])}
     batch, meta = m.preprocess(img)
-    boxes, labels, ignore = m._prepare_targets([crowd], meta, batch.device)
+    boxes, labels, ignore = m.transform.targets([crowd], meta, m.config.num_classes, batch.device)
     assert boxes[0].shape == (0, 4) and ignore[0].shape == (1, 4)
     cls, reg = m.forward_features(batch)
     t = m.compute_targets(cls, boxes, labels, meta.pad_shapes, ignore)

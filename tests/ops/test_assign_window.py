@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gfldet.ops import assign as assign_mod
-from gfldet.ops.assign import _regular_grid, _window_candidates, atss_assign
+from gfldet.ops.assign import regular_grid, window_candidates, atss_assign
 from gfldet.ops.priors import grid_anchors, valid_anchor_flags
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -83,9 +83,9 @@ def test_window_is_used_for_generic_boxes():
     gts = _boxes(gen, 500, 800, 1333)
     pts = (anchors[:, :2] + anchors[:, 2:]) / 2
     gpts = (gts[:, :2] + gts[:, 2:]) / 2
-    grid = _regular_grid(pts[: nla[0]])
+    grid = regular_grid(pts[: nla[0]])
     assert grid is not None and grid[:2] == sizes[0] and grid[4:] == (8.0, 8.0)
-    _, accept = _window_candidates(pts, 0, grid, gpts, torch.zeros(500, dtype=torch.long), 9, None, None)
+    _, accept = window_candidates(pts, 0, grid, gpts, torch.zeros(500, dtype=torch.long), 9, None, None)
     assert accept.float().mean() > 0.99
 
 
@@ -94,6 +94,6 @@ def test_irregular_anchors_use_the_whole_level_search():
     sizes, anchors, nla = _geometry((512, 640))
     anchors = anchors + torch.rand(anchors.shape[0], 1, generator=gen)  # not a grid any more
     pts = (anchors[:, :2] + anchors[:, 2:]) / 2
-    assert _regular_grid(pts[: nla[0]]) is None
+    assert regular_grid(pts[: nla[0]]) is None
     gts = [_boxes(gen, 40, 512, 640)]
     _assert_same(*_both(anchors, nla, gts))

@@ -1,9 +1,12 @@
 """Tests of the box geometry: IoU / GIoU / IoF, the distance coders and clipping."""
+import math
+
 import pytest
 import torch
 
 from gfldet.ops import (box_area, box_centers, box_giou_aligned, box_iof, box_iou, box_iou_aligned, box_to_distance,
                         clip_boxes, distance_to_box)
+from gfldet.ops.boxes import centerness_target
 
 F64 = torch.float64
 
@@ -170,3 +173,9 @@ def test_clip_boxes_per_image_tensor():
     # and the per-image limits agree with clipping each image by its tuple
     for i in range(2):
         torch.testing.assert_close(got[i], clip_boxes(boxes[i], tuple(hw[i].tolist())))
+
+
+def test_centerness_target():
+    pts = torch.tensor([[50.0, 50.0], [25.0, 50.0], [200.0, 50.0]])
+    boxes = torch.tensor([[0.0, 0, 100, 100]]).expand(3, 4)
+    torch.testing.assert_close(centerness_target(pts, boxes), torch.tensor([1.0, math.sqrt(25 / 75), 0.0]))

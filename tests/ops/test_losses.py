@@ -510,7 +510,7 @@ def test_qfl_sparse_reduced_path_in_chunks_equals_dense(monkeypatch, chunk):
     a chunk boundary inside the rows (7 elements = 1 row of 5 classes per chunk) must not change anything."""
     import gfldet.ops.losses as L
 
-    monkeypatch.setattr(L, "_QFL_CHUNK", chunk)
+    monkeypatch.setattr(L, "QFL_CHUNK", chunk)
     logits, labels, scores = _sparse_case(seed=5, P=23, C=5)
     w = torch.rand(23, dtype=F64, generator=torch.Generator().manual_seed(6))
     w[3] = 0.0  # an ignored anchor

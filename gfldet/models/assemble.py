@@ -1,0 +1,110 @@
+"""Assemblies: the parts of a detector built from a :class:`~gfldet.models.config.ModelConfig`, GFL's and the ablations'.
+
+GFL is the default assembly; the representations the paper compares in its ablations (Table 1) are others:
+
+* ``quality``: ``"qfl"`` GFL's joint class-quality score (:class:`~gfldet.models.quality.JointQFL`); ``"none"`` a
+  plain focal-loss classifier; ``"centerness"`` / ``"iou"`` that classifier plus a branch (gfldet.models.quality);
+* ``box``: ``"distribution"`` the general distribution over ``n + 1`` bins of width ``bin_width`` (GFL);
+  ``"dirac"`` direct distances; ``"gaussian"`` mean and log-variance (gfldet.models.box_coders);
+* ``assigner``: ``"atss"``, ``"fcos"`` or ``"retina"`` (gfldet.models.assigners), and the anchors per location
+  (``anchor_ratios`` x ``scales_per_octave``; RetinaNet uses 3 x 3).
+
+``quality="centerness", box="dirac", assigner="atss"`` is the ATSS detector (:func:`atss_config`).
+A new part is used by handing it to :class:`~gfldet.models.detector.GFL` (keyword arguments) or by an assembly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ModelConfig
+from .assigners import ATSSAssigner, FCOSAssigner, MaxIoUAssigner
+from .backbone import FPN, ResNetBackbone
+from .box_coders import DiracBox, DistributionBox, GaussianBox
+from .criterion import Criterion
+from .head import GFLHead
+from .postprocess import Postprocessor
+from .priors import AnchorGenerator
+from .quality import CenternessBranch, FocalClassifier, IoUBranch, JointQFL
+from .transform import DetectionTransform
+
+__all__ = ["PARTS", "assemble", "atss_config", "box_part", "quality_part", "assigner_part"]
+
+# The parts of a detector, in the order they are built (the RNG draws of a fresh initialisation depend on it).
+PARTS = ("transform", "prior_generator", "box", "quality", "assigner", "backbone", "neck", "head", "criterion",
+         "postprocessor")
+
+
+def atss_config(**overrides) -> ModelConfig:
+    """The ATSS baseline (Zhang et al. 2020, as mmdetection's ``atss_r50_fpn_1x_coco``): ATSS assignment, sigmoid
+    focal loss, a centerness branch, direct distance regression with GIoU weighted by the centerness target;
+    at test time the NMS score is ``sigmoid(cls) * sigmoid(centerness)``.
+
+    Departure: mmdetection's ATSS regresses anchor deltas (``DeltaXYWHBBoxCoder``) decoded before the GIoU loss;
+    here the four distances from the anchor centre are regressed (``exp`` of the scaled output times the stride),
+    the point form of the ATSS paper, so that ATSS and GFL differ only in the representations.
+    """
+    kw = dict(quality="centerness", box="dirac", assigner="atss")
+    kw.update(overrides)
+    return ModelConfig(**kw)
+
+
+def box_part(cfg: ModelConfig):
+    """The box representation of ``cfg.box``."""
+    if cfg.box == "distribution":
+        return DistributionBox(cfg.reg_max, cfg.bin_width, cfg.loss_dfl_weight)
+    return {"dirac": DiracBox, "gaussian": GaussianBox}[cfg.box](cfg.loss_dfl_weight)
+
+
+def quality_part(cfg: ModelConfig):
+    """The quality estimator of ``cfg.quality``."""
+    if cfg.quality == "qfl":
+        return JointQFL(cfg.qfl_beta, cfg.loss_qfl_weight)
+    kind = {"none": FocalClassifier, "centerness": CenternessBranch, "iou": IoUBranch}[cfg.quality]
+    return kind(cfg.focal_alpha, cfg.focal_gamma, cfg.loss_qfl_weight, cfg.loss_quality_weight)
+
+
+def assigner_part(cfg: ModelConfig):
+    """The assigner of ``cfg.assigner``."""
+    if cfg.assigner == "atss":
+        return ATSSAssigner(cfg.atss_topk, cfg.ignore_iof_thr)
+    if cfg.assigner == "fcos":
+        return FCOSAssigner(cfg.fcos_range_bounds, cfg.fcos_radius, cfg.ignore_iof_thr)
+    return MaxIoUAssigner(cfg.retina_pos_iou, cfg.retina_neg_iou, cfg.retina_min_pos_iou, cfg.ignore_iof_thr)
+
+
+def _build(name: str, cfg: ModelConfig, p: dict[str, Any]):
+    if name == "transform":
+        return DetectionTransform(cfg)
+    if name == "prior_generator":
+        return AnchorGenerator(cfg.strides, cfg.octave_base_scale, cfg.scales_per_octave, cfg.anchor_ratios)
+    if name == "box":
+        return box_part(cfg)
+    if name == "quality":
+        return quality_part(cfg)
+    if name == "assigner":
+        return assigner_part(cfg)
+    if name == "backbone":
+        return ResNetBackbone(cfg.depth, cfg.groups, cfg.width_per_group, cfg.frozen_stages, cfg.norm_eval,
+                              base_channels=cfg.base_channels)
+    if name == "neck":
+        return FPN(p["backbone"].out_channels, cfg.fpn_channels, num_outs=len(cfg.strides))
+    if name == "head":
+        return GFLHead(cfg.num_classes, cfg.fpn_channels, cfg.head_channels, cfg.stacked_convs, cfg.reg_max,
+                       len(cfg.strides), cfg.gn_groups, box_channels=p["box"].channels,
+                       num_anchors=p["prior_generator"].num_anchors, quality_channels=p["quality"].channels)
+    if name == "criterion":
+        return Criterion(cfg.num_classes, p["assigner"], p["box"], p["quality"], cfg.loss_bbox_weight)
+    return Postprocessor(p["box"], p["quality"], cfg)
+
+
+def assemble(cfg: ModelConfig, **given) -> dict[str, Any]:
+    """The parts of a detector for ``cfg``: those ``given`` (not None) as they are, the others built from ``cfg``
+    (and from the parts before them: the head's channels come from the box representation, the quality estimator
+    and the prior generator)."""
+    unknown = set(given) - set(PARTS)
+    if unknown:
+        raise TypeError(f"unknown detector parts {sorted(unknown)}; the parts are {PARTS}")
+    parts: dict[str, Any] = {}
+    for name in PARTS:
+        parts[name] = given[name] if given.get(name) is not None else _build(name, cfg, parts)
+    return parts

@@ -1,0 +1,102 @@
+"""The box representations the paper compares (Table 1): general distribution (GFL), Dirac delta, Gaussian.
+
+Each knows its output channels per prior, how its outputs decode to edge distances, its loss term
+and the extras it adds to a detection.
+
+Distances are ``(l, t, r, b)`` in strides of the prior's level. Shapes: P positives (or D detections),
+K box channels per prior, B = n + 1 bins.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.boxes import box_to_distance
+from ..ops.integral import Integral, edge_distributions
+from ..ops.losses import EPS32, dfl_targets, dfl_unchecked, gaussian_nll
+from ..ops.uncertainty import edge_uncertainty
+
+__all__ = ["DistributionBox", "DiracBox", "GaussianBox", "MAX_LOG_DIST", "LOGVAR_RANGE"]
+
+# exp() of a scaled output larger than this (1e4 strides) is clamped: the distance is already absurd and the
+# clamp keeps float32 finite.
+MAX_LOG_DIST = math.log(1e4)
+# The Gaussian's log-variance is clamped to a sane range (sigma from 0.007 to 150 strides).
+LOGVAR_RANGE = (-10.0, 10.0)
+
+
+class DistributionBox(nn.Module):
+    """GFL's general distribution: each edge is a discrete distribution over the bins ``0, delta, ..., n delta``
+    (strides), its distance the expectation (paper eq. 5), trained with DFL (eq. 6); ``4 (n + 1)`` channels.
+    Detections carry the ``distributions (D, 4, B)`` and their uncertainty summaries (gfldet.ops.uncertainty)."""
+
+    loss_key = "loss_dfl"
+
+    def __init__(self, reg_max: int = 16, bin_width: float = 1.0, loss_weight: float = 0.25):
+        super().__init__()
+        self.integral = Integral(reg_max)
+        self.reg_max, self.bin_width, self.loss_weight = reg_max, float(bin_width), loss_weight
+        self.channels = 4 * (reg_max + 1)
+
+    @property
+    def bins(self) -> Tensor:
+        """``(B,)`` the bin positions in strides."""
+        return self.integral.project * self.bin_width
+
+    def distances(self, logits: Tensor) -> Tensor:
+        """``(..., 4B)`` logits -> ``(..., 4)`` expected distances in strides."""
+        return self.integral(logits) * self.bin_width
+
+    def loss(self, logits: Tensor, centers: Tensor, target_boxes: Tensor, weight: Tensor) -> Tensor:
+        """DFL of ``(P, 4B)`` logits towards the target boxes (strides) seen from ``(P, 2)`` centres, weighted per
+        positive by ``weight (P,)``, summed and divided by 4 (edges), as the reference."""
+        t = dfl_targets(box_to_distance(centers, target_boxes), self.bin_width, self.reg_max)  # (P, 4)
+        dfl = dfl_unchecked(logits.reshape(-1, self.reg_max + 1), t.reshape(-1))  # (4P,)
+        return (dfl * weight[:, None].expand(-1, 4).reshape(-1)).sum() / (4.0 + EPS32)
+
+    def extras(self, logits: Tensor, strides: Tensor) -> dict[str, Tensor]:
+        """``distributions (D, 4, B)``, ``edge_peak``, ``edge_entropy``, ``edge_std`` (pixels), ``loc_conf``."""
+        probs = edge_distributions(logits, self.reg_max)
+        return {"distributions": probs, **edge_uncertainty(probs, self.bins, strides)}
+
+
+class DiracBox(nn.Module):
+    """Four distances regressed directly (``exp`` of the scaled output, in strides), GIoU only; 4 channels."""
+
+    loss_key: str | None = None
+    channels = 4
+
+    def __init__(self, loss_weight: float = 0.0):
+        super().__init__()
+        self.loss_weight = loss_weight
+
+    def distances(self, logits: Tensor) -> Tensor:
+        return logits[..., :4].clamp(max=MAX_LOG_DIST).exp()
+
+    def loss(self, logits: Tensor, centers: Tensor, target_boxes: Tensor, weight: Tensor) -> Tensor | None:
+        return None
+
+    def extras(self, logits: Tensor, strides: Tensor) -> dict[str, Tensor]:
+        return {}
+
+
+class GaussianBox(DiracBox):
+    """A mean (as Dirac) and a log-variance per edge, trained with the Gaussian negative log-likelihood of the GT
+    distance; 8 channels. Detections carry ``edge_std (D, 4)`` pixels from the variance."""
+
+    loss_key = "loss_nll"
+    channels = 8
+
+    def __init__(self, loss_weight: float = 0.25):
+        super().__init__(loss_weight)
+
+    def loss(self, logits: Tensor, centers: Tensor, target_boxes: Tensor, weight: Tensor) -> Tensor:
+        """NLL of the GT distances, weighted per positive, summed and divided by 4 (edges) as DFL."""
+        log_var = logits[:, 4:].clamp(*LOGVAR_RANGE)
+        nll = gaussian_nll(self.distances(logits), log_var, box_to_distance(centers, target_boxes), reduction="none")
+        return (nll * weight[:, None]).sum() / (4.0 + EPS32)
+
+    def extras(self, logits: Tensor, strides: Tensor) -> dict[str, Tensor]:
+        return {"edge_std": torch.exp(0.5 * logits[:, 4:].clamp(*LOGVAR_RANGE)) * strides[:, None]}

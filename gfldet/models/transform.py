@@ -1,0 +1,156 @@
+"""The detector's input transform: checks, keep-ratio resize, normalise, pad; targets in, detections out.
+
+Targets are scaled into the frame of the network input, detections back into the frame of the images given.
+
+Shapes: N images, M boxes of an image.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.resize import keep_ratio_size, padded_size
+
+__all__ = ["BatchMeta", "DetectionTransform"]
+
+
+@dataclass
+class BatchMeta:
+    """Geometry of a pre-processed batch.
+
+    image_sizes: per image ``(H, W)`` after resizing (the frame of boxes in the network input).
+    pad_shapes: per image ``(H, W)`` rounded up to the size divisor (anchors beyond it are invalid).
+    scales: per image ``(sx, sy)``, resized size over original size.
+    original_sizes: per image ``(H, W)`` as given.
+    """
+
+    image_sizes: list[tuple[int, int]]
+    pad_shapes: list[tuple[int, int]]
+    scales: list[tuple[float, float]]
+    original_sizes: list[tuple[int, int]]
+
+
+class DetectionTransform(nn.Module):
+    """List of ``(3, H, W)`` uint8 or float-in-[0, 1] RGB images -> a normalised, zero-padded ``(N, 3, H', W')``
+    batch and its :class:`BatchMeta`; targets into the batch's frame; detections back to the images given.
+
+    ``settings`` holds ``min_size``, ``max_size`` (keep-ratio resize; None: not used), ``size_divisor``,
+    ``train_min_sizes`` (None, or the short sides one of which each training batch draws: multi-scale training) and
+    ``pixel_mean`` / ``pixel_std``; the detector's :class:`~gfldet.models.config.ModelConfig` is one. The sizes are read at
+    each call, so that changing them on a built model (``model.config.min_size = ...``) takes effect.
+    """
+
+    def __init__(self, settings):
+        super().__init__()
+        self.settings = settings
+        self.register_buffer("pixel_mean", torch.tensor(settings.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(settings.pixel_std).view(3, 1, 1), persistent=False)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """``(..., 3, H, W)`` float RGB in 0..255 -> normalised."""
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` -> zero-padded (bottom, right) to multiples of the size divisor (traceable)."""
+        d = self.settings.size_divisor
+        h, w = x.shape[-2], x.shape[-1]
+        return F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+
+    def _image(self, i: int, img: Tensor) -> Tensor:
+        """Checks image ``i`` and returns it as float32 0..255 on the transform's device."""
+        if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
+            shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+            raise ValueError(f"image {i}: expected a (3, H, W) RGB tensor, got {shape}")
+        if img.dtype == torch.uint8:
+            return img.to(self.pixel_mean.device, torch.float32)
+        if img.is_floating_point():
+            x = img.to(self.pixel_mean.device, torch.float32)
+            if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+                raise ValueError(
+                    f"image {i}: float images must hold values in [0, 1], got range "
+                    f"[{float(x.min()):g}, {float(x.max()):g}] (pass uint8 for 0-255 data)"
+                )
+            return x * 255.0
+        raise ValueError(f"image {i}: dtype {img.dtype} is not supported (use uint8 or float in [0, 1])")
+
+    def forward(self, images: Sequence[Tensor]) -> tuple[Tensor, BatchMeta]:
+        if isinstance(images, Tensor):
+            images = list(images) if images.dim() == 4 else [images]
+        if len(images) == 0:
+            raise ValueError("expected a non-empty list of (3, H, W) images")
+        s = self.settings
+        min_size = s.min_size
+        if self.training and s.train_min_sizes:  # multi-scale training: one short side per batch
+            min_size = s.train_min_sizes[int(torch.randint(len(s.train_min_sizes), (1,)))]
+        tensors, sizes, scales, originals = [], [], [], []
+        for i, img in enumerate(images):
+            x = self._image(i, img)
+            h, w = int(img.shape[1]), int(img.shape[2])
+            nh, nw = keep_ratio_size(h, w, min_size, s.max_size)
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            tensors.append(self.normalize(x))
+            sizes.append((nh, nw))
+            scales.append((nw / w, nh / h))
+            originals.append((h, w))
+        pads = [padded_size(h, w, s.size_divisor) for h, w in sizes]
+        bh, bw = max(p[0] for p in pads), max(p[1] for p in pads)
+        batch = tensors[0].new_zeros(len(tensors), 3, bh, bw)
+        for i, x in enumerate(tensors):
+            batch[i, :, : x.shape[1], : x.shape[2]] = x
+        return batch, BatchMeta(sizes, pads, scales, originals)
+
+    @staticmethod
+    def targets(targets: Sequence[dict], meta: BatchMeta, num_classes: int, device: torch.device):
+        """Checks the targets (``boxes (M, 4)`` xyxy pixels, ``labels (M,)``, optional ``iscrowd (M,)``) and scales
+        their boxes into the batch's frame. Returns per image boxes, labels and crowd boxes (ignore regions, or None).
+        """
+        if len(targets) != len(meta.image_sizes):
+            raise ValueError(f"got {len(targets)} targets for {len(meta.image_sizes)} images")
+        boxes_out, labels_out, ignore_out = [], [], []
+        for i, t in enumerate(targets):
+            if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
+                raise ValueError(f"target {i}: expected a dict with 'boxes' (M, 4) and 'labels' (M,)")
+            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4) if len(t["boxes"]) else torch.zeros(0, 4, device=device)
+            labels = torch.as_tensor(t["labels"], device=device).reshape(-1).long()
+            if boxes.shape[0] != labels.shape[0]:
+                raise ValueError(f"target {i}: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+            bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+            if bad.any():
+                j = int(bad.nonzero()[0])
+                raise ValueError(
+                    f"target {i}: box {j} {boxes[j].tolist()} is degenerate (need finite x1 < x2 and y1 < y2, xyxy pixels)"
+                )
+            lab_bad = (labels < 0) | (labels >= num_classes)
+            if lab_bad.any():
+                j = int(lab_bad.nonzero()[0])
+                raise ValueError(f"target {i}: label {int(labels[j])} of box {j} is outside [0, {num_classes})")
+            sx, sy = meta.scales[i]
+            boxes = boxes * boxes.new_tensor([sx, sy, sx, sy])
+            crowd = t.get("iscrowd")
+            if crowd is not None:
+                crowd = torch.as_tensor(crowd, device=device).reshape(-1).bool()
+                if crowd.shape[0] != boxes.shape[0]:
+                    raise ValueError(f"target {i}: 'iscrowd' has {crowd.shape[0]} entries for {boxes.shape[0]} boxes")
+                ignore_out.append(boxes[crowd])
+                boxes, labels = boxes[~crowd], labels[~crowd]
+            else:
+                ignore_out.append(None)
+            boxes_out.append(boxes)
+            labels_out.append(labels)
+        return boxes_out, labels_out, ignore_out
+
+    @staticmethod
+    def to_images(detections: list[dict[str, Tensor]], meta: BatchMeta) -> list[dict[str, Tensor]]:
+        """Detections in the batch's frame -> in the frame of the images given (boxes, and ``edge_std`` pixels)."""
+        for d, (sx, sy), (h, w) in zip(detections, meta.scales, meta.original_sizes):
+            if (sx, sy) != (1.0, 1.0):
+                d["boxes"] = d["boxes"] / d["boxes"].new_tensor([sx, sy, sx, sy])
+                d["boxes"] = d["boxes"].clamp(min=0).minimum(d["boxes"].new_tensor([w, h, w, h]))
+                if "edge_std" in d:  # pixels of the network input -> pixels of the image given
+                    d["edge_std"] = d["edge_std"] / d["edge_std"].new_tensor([sx, sy, sx, sy])
+        return detections
