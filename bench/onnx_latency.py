@@ -63,7 +63,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
-            from gfldet.engine.checkpoint import load_model
+            from gfldet.models.io import load_model
 
             rows.append(_case(os.path.basename(args.checkpoint), load_model(args.checkpoint), args.size, args.threads, args.repeats, tmp))
         else:

@@ -26,7 +26,7 @@ from _util import load_average, machine_info, markdown_table  # noqa: E402
 from gfldet.analysis import edge_records, uncertainty_report  # noqa: E402
 from gfldet.data.synthetic import write_coco  # noqa: E402
 from gfldet.demo import detect, load_split, run_demo  # noqa: E402
-from gfldet.engine.checkpoint import load_model  # noqa: E402
+from gfldet.models.io import load_model  # noqa: E402
 
 
 def _f(v, digits=3) -> str:

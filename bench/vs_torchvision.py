@@ -107,7 +107,7 @@ class _TimedEvaluate:
 def run_gfldet(data: dict[str, str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from gfldet.config import Config
     from gfldet.engine.train import train
-    from gfldet.engine.checkpoint import load_model
+    from gfldet.models.io import load_model
 
     cfg = Config()
     cfg.model.arch = "gfl_resnet18_fpn"

@@ -23,7 +23,7 @@ _EXPORTS = {
     "gfl_resnet101_fpn": "gfldet.models",
     "gfl_resnext101_32x4d_fpn": "gfldet.models",
     "from_mmdet": "gfldet.models",
-    "load_model": "gfldet.engine.checkpoint",
+    "load_model": "gfldet.models.io",
     "ModelConfig": "gfldet.models.config",
     "Config": "gfldet.config",
     "quality_focal_loss": "gfldet.ops",
@@ -35,11 +35,11 @@ _EXPORTS = {
 }
 # still importable from gfldet for existing code, but not part of the public face
 _COMPAT = {
-    "load_checkpoint": "gfldet.engine.checkpoint",  # gfldet.engine
-    "save_checkpoint": "gfldet.engine.checkpoint",  # gfldet.engine
+    "load_checkpoint": "gfldet.models.io",  # gfldet.models.io
+    "save_checkpoint": "gfldet.models.io",  # gfldet.models.io
     "Integral": "gfldet.ops",  # gfldet.ops
 }
-_SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "export", "files", "models", "ops",
+_SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "export", "models", "ops",
                 "predict", "viz"}
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
 if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time
     from .config import Config
     from .models.config import ModelConfig
-    from .engine.checkpoint import load_model
+    from .models.io import load_model
     from .models import (GFL, build_model, from_mmdet, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn,
                          gfl_resnext101_32x4d_fpn)
     from .ops import (atss_assign, distribution_focal_loss, generalized_focal_loss, giou_loss, quality_focal_loss,

@@ -223,7 +223,7 @@ def run_demo(
     ``uncertainty`` (:func:`gfldet.analysis.uncertainty_report` on the validation split), ``final_losses``,
     ``timings_s``, ``settings`` and ``paths``. ``epochs`` None: :func:`demo_epochs` (9 with bf16 units, else 6).
     """
-    from .engine.checkpoint import load_model
+    from .models.io import load_model
     from .engine.train import train
 
     if epochs is None:

@@ -136,7 +136,7 @@ def predict(
     files = collect_images(inputs)
     image_ids = coco_image_ids(files, ann) if ann is not None else list(range(len(files)))
     if backend == "torch":
-        from .engine.checkpoint import load_checkpoint, load_model
+        from .models.io import load_checkpoint, load_model
 
         model = load_model(checkpoint, score_thr=score_thr).to(device)
         meta = load_checkpoint(checkpoint)

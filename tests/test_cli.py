@@ -59,7 +59,7 @@ def test_convert_bad_input_is_a_message_not_a_traceback(tmp_path):
 
 def test_convert_maps_coco_classes_to_coco_category_ids(tmp_path, capsys):
     from gfldet.data.coco_classes import COCO_CATEGORY_IDS, COCO_NAMES, coco_category_ids
-    from gfldet.engine.checkpoint import load_checkpoint
+    from gfldet.models.io import load_checkpoint
 
     assert len(COCO_NAMES) == len(COCO_CATEGORY_IDS) == 80 and len(set(COCO_CATEGORY_IDS)) == 80
     assert coco_category_ids(["cat", "dog"], 2) is None

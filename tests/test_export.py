@@ -11,7 +11,7 @@ from torchvision.ops import batched_nms as tv_batched_nms
 import gfldet
 from gfldet.cli import main
 from gfldet.deploy import OnnxDetector, batched_nms, edge_uncertainty_np, postprocess, preprocess, read_metadata
-from gfldet.engine.checkpoint import save_checkpoint
+from gfldet.models.io import save_checkpoint
 from gfldet.export import EXPORTER_LOGGERS, ExportModule, export_onnx, output_names, quiet_exporter_logs
 from gfldet.ops.uncertainty import edge_uncertainty
 

@@ -22,11 +22,9 @@ PKG = ROOT / "gfldet"
 #   rank 6  app commands    predict, demo: compose the app parts; neither imports the other
 #   rank 7  cli, __main__   the command line, on top of everything
 #
-# gfldet/files.py is a leaf utility (rank -1) that any layer above ops may use; it imports nothing of gfldet.
 # gfldet/__init__.py (the package face) is exempt both ways: it re-exports from every layer, and importing the bare
 # package from inside gfldet (``from . import __version__``) is not checked.
 LAYERS = {  # module prefix -> (rank, group)
-    "gfldet.files": (-1, "files"),
     "gfldet.ops": (0, "ops"),
     "gfldet.models": (1, "models"),
     "gfldet.config": (2, "config"),

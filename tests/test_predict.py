@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import gfldet
-from gfldet.engine.checkpoint import save_checkpoint
+from gfldet.models.io import save_checkpoint
 from gfldet.predict import coco_image_ids, predict
 
 

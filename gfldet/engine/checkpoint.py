@@ -11,13 +11,9 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..models.io import (FORMAT, VERSION, atomic_torch_save, load_checkpoint, load_model, load_weights_into,
-                         model_from_checkpoint, save_checkpoint)
+from ..models.io import load_checkpoint, save_checkpoint
 
-__all__ = ["save_training_checkpoint", "restore_training_state", "check_resumable", "rng_state", "set_rng_state",
-           # model files (gfldet.models.io), reachable here as before
-           "save_checkpoint", "load_checkpoint", "load_model", "model_from_checkpoint", "load_weights_into",
-           "atomic_torch_save", "FORMAT", "VERSION"]
+__all__ = ["save_training_checkpoint", "restore_training_state", "check_resumable", "rng_state", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:

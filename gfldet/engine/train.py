@@ -24,12 +24,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..data.coco import CocoDetection, collate
 from ..data.folders import claim_dir
+from ..data.inspect import inspect_dataset, summary_line, train_warnings
 from ..models.io import load_weights_into, save_checkpoint
 from ..models.zoo import backbone_state_dict, build_from_config
+from ..viz import plot_curves
 from . import distributed as D
+from . import evaluate as evaluation  # module attribute: a caller (bench/vs_torchvision.py) may wrap evaluate()
 from .checkpoint import check_resumable, restore_training_state, rng_state, save_training_checkpoint, set_rng_state
 from .evaluate import EVAL_FILES
+from .norm_init import init_backbone_norms
 from .preflight import preflight
 from .recipe import resolve_training, step_milestones, warmup_length
 
@@ -68,7 +73,7 @@ class ModelEMA:
     averages are not dominated by the random initialisation)."""
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, ramp: float = 2000.0):
-        self.module = copy.deepcopy(_unwrap(model)).eval()
+        self.module = copy.deepcopy(D.unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay, self.ramp, self.updates = decay, ramp, 0
@@ -77,7 +82,7 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.decay * (1.0 - math.exp(-self.updates / self.ramp))
-        src = _unwrap(model).state_dict()
+        src = D.unwrap(model).state_dict()
         for k, v in self.module.state_dict().items():
             if v.is_floating_point():
                 v.mul_(d).add_(src[k].detach(), alpha=1.0 - d)
@@ -116,10 +121,6 @@ def _autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -137,8 +138,6 @@ class _Run:
         self.main = D.is_main()
         self.out = Path(cfg.out_dir)  # created only once data and model are ready (a failed start leaves nothing)
         _seed_all(cfg.train.seed + D.rank())
-
-        from ..data.coco import CocoDetection
 
         d = cfg.data
         if not d.train.ann or not d.train.images:
@@ -171,8 +170,6 @@ class _Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.norm_init_batches > 0 and not resume:
             # the same images, in dataset order, on every process, so that all ranks get the same statistics
-            from .norm_init import init_backbone_norms
-
             bs, n = cfg.train.batch_size, len(self.train_set)
             batches = ([self.train_set[(b * bs + i) % n][0].to(self.device) for i in range(bs)]
                        for b in range(cfg.train.norm_init_batches))
@@ -213,8 +210,6 @@ class _Run:
     def _inspect_data(self) -> None:
         """One line on what the training data looks like to this model, and warnings on what would silently hurt
         (boxes no anchor is assigned to, edges beyond reg_max, rare classes); ``gfldet inspect-data`` has more."""
-        from ..data.inspect import inspect_dataset, summary_line, train_warnings
-
         d = self.cfg.data.train
         if self.cfg.input.min_size is None or self.cfg.input.max_size is None:
             log.info("training data: not summarised (input.min_size / max_size null: images keep their own sizes)")
@@ -271,8 +266,6 @@ class _Run:
     def plot(self) -> None:
         if not self.main:
             return
-        from ..viz import plot_curves
-
         recs = [json.loads(ln) for ln in (self.out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
         train_recs = [r for r in recs if "loss" in r]
         if train_recs:
@@ -288,10 +281,8 @@ class _Run:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any] | None:
-        from .evaluate import evaluate
-
         model = self.ema.module if self.ema is not None else self.model
-        metrics = evaluate(model, self.val_set, batch_size=self.cfg.train.batch_size, device=self.device,
+        metrics = evaluation.evaluate(model, self.val_set, batch_size=self.cfg.train.batch_size, device=self.device,
                            num_workers=self.cfg.data.num_workers, progress=self.progress and self.main,
                            out_dir=str(self.out) if self.main else None, amp=self.amp)
         self.model.train()
@@ -326,8 +317,6 @@ class _Run:
         self.train_set.set_epoch(epoch)
         order = list(self.sampler)[skip * self.cfg.train.batch_size:]
         batches = [order[i:i + self.cfg.train.batch_size] for i in range(0, len(order), self.cfg.train.batch_size)]
-        from ..data.coco import collate
-
         nw = self.cfg.data.num_workers
         # An own generator: creating the loader must not draw from the global RNG (exact resume).
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + epoch)

@@ -145,7 +145,7 @@ def test_base_channels_scales_every_stage(depth):
 
 def test_base_channels_reaches_the_detector_and_its_checkpoint(tmp_path):
     from gfldet.config import Config
-    from gfldet.engine.checkpoint import load_model, save_checkpoint
+    from gfldet.models.io import load_model, save_checkpoint
     from gfldet.models.detector import GFL
 
     cfg = Config()
