@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 from torchvision.models import resnet as tv_resnet
 
 from gfldet.models.backbone import FPN, ResNetBackbone
@@ -44,9 +45,7 @@ def _autocast_cpu() -> bool:
 
 
 def _global_hooks() -> bool:
-    from torch.nn.modules import module as _m
-
-    return any(getattr(_m, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks"))
+    return any(getattr(torch_module, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 
 
 def _no_grad_needed(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
