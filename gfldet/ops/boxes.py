@@ -76,8 +76,9 @@ def box_iou_aligned(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor
     return _aligned_terms(boxes1, boxes2, eps)[2]
 
 
-def box_giou_aligned(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
-    """Element-wise generalised IoU (Rezatofighi et al. 2019) of two ``(..., 4)`` tensors -> ``(...)``."""
+def box_giou_aligned(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """Element-wise generalised IoU (Rezatofighi et al. 2019) of two ``(..., 4)`` tensors -> ``(...)``; union and
+    enclosing area are floored at ``eps`` (mmdetection's ``bbox_overlaps``, whose default is also 1e-6)."""
     _, union, iou = _aligned_terms(boxes1, boxes2, eps)
     enclose_lt = torch.min(boxes1[..., :2], boxes2[..., :2])
     enclose_rb = torch.max(boxes1[..., 2:], boxes2[..., 2:])

@@ -299,9 +299,13 @@ def giou_loss(
     target: Tensor,
     weight: Tensor | None = None,
     reduction: str = "mean",
-    eps: float = 1e-7,
+    eps: float = 1e-6,
 ) -> Tensor:
-    """GIoU loss ``1 - GIoU(pred, target)`` for aligned ``(..., 4)`` xyxy boxes -> ``(...)``."""
+    """GIoU loss ``1 - GIoU(pred, target)`` for aligned ``(..., 4)`` xyxy boxes -> ``(...)``.
+
+    ``eps`` 1e-6 is the reference's: GFL's config uses mmdetection's ``GIoULoss`` class, whose default is 1e-6 (its
+    functional ``giou_loss`` defaults to 1e-7, which GFL never uses). It matters for boxes of area below ``eps``:
+    GFL's boxes are in strides, so a collapsed early prediction is one."""
     if pred.shape != target.shape or pred.shape[-1:] != (4,):
         raise ValueError(f"expected two (..., 4) box tensors of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
     pred = upcast(pred)
