@@ -376,7 +376,7 @@ class _Run:
                 self.it += 1
                 self.epoch_iter += 1
                 window.append(values)
-                # the loss terms present (representation variants name theirs differently, gfldet.models.variants)
+                # the loss terms present (the ablation assemblies name theirs differently, gfldet.models.assemble)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", **{k[5:]: f"{v:.3f}" for k, v in values.items() if k.startswith("loss_")},
                                 lr=f"{values['lr']:.2e}")
                 if self.it % t.log_interval == 0 or self.epoch_iter == self.iters_per_epoch:

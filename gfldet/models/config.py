@@ -77,7 +77,7 @@ class ModelConfig:
     nms_pre: int = 1000
     nms_iou: float = 0.6
     max_per_img: int = 100
-    # The representations the paper ablates (Table 1; gfldet.models.variants). The defaults are GFL itself.
+    # The representations the paper ablates (Table 1; the parts in gfldet.models.assemble). The defaults are GFL itself.
     quality: str = "qfl"  # qfl (joint, QFL) | none (focal loss) | centerness | iou (separate branches, BCE)
     box: str = "distribution"  # distribution (DFL) | dirac (direct distances, GIoU) | gaussian (mean, log-var, NLL)
     bin_width: float = 1.0  # delta: bins at 0, delta, ..., n * delta strides (box="distribution")
@@ -125,13 +125,6 @@ class ModelConfig:
     def num_anchors(self) -> int:
         """Anchors per feature-map location (1 for GFL)."""
         return len(self.anchor_ratios) * self.scales_per_octave
-
-    @property
-    def is_variant(self) -> bool:
-        """True when the config departs from GFL's representations (QFL, distribution with unit bins, ATSS,
-        one anchor per location); such a detector runs through :mod:`gfldet.models.variants`."""
-        current = (self.quality, self.box, float(self.bin_width), self.assigner, tuple(self.anchor_ratios), self.scales_per_octave)
-        return current != ("qfl", "distribution", 1.0, "atss", (1.0,), 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -215,12 +215,12 @@ def test_old_configs_and_run_config():
     for k in ("quality", "box", "bin_width", "assigner", "anchor_ratios", "scales_per_octave"):
         d.pop(k)
     old = ModelConfig.from_dict(d)  # a checkpoint written before the variants: GFL
-    assert not old.is_variant and (old.quality, old.box, old.bin_width, old.assigner, old.num_anchors) == ("qfl", "distribution", 1.0, "atss", 1)
+    assert (old.quality, old.box, old.bin_width, old.assigner, old.num_anchors) == ("qfl", "distribution", 1.0, "atss", 1)
     cfg = Config()
     cfg.model.quality, cfg.model.box, cfg.model.assigner = "none", "dirac", "retina"
     cfg.model.octave_base_scale, cfg.model.scales_per_octave, cfg.model.anchor_ratios = 4.0, 3, [0.5, 1.0, 2.0]
     mc = cfg.model_config(num_classes=2)
-    assert mc.is_variant and mc.num_anchors == 9 and mc.anchor_ratios == (0.5, 1.0, 2.0)
+    assert mc.num_anchors == 9 and mc.anchor_ratios == (0.5, 1.0, 2.0)
     assert "anchor_ratios" in cfg.to_yaml()
     assert ModelConfig.from_dict(mc.to_dict()) == mc
 
