@@ -50,6 +50,7 @@ class GFL(nn.Module):
         self.box = p["box"]  # registered here so that its buffers follow the model's device
         self.prior_generator, self.quality, self.assigner = p["prior_generator"], p["quality"], p["assigner"]
         self.criterion, self.postprocessor = p["criterion"], p["postprocessor"]
+        set_fusion(self, "training")  # a module starts in training mode: the same fast path as after train()
 
     # ------------------------------------------------------------------ input
     def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, BatchMeta]:

@@ -47,7 +47,6 @@ class ConvGN(nn.Module):
         return self.act(self.gn(self.conv(x)))
 
 
-_ConvGN = ConvGN  # the name GFLHead builds it by
 
 
 class GFLHead(nn.Module):
@@ -79,8 +78,8 @@ class GFLHead(nn.Module):
         self.num_anchors, self.quality_channels = num_anchors, quality_channels
         self.box_channels = 4 * (reg_max + 1) if box_channels is None else box_channels
         chans = [in_channels] + [feat_channels] * stacked_convs
-        self.cls_convs = nn.ModuleList(_ConvGN(chans[i], chans[i + 1], gn_groups) for i in range(stacked_convs))
-        self.reg_convs = nn.ModuleList(_ConvGN(chans[i], chans[i + 1], gn_groups) for i in range(stacked_convs))
+        self.cls_convs = nn.ModuleList(ConvGN(chans[i], chans[i + 1], gn_groups) for i in range(stacked_convs))
+        self.reg_convs = nn.ModuleList(ConvGN(chans[i], chans[i + 1], gn_groups) for i in range(stacked_convs))
         self.gfl_cls = nn.Conv2d(chans[-1], num_anchors * num_classes, 3, padding=1)
         self.gfl_reg = nn.Conv2d(chans[-1], num_anchors * self.box_channels, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
