@@ -36,6 +36,8 @@ from .analysis import edge_records, uncertainty_report
 from .config import Config
 from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
+from .engine.train import cpu_has_native_bf16, train
+from .models.io import load_model
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions
 
@@ -94,8 +96,6 @@ def demo_epochs(device: str = "cpu") -> int:
     """The demo's budget on this machine: 9 epochs where training runs in reduced precision at full speed (a CPU
     with bf16 units, AVX512-BF16 or AMX, or a CUDA GPU: about 2x faster steps), else 6 in float32. Both fit the
     10-minute demo on a 2-core CPU of their kind (docs/demo.md)."""
-    from .engine.train import cpu_has_native_bf16
-
     return 9 if device.startswith("cuda") or (device in ("cpu", "auto") and cpu_has_native_bf16()) else 6
 
 
@@ -114,8 +114,6 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
     oneDNN's own layout) and, where the hardware has it, reduced precision (``train.amp``: bfloat16 on a CPU with
     bf16 units, float16 on CUDA; :func:`demo_epochs` spends the time saved on more epochs).
     """
-    from .engine.train import cpu_has_native_bf16
-
     cfg = Config()
     cfg.out_dir = os.fspath(out_dir)
     cfg.model.arch = "gfl_resnet18_fpn"
@@ -223,9 +221,6 @@ def run_demo(
     ``uncertainty`` (:func:`gfldet.analysis.uncertainty_report` on the validation split), ``final_losses``,
     ``timings_s``, ``settings`` and ``paths``. ``epochs`` None: :func:`demo_epochs` (9 with bf16 units, else 6).
     """
-    from .models.io import load_model
-    from .engine.train import train
-
     if epochs is None:
         epochs = demo_epochs(device)
 

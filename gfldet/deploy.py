@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+import torch
+
 from .models.io import TORCH_SUFFIXES, file_kind, first_line
-from .ops.resize import keep_ratio_size
+from .models.transform import image_as_float, resize_image
 
 __all__ = ["postprocess", "nms", "batched_nms", "preprocess", "OnnxDetector", "decode_raw", "edge_uncertainty_np"]
 
@@ -198,39 +200,16 @@ def postprocess(
 
 
 # ------------------------------------------------------------------------------------------------ input
-def resize_shape(h: int, w: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
-    """The model's keep-ratio resize (:func:`gfldet.ops.resize.keep_ratio_size`, the one rule every path uses)."""
-    return keep_ratio_size(h, w, min_size, max_size)
-
-
 def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray, list, list, list]:
     """``(3, H, W)`` RGB images (arrays or tensors; uint8, or float in [0, 1]) -> the ``images`` input of an exported model
     (float32 0..255, resized as the model does, padded to a common size with the pixel mean, which the
     graph normalises to 0 as the model's zero padding), the resized sizes, scales and original sizes."""
-    import torch
-    import torch.nn.functional as F
-
     mean = np.asarray(meta.get("pixel_mean", (123.675, 116.28, 103.53)), np.float32)
     arrs, sizes, scales, originals = [], [], [], []
-    for k, img in enumerate(images):
+    for k, img in enumerate(images):  # the model's own image checks and resize (gfldet.models.transform)
         t = torch.as_tensor(np.asarray(img))
-        if t.dim() != 3 or t.shape[0] != 3 or t.shape[1] < 1 or t.shape[2] < 1:
-            raise ValueError(f"image {k}: expected a (3, H, W) RGB array, got {tuple(t.shape)}")
-        h, w = int(t.shape[1]), int(t.shape[2])
-        nh, nw = resize_shape(h, w, meta.get("min_size"), meta.get("max_size"))
-        # the same input contract as GFL.preprocess: uint8 0..255, or float in [0, 1]
-        if t.dtype == torch.uint8:
-            x = t.to(torch.float32)
-        elif t.is_floating_point():
-            x = t.to(torch.float32)
-            if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-                raise ValueError(f"image {k}: float images must hold values in [0, 1], got range "
-                                 f"[{float(x.min()):g}, {float(x.max()):g}] (pass uint8 for 0-255 data)")
-            x = x * 255.0
-        else:
-            raise ValueError(f"image {k}: dtype {t.dtype} is not supported (use uint8 or float in [0, 1])")
-        if (nh, nw) != (h, w):  # the same bilinear resize as GFL.preprocess
-            x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        x = resize_image(image_as_float(k, t), meta.get("min_size"), meta.get("max_size"))
+        h, w, nh, nw = int(t.shape[1]), int(t.shape[2]), int(x.shape[1]), int(x.shape[2])
         arrs.append(x.numpy())
         sizes.append((nh, nw))
         scales.append((nw / w, nh / h))

@@ -11,7 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.folders import check_output_folder
+from .deploy import OnnxDetector
 from .engine.evaluate import detections_to_coco
+from .models.io import load_checkpoint, load_model
+from .ops.resize import keep_ratio_size
+from .viz import draw_detections, draw_distributions
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +134,11 @@ def predict(
     ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` runs a file written by
     ``gfldet export`` (``checkpoint`` is then the ``.onnx`` path) with the NumPy reference post-processing.
     """
-    from .deploy import resize_shape
 
     check_output_folder(out_dir, ("predictions.json",), overwrite)
     files = collect_images(inputs)
     image_ids = coco_image_ids(files, ann) if ann is not None else list(range(len(files)))
     if backend == "torch":
-        from .models.io import load_checkpoint, load_model
-
         model = load_model(checkpoint, score_thr=score_thr).to(device)
         meta = load_checkpoint(checkpoint)
         names = model.class_names or [str(i) for i in range(model.config.num_classes)]
@@ -154,8 +155,6 @@ def predict(
             return {k: v.cpu() for k, v in det.items()}
 
     elif backend == "onnxruntime":
-        from .deploy import OnnxDetector
-
         if torch.device(device).type != "cpu":
             log.warning("--device %s is ignored by the onnxruntime backend (it runs ONNX Runtime's CPU provider)", device)
         onnx_model = OnnxDetector(checkpoint)
@@ -188,19 +187,15 @@ def predict(
                             "edge_peak": [round(v, 4) for v in peak], "loc_conf": round(conf, 4)})
         stem = f"{idx:04d}_{f.stem}"
         if draw:
-            from .viz import draw_detections
-
             p = out / f"{stem}_det.png"
             draw_detections(img, det["boxes"], det["labels"], det["scores"], class_names=names, path=p)
             picture_files.append(str(p))
         if show_distributions:
-            from .viz import draw_distributions
-
             for k in range(min(max_distribution_plots, det["boxes"].shape[0])):
                 p = out / f"{stem}_dist{k}.png"
                 std = "/".join(f"{v:.1f}" for v in det["edge_std"][k].tolist())
                 # bins -> pixels of this image: a bin is one stride of the resized network input
-                nh, nw = resize_shape(int(img.shape[1]), int(img.shape[2]), min_size, max_size)
+                nh, nw = keep_ratio_size(int(img.shape[1]), int(img.shape[2]), min_size, max_size)
                 px_per_bin = float(det["strides"][k]) * img.shape[2] / nw
                 draw_distributions(img, det["boxes"][k], det["distributions"][k], p, stride=px_per_bin,
                                    title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}, "

@@ -35,6 +35,7 @@ import numpy as np
 from ..config import Config
 from . import inspect_stats as stats
 from .coco import CocoDetection
+from .folders import check_output_folder
 from .inspect_plot import plot_sizes
 from .inspect_stats import CANDIDATE_MIN_SIZES, REG_MAX_CHOICES
 
@@ -373,8 +374,6 @@ def format_report(report: dict[str, Any]) -> str:
 def check_out_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
     """Raise ``FileExistsError`` when ``out_dir`` already holds a report and ``force`` is not set (or when it
     is a file)."""
-    from .folders import check_output_folder
-
     check_output_folder(out_dir, (REPORT_FILE,), force)
 
 

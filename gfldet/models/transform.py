@@ -34,6 +34,33 @@ class BatchMeta:
     original_sizes: list[tuple[int, int]]
 
 
+def image_as_float(i: int, img: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """Checks image ``i`` (a ``(3, H, W)`` RGB tensor, uint8 or float in [0, 1]) and returns it as float32 0..255."""
+    if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
+        shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+        raise ValueError(f"image {i}: expected a (3, H, W) RGB tensor, got {shape}")
+    if img.dtype == torch.uint8:
+        return img.to(device, torch.float32)
+    if img.is_floating_point():
+        x = img.to(device, torch.float32)
+        if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"image {i}: float images must hold values in [0, 1], got range "
+                f"[{float(x.min()):g}, {float(x.max()):g}] (pass uint8 for 0-255 data)"
+            )
+        return x * 255.0
+    raise ValueError(f"image {i}: dtype {img.dtype} is not supported (use uint8 or float in [0, 1])")
+
+
+def resize_image(x: Tensor, min_size: int | None, max_size: int | None) -> Tensor:
+    """``(3, H, W)`` float image -> bilinearly resized to :func:`gfldet.ops.resize.keep_ratio_size` (the one rule)."""
+    h, w = int(x.shape[1]), int(x.shape[2])
+    nh, nw = keep_ratio_size(h, w, min_size, max_size)
+    if (nh, nw) == (h, w):
+        return x
+    return F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+
+
 class DetectionTransform(nn.Module):
     """List of ``(3, H, W)`` uint8 or float-in-[0, 1] RGB images -> a normalised, zero-padded ``(N, 3, H', W')``
     batch and its :class:`BatchMeta`; targets into the batch's frame; detections back to the images given.
@@ -60,23 +87,6 @@ class DetectionTransform(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         return F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
 
-    def _image(self, i: int, img: Tensor) -> Tensor:
-        """Checks image ``i`` and returns it as float32 0..255 on the transform's device."""
-        if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
-            shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
-            raise ValueError(f"image {i}: expected a (3, H, W) RGB tensor, got {shape}")
-        if img.dtype == torch.uint8:
-            return img.to(self.pixel_mean.device, torch.float32)
-        if img.is_floating_point():
-            x = img.to(self.pixel_mean.device, torch.float32)
-            if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-                raise ValueError(
-                    f"image {i}: float images must hold values in [0, 1], got range "
-                    f"[{float(x.min()):g}, {float(x.max()):g}] (pass uint8 for 0-255 data)"
-                )
-            return x * 255.0
-        raise ValueError(f"image {i}: dtype {img.dtype} is not supported (use uint8 or float in [0, 1])")
-
     def forward(self, images: Sequence[Tensor]) -> tuple[Tensor, BatchMeta]:
         if isinstance(images, Tensor):
             images = list(images) if images.dim() == 4 else [images]
@@ -88,11 +98,9 @@ class DetectionTransform(nn.Module):
             min_size = s.train_min_sizes[int(torch.randint(len(s.train_min_sizes), (1,)))]
         tensors, sizes, scales, originals = [], [], [], []
         for i, img in enumerate(images):
-            x = self._image(i, img)
+            x = resize_image(image_as_float(i, img, self.pixel_mean.device), min_size, s.max_size)
             h, w = int(img.shape[1]), int(img.shape[2])
-            nh, nw = keep_ratio_size(h, w, min_size, s.max_size)
-            if (nh, nw) != (h, w):
-                x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            nh, nw = int(x.shape[1]), int(x.shape[2])
             tensors.append(self.normalize(x))
             sizes.append((nh, nw))
             scales.append((nw / w, nh / h))
