@@ -1,3 +1,4 @@
+"""`python -m gfldet`: the gfldet command line (gfldet.cli)."""
 import sys
 
 from .cli import main
