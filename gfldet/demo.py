@@ -36,7 +36,8 @@ from .analysis import edge_records, uncertainty_report
 from .config import Config
 from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
-from .engine.train import cpu_has_native_bf16, train
+from .engine.amp import cpu_has_native_bf16
+from .engine.train import train
 from .models.io import load_model
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions

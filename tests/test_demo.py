@@ -137,7 +137,7 @@ def test_demo_config_is_the_documented_recipe(tmp_path):
     assert (t.epochs, t.batch_size, t.lr, t.schedule, t.warmup_iters, t.grad_clip, t.norm_init_batches) == (5, 8, 0.06, "cosine", 50, 35.0, 0)
     assert cfg.input.min_size == cfg.input.max_size == 256
     from gfldet.demo import demo_epochs
-    from gfldet.engine.train import cpu_has_native_bf16
+    from gfldet.engine.amp import cpu_has_native_bf16
 
     native = cpu_has_native_bf16()
     assert t.channels_last and t.amp == native and demo_epochs("cpu") == (9 if native else 6)

@@ -1,14 +1,16 @@
 """The training recipe a run resolves: the regime (pretrained or from scratch) fills every automatic (null) setting
-of the model and training sections; warm-up length and step milestones scale with the run's length."""
+of the model and training sections; warm-up length and step milestones scale with the run's length; the learning-rate
+factor of each iteration follows from them."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from ..config import Config, TrainConfig
 from ..models.config import backbone_regime
 
-__all__ = ["resolve_training", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION"]
+__all__ = ["resolve_training", "lr_factor", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION"]
 
 WARMUP_ITERS = 500  # the paper's
 WARMUP_MAX_FRACTION = 0.1  # the automatic warm-up never takes more than this share of the run
@@ -64,3 +66,24 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
         lines.append(f"train.warmup_iters={t.warmup_iters} is {t.warmup_iters / total_iters:.0%} of this run's "
                      f"{total_iters} iterations (null: at most {WARMUP_MAX_FRACTION:.0%})")
     return out, lines
+
+
+def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
+    """Multiplier of the base learning rate at global iteration ``it`` (0-based) in ``epoch`` (0-based).
+
+    Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations (the reference's LinearLR), times either
+    ``gamma`` per milestone epoch reached (MultiStepLR: with milestones [8, 11] epochs 9-11 run at 0.1x and
+    epoch 12 at 0.01x) or a per-iteration cosine decay to 0 over the whole run. Null (automatic) warm-up and
+    milestones follow :func:`gfldet.engine.recipe.warmup_length` and :func:`gfldet.engine.recipe.step_milestones`.
+    """
+    t = cfg.train
+    total = max(1, t.epochs * iters_per_epoch)
+    warmup = warmup_length(t, total if t.max_iters is None else min(total, t.max_iters))
+    warm = 1.0
+    if warmup > 0 and it < warmup:
+        warm = t.warmup_ratio + (1.0 - t.warmup_ratio) * it / warmup
+    if t.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+    else:
+        decay = t.gamma ** sum(1 for m in step_milestones(t) if epoch >= m)
+    return warm * decay

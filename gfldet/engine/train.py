@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -33,92 +32,20 @@ from ..viz import plot_curves
 from . import distributed as D
 from . import evaluate as evaluation  # module attribute: a caller (bench/vs_torchvision.py) may wrap evaluate()
 from .checkpoint import check_resumable, restore_training_state, rng_state, save_training_checkpoint, set_rng_state
+from .amp import autocast_dtype
+from .ema import ModelEMA
 from .evaluate import EVAL_FILES
 from .norm_init import init_backbone_norms
 from .preflight import preflight
-from .recipe import resolve_training, step_milestones, warmup_length
+from .recipe import lr_factor, resolve_training
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "lr_factor", "ModelEMA", "NonFiniteLossError"]
+__all__ = ["train", "NonFiniteLossError", "RUN_FILES"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the term and the step."""
-
-
-def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
-    """Multiplier of the base learning rate at global iteration ``it`` (0-based) in ``epoch`` (0-based).
-
-    Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations (the reference's LinearLR), times either
-    ``gamma`` per milestone epoch reached (MultiStepLR: with milestones [8, 11] epochs 9-11 run at 0.1x and
-    epoch 12 at 0.01x) or a per-iteration cosine decay to 0 over the whole run. Null (automatic) warm-up and
-    milestones follow :func:`gfldet.engine.recipe.warmup_length` and :func:`gfldet.engine.recipe.step_milestones`.
-    """
-    t = cfg.train
-    total = max(1, t.epochs * iters_per_epoch)
-    warmup = warmup_length(t, total if t.max_iters is None else min(total, t.max_iters))
-    warm = 1.0
-    if warmup > 0 and it < warmup:
-        warm = t.warmup_ratio + (1.0 - t.warmup_ratio) * it / warmup
-    if t.schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
-    else:
-        decay = t.gamma ** sum(1 for m in step_milestones(t) if epoch >= m)
-    return warm * decay
-
-
-class ModelEMA:
-    """Exponential moving average of a model's weights (decay ramped up over the first updates, so that early
-    averages are not dominated by the random initialisation)."""
-
-    def __init__(self, model: nn.Module, decay: float = 0.9998, ramp: float = 2000.0):
-        self.module = copy.deepcopy(D.unwrap(model)).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay, self.ramp, self.updates = decay, ramp, 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = self.decay * (1.0 - math.exp(-self.updates / self.ramp))
-        src = D.unwrap(model).state_dict()
-        for k, v in self.module.state_dict().items():
-            if v.is_floating_point():
-                v.mul_(d).add_(src[k].detach(), alpha=1.0 - d)
-            else:
-                v.copy_(src[k])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"state_dict": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["state_dict"])
-        self.updates = int(state["updates"])
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX) and oneDNN may use it (an
-    ``ONEDNN_MAX_CPU_ISA`` below those ISAs makes bf16 an emulation, slower than float32)."""
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if not (isa == "ALL" or any(tag in isa for tag in ("BF16", "AMX", "FP16", "AVX10", "VNNI_2"))):
-        return False
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(bool(check()) for check in checks if check is not None)
-
-
-def _autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` on ``device``: float16 on CUDA, bfloat16 on a CPU with native bf16, None
-    (float32, with a warning) elsewhere."""
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        log.info("train.amp on this CPU: bfloat16 autocast (native bf16 units)")
-        return torch.bfloat16
-    log.warning("train.amp is set but %s has no native float16/bfloat16 units: training in float32", device)
-    return None
 
 
 def _seed_all(seed: int) -> None:
@@ -180,7 +107,7 @@ class _Run:
         self.base_lr = float(cfg.train.lr)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
-        self.amp_dtype = _autocast_dtype(cfg.train.amp, self.device)
+        self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.amp = self.amp_dtype == torch.float16  # CUDA float16: a GradScaler, and autocast in evaluation too
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ema = ModelEMA(self.model, cfg.train.ema_decay) if cfg.train.ema else None

@@ -17,7 +17,8 @@ import gfldet
 from gfldet.cli import main
 from gfldet.config import load_config
 from gfldet.models.io import load_model
-from gfldet.engine.train import NonFiniteLossError, lr_factor, train
+from gfldet.engine.recipe import lr_factor
+from gfldet.engine.train import NonFiniteLossError, train
 from gfldet.models.backbone import FrozenStatsBatchNorm2d
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,7 +236,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
 def test_amp_and_channels_last_on_the_cpu(data, tmp_path, caplog):
     """train.amp on a CPU: bfloat16 autocast where the CPU has bf16 units, else float32 with a warning; with
     train.channels_last the weights train in NHWC and the checkpoint loads into an ordinary model."""
-    from gfldet.engine.train import cpu_has_native_bf16
+    from gfldet.engine.amp import cpu_has_native_bf16
 
     with caplog.at_level(logging.INFO, logger="gfldet"):
         res = train(load_config(None, _sets(data, tmp_path / "amp", **{"train.amp": "true", "train.channels_last": "true",
