@@ -85,20 +85,25 @@ class CocoAnnotations:
                 raise self._fail(f"'{key}' must be a list, got {type(data[key]).__name__}: {_short(data[key])}")
         return data
 
+    def _entry_id(self, section: str, k: int, entry: Any) -> int:
+        """The integer ``id`` of ``data[section][k]``; a DatasetError naming the entry when it is not an object
+        with one."""
+        if not isinstance(entry, dict):
+            raise self._fail(f"{section}[{k}] must be an object, got {_short(entry)}")
+        if "id" not in entry:
+            raise self._fail(f"{section}[{k}] has no 'id': {_short(entry)}")
+        value = entry["id"]
+        if not is_int(value):
+            raise self._fail(f"{section}[{k}]: 'id' must be an integer, got {value!r}")
+        return int(value)
+
     def _parse_categories(self, cats: list[Any]) -> None:
         if not cats:
             raise self._fail("'categories' is empty: a detection dataset needs at least one category")
         seen: dict[int, int] = {}
         names: dict[int, str] = {}
         for k, c in enumerate(cats):
-            if not isinstance(c, dict):
-                raise self._fail(f"categories[{k}] must be an object, got {_short(c)}")
-            if "id" not in c:
-                raise self._fail(f"categories[{k}] has no 'id': {_short(c)}")
-            cid = c["id"]
-            if not is_int(cid):
-                raise self._fail(f"categories[{k}]: 'id' must be an integer, got {cid!r}")
-            cid = int(cid)
+            cid = self._entry_id("categories", k, c)
             if cid in seen:
                 raise self._fail(f"duplicate category id {cid} (categories[{seen[cid]}] and categories[{k}])")
             seen[cid] = k
@@ -117,14 +122,7 @@ class CocoAnnotations:
         sizes: list[tuple[int, int]] = []  # (w, h) as in the JSON
         seen: dict[int, int] = {}
         for k, im in enumerate(images):
-            if not isinstance(im, dict):
-                raise self._fail(f"images[{k}] must be an object, got {_short(im)}")
-            if "id" not in im:
-                raise self._fail(f"images[{k}] has no 'id': {_short(im)}")
-            iid = im["id"]
-            if not is_int(iid):
-                raise self._fail(f"images[{k}]: 'id' must be an integer, got {iid!r}")
-            iid = int(iid)
+            iid = self._entry_id("images", k, im)
             where = f"images[{k}] (id {iid})"
             for key in ("file_name", "width", "height"):
                 if key not in im:
@@ -148,14 +146,7 @@ class CocoAnnotations:
 
     def _check_annotation(self, k: int, a: Any, seen: dict[int, int]) -> None:
         """Full check of ``annotations[k]`` (the slow path): raises :class:`DatasetError` on the first problem."""
-        if not isinstance(a, dict):
-            raise self._fail(f"annotations[{k}] must be an object, got {_short(a)}")
-        if "id" not in a:
-            raise self._fail(f"annotations[{k}] has no 'id': {_short(a)}")
-        aid = a["id"]
-        if not is_int(aid):
-            raise self._fail(f"annotations[{k}]: 'id' must be an integer, got {aid!r}")
-        aid = int(aid)
+        aid = self._entry_id("annotations", k, a)
         if aid in seen and seen[aid] != k:
             raise self._fail(f"duplicate annotation id {aid} (annotations[{seen[aid]}] and annotations[{k}])")
         where = f"annotations[{k}] (id {aid}, image_id {a.get('image_id')!r})"
