@@ -22,6 +22,9 @@ _EXPORTS = {
     "gfl_resnet50_fpn": "gfldet.models",
     "gfl_resnet101_fpn": "gfldet.models",
     "gfl_resnext101_32x4d_fpn": "gfldet.models",
+    "gflv2_resnet50_fpn": "gfldet.models",
+    "gflv2_resnet101_fpn": "gfldet.models",
+    "gflv2_resnext101_32x4d_fpn": "gfldet.models",
     "from_mmdet": "gfldet.models",
     "load_model": "gfldet.models.io",
     "ModelConfig": "gfldet.models.config",
@@ -44,7 +47,7 @@ _SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine",
 
 __all__ = [
     "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
-    "from_mmdet", "load_model", "ModelConfig", "Config", "quality_focal_loss", "quality_focal_loss_sparse",
+    "gflv2_resnet50_fpn", "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "from_mmdet", "load_model", "ModelConfig", "Config", "quality_focal_loss", "quality_focal_loss_sparse",
     "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign", "__version__",
 ]  # = _EXPORTS' names
 
@@ -53,7 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at ru
     from .models.config import ModelConfig
     from .models.io import load_model
     from .models import (GFL, build_model, from_mmdet, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn,
-                         gfl_resnext101_32x4d_fpn)
+                         gfl_resnext101_32x4d_fpn, gflv2_resnet50_fpn, gflv2_resnet101_fpn, gflv2_resnext101_32x4d_fpn)
     from .ops import (atss_assign, distribution_focal_loss, generalized_focal_loss, giou_loss, quality_focal_loss,
                       quality_focal_loss_sparse)
 

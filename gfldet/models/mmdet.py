@@ -1,6 +1,6 @@
-"""mmdetection GFL checkpoints (``configs/gfl/*``) without mmdetection: the architecture (ResNet depth, ResNeXt
-groups and width, FPN and head widths, number of tower convs, classes and ``reg_max``) is read off the tensors and
-parameter names are mapped to gfldet's (and back). Loaded objects only; files: :mod:`.io` (``from_mmdet``).
+"""mmdetection GFL checkpoints (``configs/gfl/*``) and GFocalV2's (GFLV2, mmdetection 2.x names) without
+mmdetection: the architecture (ResNet depth, ResNeXt groups and width, FPN and head widths, number of tower convs,
+classes, ``reg_max``, GFLV2's DGQP) is read off the tensors and parameter names are mapped to gfldet's (and back). Loaded objects only; files: :mod:`.io` (``from_mmdet``).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ _RENAMES = [
     (re.compile(r"^bbox_head\.(cls_convs|reg_convs)\.(\d+)\.(conv|gn)\.(weight|bias)$"), r"head.\1.\2.\3.\4"),
     (re.compile(r"^bbox_head\.(gfl_cls|gfl_reg)\.(weight|bias)$"), r"head.\1.\2"),
     (re.compile(r"^bbox_head\.scales\.(\d+)\.scale$"), r"head.scales.\1.scale"),
+    (re.compile(r"^bbox_head\.reg_conf\.([02])\.(weight|bias)$"), r"head.gfl_quality.\1.\2"),  # GFLV2's DGQP
     (re.compile(r"^(backbone\.(?:conv1|bn1|layer[1-4])\..+)$"), r"\1"),
 ]
 
@@ -58,8 +59,6 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
     missing = [k for k in required if k not in sd]
     if missing:
         raise ValueError(f"not an mmdetection GFL (ResNet-FPN) state dict: missing {missing}")
-    if any(k.startswith("bbox_head.reg_conf") for k in sd):
-        raise ValueError("this is a GFLv2 checkpoint (distribution-guided quality predictor 'reg_conf'); gfldet loads GFL (v1) only")
     if any("conv_offset" in k for k in sd):
         raise ValueError("this checkpoint uses deformable convolutions (DCN), which gfldet does not support yet")
     blocks = [_count(sd, rf"^backbone\.layer{i}\.(\d+)\.") for i in range(1, 5)]
@@ -108,8 +107,43 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
         reg_max=reg_out // 4 - 1,
         strides=tuple(8 * 2**i for i in range(num_outs)),
     )
+    if "bbox_head.reg_conf.0.weight" in sd:
+        kw.update(_gflv2_fields(sd, kw["num_classes"], overrides))
     kw.update(overrides)
     return ModelConfig(**kw)
+
+
+def _gflv2_fields(sd: dict[str, Tensor], cls_out: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """GFLV2 (GFocalV2's ``reg_conf``) settings read off the tensors: ``reg_conf.0`` is ``(reg_channels,
+    4 * (reg_topk + add_mean), 1, 1)``. The statistics count ``reg_topk + add_mean`` cannot tell the two apart:
+    ``add_mean`` is taken as true (every official config), unless ``overrides`` say otherwise."""
+    w0, w2 = sd["bbox_head.reg_conf.0.weight"], sd.get("bbox_head.reg_conf.2.weight")
+    if w0.dim() != 4 or w0.shape[1] % 4 or w2 is None or tuple(w2.shape[:2]) != (1, w0.shape[0]):
+        raise ValueError(f"bbox_head.reg_conf has shapes {tuple(w0.shape)} / {None if w2 is None else tuple(w2.shape)}; "
+                         "expected GFocalV2's Conv1x1(4 * (topk + mean) -> channels), ReLU, Conv1x1(channels -> 1)")
+    add_mean = bool(overrides.get("add_mean", True))
+    fields: dict[str, Any] = dict(quality="dgqp", reg_channels=int(w0.shape[0]), add_mean=add_mean,
+                                  reg_topk=int(w0.shape[1]) // 4 - int(add_mean))
+    if cls_out == 81 and "num_classes" not in overrides:
+        # GFocalV2 trains with use_sigmoid=False, so mmdetection 2.x gives gfl_cls num_classes + 1 outputs; the
+        # last one is the background column (trained towards 0, dropped at test time): 80 COCO classes
+        fields["num_classes"] = 80
+    return fields
+
+
+def _drop_background_column(sd: dict[str, Tensor], num_classes: int) -> dict[str, Tensor]:
+    """GFocalV2's ``gfl_cls`` with ``num_classes + 1`` outputs -> its first ``num_classes`` (the last is the unused
+    background column of mmdetection 2.x's ``use_sigmoid=False``; see :func:`_gflv2_fields`)."""
+    w = sd.get("bbox_head.gfl_cls.weight")
+    if w is None or "bbox_head.reg_conf.0.weight" not in sd or w.shape[0] != num_classes + 1:
+        return sd
+    log.info("GFocalV2 checkpoint: dropping gfl_cls's background column (%d outputs for %d classes)", w.shape[0],
+             num_classes)
+    out = dict(sd)
+    out["bbox_head.gfl_cls.weight"] = w[:num_classes]
+    if "bbox_head.gfl_cls.bias" in sd:
+        out["bbox_head.gfl_cls.bias"] = sd["bbox_head.gfl_cls.bias"][:num_classes]
+    return out
 
 
 def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -134,6 +168,7 @@ def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 _INVERSE = [
+    (re.compile(r"^head\.gfl_quality\.([02])\.(weight|bias)$"), r"bbox_head.reg_conf.\1.\2"),  # GFLV2's DGQP
     (re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.(weight|bias)$"), r"neck.\1.\2.conv.\3"),
     (re.compile(r"^head\.(.+)$"), r"bbox_head.\1"),
     (re.compile(r"^(backbone\..+)$"), r"\1"),
@@ -160,7 +195,9 @@ def model_from_mmdet(obj: Any, path: str | os.PathLike = "checkpoint", **overrid
     "meta": ...}`` or a bare state dict; ``path`` names it in errors). ``overrides``: other :class:`ModelConfig`
     fields (:func:`gfldet.from_mmdet`, which reads files, documents them)."""
     sd, meta = split_mmdet_checkpoint(obj, path)
+    sd = _strip_prefix(sd)
     cfg = mmdet_config_from_state_dict(sd, **overrides)
+    sd = _drop_background_column(sd, cfg.num_classes)
     names = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
     names = list(names) if names is not None and len(names) == cfg.num_classes else None
     model = GFL(cfg, class_names=names)
