@@ -47,7 +47,8 @@ _SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine",
 __all__ = [
     "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
     "from_mmdet", "load_model", "load_pretrained", "ModelConfig", "Config", "quality_focal_loss",
-    "quality_focal_loss_sparse", "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign", "__version__",
+    "quality_focal_loss_sparse", "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign",
+    "__version__",
 ]  # = _EXPORTS' names
 
 if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time

@@ -6,6 +6,8 @@ by hand, pass the path). A named file is downloaded once into torch hub's cache 
 checkpoints``; ``$TORCH_HOME`` moves it) by ``torch.hub.download_url_to_file``, with a progress bar and the SHA-256
 prefix in its name checked, then read with ``weights_only=True`` (:func:`gfldet.models.io.from_mmdet`): the
 published files hold tensors and plain metadata only, and a file holding anything else is refused, not run.
+(``torch.hub.load_state_dict_from_url`` is not used: in torch 2.14 its ``weights_only`` still defaults to False,
+and it writes to stdout.)
 No network, a damaged file or an unknown name is a :class:`PretrainedError` saying what to do; there is never a
 fallback to other weights.
 """
