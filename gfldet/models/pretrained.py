@@ -26,6 +26,7 @@ import torch
 from .coco_classes import COCO_NAMES
 from .detector import GFL
 from .io import from_mmdet
+from .zoo import ARCHS
 
 __all__ = ["load_pretrained", "pretrained_file", "get_pretrained", "pretrained_names", "cache_folder",
            "PretrainedWeights", "TestSettings", "PretrainedError", "PRETRAINED", "COCO_TEST"]
@@ -190,6 +191,10 @@ def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, t
                                   f"{w.sha256}): delete it to download it again, or replace it with a good copy of "
                                   f"{w.url}") from e
         raise PretrainedError(f"{text} ({path}): {e}" if path not in str(e) else str(e)) from e
+    wrong = {k: getattr(model.config, k) for k, v in ARCHS[w.arch][0].items() if getattr(model.config, k) != v}
+    if wrong:
+        raise PretrainedError(f"{path} is not the {w.arch} that {text} names (it has {wrong}): delete it to download "
+                              f"it again from {w.url}")
     log.info("loaded %s: %s, published COCO box AP %s", text, w.arch, w.box_ap)
     return _label_coco(model, path, published=True)
 

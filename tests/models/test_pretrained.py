@@ -166,6 +166,15 @@ def test_wrong_hash_is_refused_and_not_kept(served, hub, monkeypatch):
     assert os.listdir(hub) == []  # neither the file nor a .partial
 
 
+def test_a_file_of_another_architecture_is_refused(served, hub, monkeypatch):
+    server, entry, data, _ = served
+    monkeypatch.setitem(PRETRAINED, "tiny_gfl", PretrainedWeights("tiny_gfl", "gfl_resnet50_fpn", 1.0, entry.url,
+                                                                  entry.sha256))
+    with pytest.raises(PretrainedError, match="gfl_resnet50_fpn") as e:
+        load_pretrained("tiny_gfl", progress=False)
+    assert entry.file_name in str(e.value) and "'depth': 18" in str(e.value)
+
+
 def test_damaged_cached_file_names_the_file(served, hub):
     server, entry, data, _ = served
     path = os.path.join(hub, entry.file_name)
