@@ -112,7 +112,7 @@ class ModelConfig:
             (self.bin_width > 0, "bin_width", self.bin_width, "must be > 0"),
             (len(ratios) >= 1 and all(r > 0 for r in ratios), "anchor_ratios", ratios, "must be one or more numbers > 0"),
             (self.scales_per_octave >= 1, "scales_per_octave", self.scales_per_octave, "must be >= 1"),
-            (1 <= self.reg_topk <= self.reg_max + 1, "reg_topk", self.reg_topk,
+            (self.quality != "dgqp" or 1 <= self.reg_topk <= self.reg_max + 1, "reg_topk", self.reg_topk,
              f"must be in [1, reg_max + 1 = {self.reg_max + 1}] (the bins of an edge)"),
             (self.reg_channels >= 1, "reg_channels", self.reg_channels, "must be >= 1"),
             (self.quality != "dgqp" or self.box == "distribution", "quality", self.quality,

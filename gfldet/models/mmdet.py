@@ -17,7 +17,7 @@ from .backbone import RESNET_SPECS
 from .detector import GFL
 
 __all__ = ["model_from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "to_mmdet_state_dict",
-           "split_mmdet_checkpoint"]
+           "split_mmdet_checkpoint", "mmdet_state_dict", "drop_background_column", "class_names_of"]
 
 log = logging.getLogger(__name__)
 
@@ -108,42 +108,57 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
         strides=tuple(8 * 2**i for i in range(num_outs)),
     )
     if "bbox_head.reg_conf.0.weight" in sd:
-        kw.update(_gflv2_fields(sd, kw["num_classes"], overrides))
+        kw.update(_gflv2_fields(sd, overrides))
     kw.update(overrides)
     return ModelConfig(**kw)
 
 
-def _gflv2_fields(sd: dict[str, Tensor], cls_out: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def _gflv2_fields(sd: dict[str, Tensor], overrides: dict[str, Any]) -> dict[str, Any]:
     """GFLV2 (GFocalV2's ``reg_conf``) settings read off the tensors: ``reg_conf.0`` is ``(reg_channels,
     4 * (reg_topk + add_mean), 1, 1)``. The statistics count ``reg_topk + add_mean`` cannot tell the two apart:
     ``add_mean`` is taken as true (every official config), unless ``overrides`` say otherwise."""
     w0, w2 = sd["bbox_head.reg_conf.0.weight"], sd.get("bbox_head.reg_conf.2.weight")
     if w0.dim() != 4 or w0.shape[1] % 4 or w2 is None or tuple(w2.shape[:2]) != (1, w0.shape[0]):
-        raise ValueError(f"bbox_head.reg_conf has shapes {tuple(w0.shape)} / {None if w2 is None else tuple(w2.shape)}; "
-                         "expected GFocalV2's Conv1x1(4 * (topk + mean) -> channels), ReLU, Conv1x1(channels -> 1)")
+        raise ValueError(f"bbox_head.reg_conf (GFLv2's quality predictor) has shapes {tuple(w0.shape)} / "
+                         f"{None if w2 is None else tuple(w2.shape)}; expected GFocalV2's Conv1x1(4 * (topk + mean) -> "
+                         "channels), ReLU, Conv1x1(channels -> 1)")
     add_mean = bool(overrides.get("add_mean", True))
-    fields: dict[str, Any] = dict(quality="dgqp", reg_channels=int(w0.shape[0]), add_mean=add_mean,
-                                  reg_topk=int(w0.shape[1]) // 4 - int(add_mean))
-    if cls_out == 81 and "num_classes" not in overrides:
-        # GFocalV2 trains with use_sigmoid=False, so mmdetection 2.x gives gfl_cls num_classes + 1 outputs; the
-        # last one is the background column (trained towards 0, dropped at test time): 80 COCO classes
-        fields["num_classes"] = 80
-    return fields
+    return dict(quality="dgqp", reg_channels=int(w0.shape[0]), add_mean=add_mean,
+                reg_topk=int(w0.shape[1]) // 4 - int(add_mean))
 
 
-def _drop_background_column(sd: dict[str, Tensor], num_classes: int) -> dict[str, Tensor]:
-    """GFocalV2's ``gfl_cls`` with ``num_classes + 1`` outputs -> its first ``num_classes`` (the last is the unused
-    background column of mmdetection 2.x's ``use_sigmoid=False``; see :func:`_gflv2_fields`)."""
+def class_names_of(meta: dict[str, Any]) -> list[str] | None:
+    """The class names an mmdetection checkpoint's ``meta`` records (2.x ``CLASSES``, 3.x ``dataset_meta``)."""
+    names = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
+    return list(names) if names is not None else None
+
+
+def drop_background_column(sd: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Tensor]:
+    """GFocalV2 trains with mmdetection 2.x's ``use_sigmoid=False``, which gives ``gfl_cls`` ``num_classes + 1``
+    outputs: the last is a background column, trained towards 0 and dropped at test time. gfldet's GFLV2 has
+    ``num_classes`` outputs, so that column is removed here. Which files have it: a GFLV2 state dict (``reg_conf``)
+    whose ``meta`` names one class fewer than ``gfl_cls`` has outputs; without class names in the meta, one with
+    81 outputs (the official COCO checkpoints). Anything else is returned as it is."""
     w = sd.get("bbox_head.gfl_cls.weight")
-    if w is None or "bbox_head.reg_conf.0.weight" not in sd or w.shape[0] != num_classes + 1:
+    if w is None or "bbox_head.reg_conf.0.weight" not in sd:
         return sd
-    log.info("GFocalV2 checkpoint: dropping gfl_cls's background column (%d outputs for %d classes)", w.shape[0],
-             num_classes)
+    out_ch, names = int(w.shape[0]), class_names_of(meta)
+    if not (len(names) == out_ch - 1 if names is not None else out_ch == 81):
+        return sd
+    log.info("GFocalV2 checkpoint: dropping gfl_cls's background column (%d outputs for %d classes)", out_ch, out_ch - 1)
     out = dict(sd)
-    out["bbox_head.gfl_cls.weight"] = w[:num_classes]
+    out["bbox_head.gfl_cls.weight"] = w[:-1]
     if "bbox_head.gfl_cls.bias" in sd:
-        out["bbox_head.gfl_cls.bias"] = sd["bbox_head.gfl_cls.bias"][:num_classes]
+        out["bbox_head.gfl_cls.bias"] = sd["bbox_head.gfl_cls.bias"][:-1]
     return out
+
+
+def mmdet_state_dict(obj: Any, path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict (mmdetection names, without a ``module.`` prefix or GFocalV2's background column) and the
+    ``meta`` of a loaded mmdetection file: what both loading a model and fine-tuning from the file read."""
+    sd, meta = split_mmdet_checkpoint(obj, path)
+    sd = _strip_prefix(sd)
+    return drop_background_column(sd, meta), meta
 
 
 def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -177,7 +192,9 @@ _INVERSE = [
 
 def to_mmdet_state_dict(model: GFL) -> dict[str, Tensor]:
     """gfldet -> mmdetection parameter names (the inverse of :func:`convert_mmdet_state_dict`), e.g. to run
-    gfldet-trained weights in mmdetection with the matching config."""
+    gfldet-trained weights in mmdetection with the matching config. A GFLV2 model's ``gfl_cls`` keeps its
+    ``num_classes`` outputs (mmdetection 3.x's sigmoid GFL head with the DGQP forward, as the parity fixture);
+    GFocalV2's own mmdetection-2.x head expects a background column more."""
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         for rx, repl in _INVERSE:
@@ -194,12 +211,10 @@ def model_from_mmdet(obj: Any, path: str | os.PathLike = "checkpoint", **overrid
     """A ready :class:`GFL` (in eval mode) from a loaded mmdetection GFL checkpoint (``{"state_dict": ...,
     "meta": ...}`` or a bare state dict; ``path`` names it in errors). ``overrides``: other :class:`ModelConfig`
     fields (:func:`gfldet.from_mmdet`, which reads files, documents them)."""
-    sd, meta = split_mmdet_checkpoint(obj, path)
-    sd = _strip_prefix(sd)
+    sd, meta = mmdet_state_dict(obj, path)
     cfg = mmdet_config_from_state_dict(sd, **overrides)
-    sd = _drop_background_column(sd, cfg.num_classes)
-    names = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
-    names = list(names) if names is not None and len(names) == cfg.num_classes else None
+    names = class_names_of(meta)
+    names = names if names is not None and len(names) == cfg.num_classes else None
     model = GFL(cfg, class_names=names)
     converted = convert_mmdet_state_dict(sd)
     try:

@@ -104,7 +104,7 @@ PRETRAINED: dict[str, PretrainedWeights] = {w.name: w for w in [
     _mmdet("gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco", "20200630_102002", "14a2bf25",
            "gfl_resnext101_32x4d_fpn", 48.1, "2x ms", ("c4", "c5")),
     # implus/GFocalV2 README (AP on minival); Google Drive links only: local file only
-    _gfocalv2("gfocal_r50_fpn_1x", "gfl_resnet50_fpn", 41.0, "1x ms"),
+    _gfocalv2("gfocal_r50_fpn_1x", "gfl_resnet50_fpn", 41.0, "1x"),
     _gfocalv2("gfocal_r50_fpn_ms2x", "gfl_resnet50_fpn", 43.9, "2x ms"),
     _gfocalv2("gfocal_r101_fpn_ms2x", "gfl_resnet101_fpn", 45.8, "2x ms"),
     _gfocalv2("gfocal_r101_dcn_fpn_ms2x", "gfl_resnet101_fpn", 48.0, "2x ms", ("c3", "c4", "c5")),
@@ -191,7 +191,8 @@ def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, t
                                   f"{w.sha256}): delete it to download it again, or replace it with a good copy of "
                                   f"{w.url}") from e
         raise PretrainedError(f"{text} ({path}): {e}" if path not in str(e) else str(e)) from e
-    wrong = {k: getattr(model.config, k) for k, v in ARCHS[w.arch][0].items() if getattr(model.config, k) != v}
+    expected = {**ARCHS[w.arch][0], "quality": "dgqp" if w.gfl_version == 2 else "qfl"}
+    wrong = {k: getattr(model.config, k) for k, v in expected.items() if getattr(model.config, k) != v}
     if wrong:
         raise PretrainedError(f"{path} is not the {w.arch} that {text} names (it has {wrong}): delete it to download "
                               f"it again from {w.url}")

@@ -124,9 +124,18 @@ class JointDGQP(JointQFL):
     of it is the joint probability itself) and the test-time score use GFL's code. The branch has no loss of
     its own: QFL trains it, and through it the distributions.
 
-    Departure from the official GFocalV2: there the classifier has ``num_classes + 1`` outputs (mmdetection 2.x's
-    ``use_sigmoid=False`` adds a background column, trained towards 0 and ignored at test time); here it has
-    ``num_classes``. Official checkpoints load with that column dropped (gfldet.models.mmdet).
+    Departures from the official GFocalV2 (a fork of mmdetection 2.6), where gfldet follows mmdetection 3.3's GFL
+    head, as the parity fixture ``mmdet_gflv2_r18_c64_k6.pt`` (3.3's GFL head with the official DGQP forward) does:
+
+    * the classifier has ``num_classes`` outputs; the official one has ``num_classes + 1`` (mmdetection 2.x's
+      ``use_sigmoid=False`` adds a background column, trained towards 0, ignored at test time, and included in
+      the max that weights the box losses). Official checkpoints load with that column dropped
+      (gfldet.models.mmdet.drop_background_column);
+    * the box losses are normalised by the sum of their weights clamped at >= 1 (3.3); 2.6 does not clamp, which
+      matters early in training, when the joint scores (about 0.01 x 0.5) of fewer than ~200 positives sum below 1;
+    * at test time the score threshold comes first, then the top ``nms_pre`` (location, class) pairs per level
+      (3.3's ``filter_scores_and_topk``); 2.6 keeps the top ``nms_pre`` locations by their best joint score, then
+      thresholds. Published AP measured with 2.6 may differ slightly.
     """
 
     channels = 1

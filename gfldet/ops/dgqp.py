@@ -11,7 +11,9 @@ QFL on that joint probability is ``BCE(p, y) * |y - p|^beta``. The official code
 joint score is carried as its logit ``z = log p - log(1 - p)`` (:func:`joint_logit`), computed from the two logits
 in log space, so that QFL with logits (gfldet.ops.losses), ``sigmoid(z) = p`` and its gradients are finite
 for every finite input, p at 0 and at 1 included, and the same code runs under autocast. Mathematically it is
-the official loss; numerically it differs only where the official one clamps or rounds ``1 - p``.
+the official loss; numerically it differs only where the official one clamps or rounds ``1 - p``. (In an ONNX
+graph the exporter writes ``logaddexp`` as ``log(exp + exp)``: beyond |z| of about 88 the logit becomes +-inf there,
+never NaN, and its sigmoid, the score, stays exact.)
 """
 from __future__ import annotations
 
@@ -52,14 +54,15 @@ def distribution_statistics(box_logits: Tensor, reg_max: int, topk: int = 4, add
 
 
 def joint_logit(cls_logits: Tensor, quality_logits: Tensor) -> Tensor:
-    """``logit(sigmoid(cls_logits) * sigmoid(quality_logits))`` in float32, finite and exact in log space.
+    """``logit(sigmoid(cls_logits) * sigmoid(quality_logits))`` in at least float32, finite and exact in log space.
 
     With ``a`` = class logits and ``b`` = quality logits (broadcast against each other, e.g. ``(..., C)`` and
     ``(..., 1)``): ``log p = logsigmoid(a) + logsigmoid(b)`` and ``log(1 - p) = log(sigmoid(-a) + sigmoid(a)
     sigmoid(-b)) = logaddexp(logsigmoid(-a), logsigmoid(a) + logsigmoid(-b))``; no ``1 - p`` is ever rounded.
     """
-    a, b = cls_logits.float(), quality_logits.float()
-    with torch.autocast(device_type=a.device.type, enabled=False):
+    dtype = torch.promote_types(torch.promote_types(cls_logits.dtype, quality_logits.dtype), torch.float32)
+    a, b = cls_logits.to(dtype), quality_logits.to(dtype)
+    with torch.autocast(device_type="cuda" if a.is_cuda else "cpu", enabled=False):
         log_sig_a = F.logsigmoid(a)
         log_p = log_sig_a + F.logsigmoid(b)
         log_not_p = torch.logaddexp(F.logsigmoid(-a), log_sig_a + F.logsigmoid(-b))

@@ -98,17 +98,47 @@ def test_end_to_end_eval(model, fx):
         assert torch.equal(ours["labels"], ref["labels"])
 
 
-def test_official_checkpoint_layout(fx):
-    """GFocalV2's own checkpoints: gfl_cls with num_classes + 1 outputs (mmdetection 2.x's use_sigmoid=False adds
-    a background column); loading drops the last column and gives the same detections."""
+def _with_background_column(fx, num_classes):
+    """The fixture's weights as GFocalV2 saves them: gfl_cls with num_classes + 1 outputs (mmdetection 2.x's
+    use_sigmoid=False adds a background column), the real columns being the fixture's 6 repeated."""
     sd = {k: v.float() for k, v in fx["state_dict"].items()}
     w, b = sd["bbox_head.gfl_cls.weight"], sd["bbox_head.gfl_cls.bias"]
-    # an 80-class stand-in: 80 real columns (the fixture's 6 repeated) and a background column of large values
-    sd["bbox_head.gfl_cls.weight"] = torch.cat([w.repeat(14, 1, 1, 1)[:80], torch.full_like(w[:1], 5.0)])
-    sd["bbox_head.gfl_cls.bias"] = torch.cat([b.repeat(14)[:80], torch.full_like(b[:1], 5.0)])
-    m = from_mmdet({"state_dict": sd, "meta": {}}, min_size=None, max_size=None)
-    assert m.config.num_classes == 80 and m.head.gfl_cls.out_channels == 80
+    reps = -(-num_classes // w.shape[0])
+    sd["bbox_head.gfl_cls.weight"] = torch.cat([w.repeat(reps, 1, 1, 1)[:num_classes], torch.full_like(w[:1], 5.0)])
+    sd["bbox_head.gfl_cls.bias"] = torch.cat([b.repeat(reps)[:num_classes], torch.full_like(b[:1], 5.0)])
+    return sd
+
+
+@pytest.mark.parametrize("num_classes, meta", [(80, {}), (20, {"CLASSES": [f"c{i}" for i in range(20)]})])
+def test_official_checkpoint_layout(fx, num_classes, meta):
+    """The background column is dropped where the file is GFocalV2's: 81 outputs without class names (the
+    official COCO files), or one output more than its meta's class names; the real columns load unchanged."""
+    sd = _with_background_column(fx, num_classes)
+    m = from_mmdet({"state_dict": sd, "meta": meta}, min_size=None, max_size=None)
+    assert m.config.num_classes == num_classes and m.head.gfl_cls.out_channels == num_classes
+    torch.testing.assert_close(m.head.gfl_cls.weight, sd["bbox_head.gfl_cls.weight"][:num_classes])
+    assert m.class_names == (meta.get("CLASSES") or None)
+
+
+def test_a_real_81st_class_is_kept(fx):
+    """81 outputs with 81 class names in the meta: all are classes (no background column)."""
+    sd = _with_background_column(fx, 80)
+    m = from_mmdet({"state_dict": sd, "meta": {"CLASSES": [f"c{i}" for i in range(81)]}}, min_size=None, max_size=None)
+    assert m.config.num_classes == 81
+
+
+def test_builder_and_fine_tuning_read_official_files(fx, tmp_path):
+    """gflv2_resnet18-like builds with weights= (and model.init fine-tuning, which reads the same way) take a
+    GFocalV2 file with its background column: the column is dropped, nothing is re-initialised."""
+    from gfldet.models.zoo import build_model
+
+    path = tmp_path / "gfocal.pth"
+    sd = _with_background_column(fx, 80)
+    torch.save({"state_dict": sd, "meta": {}}, path)
+    m = build_model("gfl_resnet18_fpn", num_classes=80, quality="dgqp", fpn_channels=64, head_channels=64,
+                    weights=str(path))
     torch.testing.assert_close(m.head.gfl_cls.weight, sd["bbox_head.gfl_cls.weight"][:80])
+    torch.testing.assert_close(m.head.gfl_quality[0].weight, sd["bbox_head.reg_conf.0.weight"])
 
 
 def test_round_trip_to_mmdet_names(model, fx):
