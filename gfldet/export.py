@@ -170,7 +170,9 @@ def export_onnx(
     was_training = model.training
     wrapper = ExportModule(model, mode).eval()
     names = output_names(mode, len(model.config.strides))
-    example = torch.randint(0, 256, (1, 3, *example_size), dtype=torch.float32, device=model.transform.pixel_mean.device)
+    # a batch of 2: torch.export specialises a dimension whose example size is 1 as soon as a reshape reads it
+    # (GFLV2's DGQP reshapes the distributions per image)
+    example = torch.randint(0, 256, (2, 3, *example_size), dtype=torch.float32, device=model.transform.pixel_mean.device)
     batch, height, width = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
