@@ -56,7 +56,8 @@ def test_gradcheck_float64():
     names = [n for n, _ in dcn.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in dcn.parameters()]
     fn = lambda x, *ps: functional_call(dcn, dict(zip(names, ps)), (x,))  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
+    # fast mode: checks random projections of the Jacobian (the full one takes minutes for ~2000 parameters)
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_backbone_swaps_conv2_of_the_chosen_stages_only():
