@@ -1,6 +1,7 @@
 """gfldet: Generalized Focal Loss (Li et al., NeurIPS 2020) for dense object detection, in pure PyTorch.
 
-The public face: the model builders and class, ``load_model`` / ``from_mmdet``, the losses and the config types.
+The public face: the model builders and class, ``load_model`` / ``from_mmdet``, ``load_pretrained`` (published
+COCO weights by name), the losses and the config types.
 Training, evaluation and checkpoint files are reached through :mod:`gfldet.engine`, the tensor maths through
 :mod:`gfldet.ops`. Names are imported on first use (PEP 562), so ``import gfldet.ops`` loads the ops alone.
 """
@@ -22,8 +23,12 @@ _EXPORTS = {
     "gfl_resnet50_fpn": "gfldet.models",
     "gfl_resnet101_fpn": "gfldet.models",
     "gfl_resnext101_32x4d_fpn": "gfldet.models",
+    "gflv2_resnet50_fpn": "gfldet.models",
+    "gflv2_resnet101_fpn": "gfldet.models",
+    "gflv2_resnext101_32x4d_fpn": "gfldet.models",
     "from_mmdet": "gfldet.models",
     "load_model": "gfldet.models.io",
+    "load_pretrained": "gfldet.models.pretrained",
     "ModelConfig": "gfldet.models.config",
     "Config": "gfldet.config",
     "quality_focal_loss": "gfldet.ops",
@@ -44,7 +49,8 @@ _SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine",
 
 __all__ = [
     "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
-    "from_mmdet", "load_model", "ModelConfig", "Config", "quality_focal_loss", "quality_focal_loss_sparse",
+    "gflv2_resnet50_fpn", "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "from_mmdet", "load_model",
+    "load_pretrained", "ModelConfig", "Config", "quality_focal_loss", "quality_focal_loss_sparse",
     "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign", "__version__",
 ]  # = _EXPORTS' names
 
@@ -52,8 +58,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at ru
     from .config import Config
     from .models.config import ModelConfig
     from .models.io import load_model
+    from .models.pretrained import load_pretrained
     from .models import (GFL, build_model, from_mmdet, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn,
-                         gfl_resnext101_32x4d_fpn)
+                         gfl_resnext101_32x4d_fpn, gflv2_resnet50_fpn, gflv2_resnet101_fpn, gflv2_resnext101_32x4d_fpn)
     from .ops import (atss_assign, distribution_focal_loss, generalized_focal_loss, giou_loss, quality_focal_loss,
                       quality_focal_loss_sparse)
 

@@ -143,7 +143,7 @@ def _eval_data(args: argparse.Namespace, meta: dict) -> tuple[str, str]:
         raise ValueError("give both --ann and --images, or neither (then the checkpoint's own validation data is used)")
     val = (meta.get("config") or {}).get("data", {}).get("val", {})
     if not (val.get("ann") and val.get("images")):
-        raise ValueError(f"{args.checkpoint} names no validation data (not saved by `gfldet train` with data.val): "
+        raise ValueError(f"{args.checkpoint or args.weights} names no validation data (not saved by `gfldet train` with data.val): "
                          "pass --ann ANN.json --images DIR")
     log.info("evaluating on the run's validation data %s", val["ann"])
     return val["ann"], val["images"]
@@ -172,10 +172,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     out = _eval_out(args)
-    meta = load_checkpoint(args.checkpoint)
-    ann, images = _eval_data(args, meta)
     overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
-    model = model_from_checkpoint(meta, args.checkpoint, **overrides)
+    if args.weights:
+        from .models.pretrained import load_pretrained
+
+        ann, images = _eval_data(args, {})
+        model = load_pretrained(args.weights, progress=not args.no_progress, **overrides)
+    else:
+        meta = load_checkpoint(args.checkpoint)
+        ann, images = _eval_data(args, meta)
+        model = model_from_checkpoint(meta, args.checkpoint, **overrides)
     dataset = CocoDetection(ann, images, train=False)
     if model.class_names is not None and list(model.class_names) != list(dataset.classes):
         raise ValueError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
@@ -200,7 +206,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
-    result = predict(args.checkpoint, args.inputs, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
+    result = predict(args.checkpoint, args.inputs, weights=args.weights, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
                      draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress,
                      backend=args.backend, ann=args.ann, overwrite=args.force)
     print(json.dumps(result, indent=2, default=str))
@@ -253,6 +259,15 @@ def _version() -> str:
     except metadata.PackageNotFoundError:
         torch_version = "not installed"
     return f"gfldet {__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
+
+
+def _model_source(parser: argparse.ArgumentParser, checkpoint_help: str | None = None) -> None:
+    """--checkpoint (a gfldet checkpoint) or --weights (published weights by name, or their file)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help=checkpoint_help or "a gfldet checkpoint")
+    source.add_argument("--weights", metavar="NAME_OR_PATH",
+                        help="published COCO weights by name, e.g. gfl_r50_fpn_1x_coco (downloaded once into torch "
+                        "hub's cache; docs/pretrained.md), or an mmdetection / GFocalV2 .pth file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_inspect_data)
 
     e = command("eval", "COCO metrics of a checkpoint on a COCO-format dataset")
-    e.add_argument("--checkpoint", required=True)
+    _model_source(e)
     e.add_argument("--ann", default=None, help="COCO annotation JSON (none: the validation data the checkpoint's run used)")
     e.add_argument("--images", default=None, help="image folder (with --ann)")
     e.add_argument("--out", default=None, help="folder for metrics.json, detections.json, pr_curve.png, per_class_ap.md")
@@ -324,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
 
     pr = command("predict", "detect objects in images or folders; COCO-results JSON and pictures out")
-    pr.add_argument("--checkpoint", required=True, help="a gfldet checkpoint, or with --backend onnxruntime an ONNX file")
+    _model_source(pr, "a gfldet checkpoint, or with --backend onnxruntime an ONNX file")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", default="predictions", help="output folder")
     pr.add_argument("--ann", default=None, help="COCO annotation JSON the images come from: predictions.json then "

@@ -7,10 +7,10 @@ multiple of the size divisor happen inside the graph, exactly as :meth:`gfldet.G
 Two modes:
 
 * ``decoded`` (default): ``boxes (N, A, 4)`` xyxy pixels of the input, unclipped; ``scores (N, A, C)`` sigmoid
-  class-quality scores; ``distributions (N, A, 4, n+1)`` the edge distributions; ``edge_std (N, A, 4)`` pixels;
+  class-quality scores (GFLV2: the joint score, class score x DGQP quality); ``distributions (N, A, 4, n+1)`` the edge distributions; ``edge_std (N, A, 4)`` pixels;
   ``loc_conf (N, A)``; ``priors (A, 3)`` ``(cx, cy, stride)`` of every prior (all levels, row-major per level).
   Everything before score threshold and NMS.
-* ``raw``: per level ``cls_p3..cls_p7`` ``(N, C, H_l, W_l)`` logits, then ``reg_p3..reg_p7``
+* ``raw``: per level ``cls_p3..cls_p7`` ``(N, C, H_l, W_l)`` logits (GFLV2: of the joint score), then ``reg_p3..reg_p7``
   ``(N, 4(n+1), H_l, W_l)`` distribution logits (already multiplied by the level's learned scale).
 
 :func:`gfldet.deploy.postprocess` turns either into final detections, the same as the PyTorch model's.
@@ -80,9 +80,10 @@ def output_names(mode: str, num_levels: int) -> list[str]:
 
 
 def is_gfl_assembly(model: nn.Module) -> bool:
-    """Whether ``model`` decodes as GFL does (what the ONNX outputs and gfldet.deploy assume)."""
+    """Whether ``model`` decodes as GFL does (what the ONNX outputs and gfldet.deploy assume): GFL, or GFLV2 whose
+    joint score (class score x DGQP quality) takes the place of GFL's class score in the outputs."""
     return (isinstance(model.box, DistributionBox) and model.box.bin_width == 1.0 and isinstance(model.quality, JointQFL)
-            and model.head.quality_channels == 0 and model.prior_generator.num_anchors == 1)
+            and model.head.quality_channels == model.quality.channels and model.prior_generator.num_anchors == 1)
 
 
 class ExportModule(nn.Module):
@@ -93,8 +94,8 @@ class ExportModule(nn.Module):
         if mode not in MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
         if not is_gfl_assembly(model):
-            raise ValueError("ONNX export supports the GFL detector only (its default parts: distribution with unit bins, "
-                             "joint QFL score without a branch, one anchor per location), not another assembly")
+            raise ValueError("ONNX export supports the GFL and GFLV2 detectors only (distribution with unit bins, joint "
+                             "QFL score, one anchor per location), not another assembly")
         self.model, self.mode = model, mode
 
     def forward(self, images: Tensor):
@@ -102,16 +103,19 @@ class ExportModule(nn.Module):
         # normalisation and zero-padding up to a multiple of the size divisor: the model's own transform
         x = m.transform.pad(m.transform.normalize(images))
         cls_logits, reg_logits = m.forward_features(x)
-        if self.mode == "raw":
-            return (*cls_logits, *reg_logits)
+        if self.mode == "raw":  # GFLV2: the joint score's logits and the distribution logits, as GFL's outputs
+            n = m.head.box_channels
+            joint = [m.quality.joint(c, r[:, n:] if m.head.quality_channels else None) for c, r in zip(cls_logits, reg_logits)]
+            return (*joint, *(r[:, :n] for r in reg_logits))
         # the model's prior generator and box representation (identical floats to the eager model)
         per_level = m.prior_generator.grid([tuple(c.shape[-2:]) for c in cls_logits], x.device)
         centers, strides = box_centers(torch.cat(per_level)), m.prior_generator.anchor_strides(per_level)  # (A, 2), (A,)
-        cls, box, _ = m.head.split(cls_logits, reg_logits)
+        cls, box, quality = m.head.split(cls_logits, reg_logits)
+        scores = m.quality.joint(cls, None if quality is None else quality[..., None]).sigmoid()  # GFLV2: joint
         boxes = distance_to_box(centers, m.box.distances(box) * strides[:, None])
         u = m.box.extras(box, strides)
         priors = torch.cat([centers, strides[:, None]], dim=-1)
-        return boxes, cls.sigmoid(), u["distributions"], u["edge_std"], u["loc_conf"], priors
+        return boxes, scores, u["distributions"], u["edge_std"], u["loc_conf"], priors
 
 
 def _metadata(model: nn.Module, mode: str, class_names: list[str] | None, cat_ids: list[int] | None) -> dict[str, str]:

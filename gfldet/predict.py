@@ -13,7 +13,9 @@ from tqdm.auto import tqdm
 from .data.folders import check_output_folder
 from .deploy import OnnxDetector
 from .engine.evaluate import detections_to_coco
+from .models.coco_classes import coco_category_ids
 from .models.io import load_checkpoint, load_model
+from .models.pretrained import load_pretrained
 from .ops.resize import keep_ratio_size
 from .viz import draw_detections, draw_distributions
 
@@ -105,7 +107,7 @@ def coco_image_ids(files: list[Path], ann: str | os.PathLike) -> list[int]:
 
 
 def predict(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     inputs: list[str | os.PathLike],
     out_dir: str | os.PathLike = "predictions",
     score_thr: float = 0.3,
@@ -117,6 +119,7 @@ def predict(
     backend: str = "torch",
     ann: str | os.PathLike | None = None,
     overwrite: bool = False,
+    weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Detect objects in each image; write ``predictions.json`` (COCO results, plus ``file_name`` and
     ``category`` name, and each box's localisation uncertainty: ``edge_std`` (l, t, r, b standard deviations in
@@ -133,18 +136,29 @@ def predict(
 
     ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` runs a file written by
     ``gfldet export`` (``checkpoint`` is then the ``.onnx`` path) with the NumPy reference post-processing.
+
+    ``weights`` instead of ``checkpoint``: published weights by name or an mmdetection / GFocalV2 file
+    (:func:`gfldet.load_pretrained`: downloaded once, run with the test settings of their published AP).
     """
+    if (checkpoint is None) == (weights is None):
+        raise ValueError("give a checkpoint or weights (published weights' name or file), not both or neither")
+    if weights is not None and backend != "torch":
+        raise ValueError(f"weights run with the torch backend, not {backend!r}")
 
     check_output_folder(out_dir, ("predictions.json",), overwrite)
     files = collect_images(inputs)
     image_ids = coco_image_ids(files, ann) if ann is not None else list(range(len(files)))
     if backend == "torch":
-        model = load_model(checkpoint, score_thr=score_thr).to(device)
-        meta = load_checkpoint(checkpoint)
+        if weights is not None:
+            model = load_pretrained(weights, progress=progress, score_thr=score_thr).to(device)
+            cat_ids = coco_category_ids(model.class_names, model.config.num_classes)
+        else:
+            model = load_model(checkpoint, score_thr=score_thr).to(device)
+            cat_ids = load_checkpoint(checkpoint).get("cat_ids")
         names = model.class_names or [str(i) for i in range(model.config.num_classes)]
-        cat_ids = meta.get("cat_ids")
         if not cat_ids:
-            log.warning("%s carries no dataset category ids: category_id in the results is label + 1", checkpoint)
+            log.warning("%s carries no dataset category ids: category_id in the results is label + 1",
+                        checkpoint or weights)
             cat_ids = list(range(1, model.config.num_classes + 1))
 
         min_size, max_size = model.config.min_size, model.config.max_size

@@ -285,7 +285,7 @@ def test_onnx_detector_takes_float_images_like_the_model(model, exported):
 
 def test_only_the_gfl_assembly_exports():
     m = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, quality="centerness", box="dirac")
-    with pytest.raises(ValueError, match="GFL detector only"):
+    with pytest.raises(ValueError, match="GFL and GFLV2 detectors only"):
         ExportModule(m)
 
 

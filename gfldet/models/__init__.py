@@ -3,7 +3,9 @@ from .backbone import FPN, FrozenStatsBatchNorm2d, ResNetBackbone
 from .detector import GFL, BatchMeta
 from .head import GFLHead
 from .io import from_mmdet
-from .zoo import ARCHS, build_model, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn
+from .zoo import (ARCHS, build_model, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn,
+                  gflv2_resnet50_fpn, gflv2_resnet101_fpn, gflv2_resnext101_32x4d_fpn)
 
 __all__ = ["FPN", "FrozenStatsBatchNorm2d", "ResNetBackbone", "GFL", "BatchMeta", "GFLHead", "from_mmdet", "ARCHS",
-           "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn"]
+           "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
+           "gflv2_resnet50_fpn", "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn"]

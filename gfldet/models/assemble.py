@@ -2,7 +2,9 @@
 
 GFL is the default assembly; the representations the paper compares in its ablations (Table 1) are others:
 
-* ``quality``: ``"qfl"`` GFL's joint class-quality score (:class:`~gfldet.models.quality.JointQFL`); ``"none"`` a
+* ``quality``: ``"qfl"`` GFL's joint class-quality score (:class:`~gfldet.models.quality.JointQFL`); ``"dgqp"``
+  GFLV2's joint score with the distribution-guided quality predictor (:class:`~gfldet.models.quality.JointDGQP`);
+  ``"none"`` a
   plain focal-loss classifier; ``"centerness"`` / ``"iou"`` that classifier plus a branch (gfldet.models.quality);
 * ``box``: ``"distribution"`` the general distribution over ``n + 1`` bins of width ``bin_width`` (GFL);
   ``"dirac"`` direct distances; ``"gaussian"`` mean and log-variance (gfldet.models.box_coders);
@@ -24,7 +26,7 @@ from .criterion import Criterion
 from .head import GFLHead
 from .postprocess import Postprocessor
 from .priors import AnchorGenerator
-from .quality import CenternessBranch, FocalClassifier, IoUBranch, JointQFL
+from .quality import CenternessBranch, FocalClassifier, IoUBranch, JointDGQP, JointQFL
 from .transform import DetectionTransform
 
 __all__ = ["PARTS", "assemble", "atss_config", "box_part", "quality_part", "assigner_part"]
@@ -59,6 +61,8 @@ def quality_part(cfg: ModelConfig):
     """The quality estimator of ``cfg.quality``."""
     if cfg.quality == "qfl":
         return JointQFL(cfg.qfl_beta, cfg.loss_qfl_weight)
+    if cfg.quality == "dgqp":
+        return JointDGQP(cfg.qfl_beta, cfg.loss_qfl_weight, cfg.reg_max, cfg.reg_topk, cfg.reg_channels, cfg.add_mean)
     kind = {"none": FocalClassifier, "centerness": CenternessBranch, "iou": IoUBranch}[cfg.quality]
     return kind(cfg.focal_alpha, cfg.focal_gamma, cfg.loss_qfl_weight, cfg.loss_quality_weight)
 
@@ -92,7 +96,8 @@ def _build(name: str, cfg: ModelConfig, p: dict[str, Any]):
     if name == "head":
         return GFLHead(cfg.num_classes, cfg.fpn_channels, cfg.head_channels, cfg.stacked_convs, cfg.reg_max,
                        len(cfg.strides), cfg.gn_groups, box_channels=p["box"].channels,
-                       num_anchors=p["prior_generator"].num_anchors, quality_channels=p["quality"].channels)
+                       num_anchors=p["prior_generator"].num_anchors, quality_channels=p["quality"].channels,
+                       quality_branch=p["quality"].branch)
     if name == "criterion":
         return Criterion(cfg.num_classes, p["assigner"], p["box"], p["quality"], cfg.loss_bbox_weight)
     return Postprocessor(p["box"], p["quality"], cfg)

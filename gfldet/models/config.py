@@ -21,7 +21,7 @@ class FieldError(ConfigError):
         super().__init__(f"model config {key}={value!r} {why}")
 
 
-QUALITIES = ("qfl", "none", "centerness", "iou")
+QUALITIES = ("qfl", "dgqp", "none", "centerness", "iou")
 BOXES = ("distribution", "dirac", "gaussian")
 ASSIGNERS = ("atss", "fcos", "retina")
 
@@ -83,7 +83,14 @@ class ModelConfig:
     nms_iou: float = 0.6
     max_per_img: int = 100
     # The representations the paper ablates (Table 1; the parts in gfldet.models.assemble). The defaults are GFL itself.
-    quality: str = "qfl"  # qfl (joint, QFL) | none (focal loss) | centerness | iou (separate branches, BCE)
+    # qfl (GFL: joint score, QFL) | dgqp (GFLV2: joint score times the distribution-guided quality, QFL) |
+    # none (focal loss) | centerness | iou (separate branches, BCE)
+    quality: str = "qfl"
+    # GFLV2's DGQP (quality="dgqp"): the top reg_topk probabilities of each edge's distribution (and their mean
+    # with add_mean) -> 1x1 conv to reg_channels -> ReLU -> 1x1 conv -> sigmoid (the official defaults 4, 64, true)
+    reg_topk: int = 4
+    reg_channels: int = 64
+    add_mean: bool = True
     box: str = "distribution"  # distribution (DFL) | dirac (direct distances, GIoU) | gaussian (mean, log-var, NLL)
     bin_width: float = 1.0  # delta: bins at 0, delta, ..., n * delta strides (box="distribution")
     assigner: str = "atss"  # atss | fcos | retina
@@ -120,6 +127,13 @@ class ModelConfig:
             (self.bin_width > 0, "bin_width", self.bin_width, "must be > 0"),
             (len(ratios) >= 1 and all(r > 0 for r in ratios), "anchor_ratios", ratios, "must be one or more numbers > 0"),
             (self.scales_per_octave >= 1, "scales_per_octave", self.scales_per_octave, "must be >= 1"),
+            (self.quality != "dgqp" or 1 <= self.reg_topk <= self.reg_max + 1, "reg_topk", self.reg_topk,
+             f"must be in [1, reg_max + 1 = {self.reg_max + 1}] (the bins of an edge)"),
+            (self.reg_channels >= 1, "reg_channels", self.reg_channels, "must be >= 1"),
+            (self.quality != "dgqp" or self.box == "distribution", "quality", self.quality,
+             f"reads the edge distributions: it needs box='distribution', not {self.box!r}"),
+            (self.quality != "dgqp" or self.num_anchors == 1, "quality", self.quality,
+             "reads one distribution per location: it needs one anchor per location"),
             (self.fcos_radius >= 0, "fcos_radius", self.fcos_radius, "must be >= 0"),
             (0 <= self.retina_neg_iou <= self.retina_pos_iou <= 1, "retina_neg_iou/retina_pos_iou",
              (self.retina_neg_iou, self.retina_pos_iou), "need 0 <= neg <= pos <= 1"),

@@ -88,8 +88,10 @@ class Criterion:
 
     def __call__(self, cls: Tensor, box: Tensor, quality: Tensor | None, priors: Priors,
                  targets: GFLTargets) -> dict[str, Tensor]:
-        """The weighted loss terms from ``cls (N, A, C)``, ``box (N, A, K)`` and ``quality (N, A)`` (or None) outputs."""
+        """The weighted loss terms from ``cls (N, A, C)``, ``box (N, A, K)`` and ``quality (N, A)`` (or None) outputs.
+        The quality estimator's ``joint`` turns the class logits into the classification input first."""
         num_images, num_anchors, _ = cls.shape
+        cls = self.quality.joint(cls, None if quality is None else quality[..., None])  # GFLV2: the joint score's logits
         n_idx, a_idx = targets.positive.nonzero(as_tuple=True)
         ious = cls.new_zeros(num_images, num_anchors, dtype=torch.float32)
         terms: dict[str, Tensor] = {}
@@ -117,6 +119,6 @@ class Criterion:
             terms["loss_bbox"] = box.sum() * 0.0 + 0.0  # "+ 0.0" turns a -0.0 into 0.0
             if key is not None:
                 terms[key] = box.sum() * 0.0 + 0.0
-            if quality is not None:
-                terms["loss_quality"] = quality.sum() * 0.0 + 0.0
+            if quality is not None and self.quality.branch_loss_key is not None:
+                terms[self.quality.branch_loss_key] = quality.sum() * 0.0 + 0.0
         return {**self.quality.classification_loss(cls, targets, ious), **terms}

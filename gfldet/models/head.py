@@ -1,14 +1,17 @@
 """The GFL head: class and box towers of 3x3 conv + GroupNorm + ReLU, their output convolutions, a scale per level.
 
 GFL's joint class-quality classifier and distribution regressor (``4 * (n + 1)`` logits per location); also with
-``A`` anchors per location, another box representation's channels and a quality branch (the ablations)."""
+``A`` anchors per location, another box representation's channels and a quality branch (GFLV2's DGQP, the
+ablations' centerness / IoU branches: gfldet.models.branches)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .branches import ConvBranch
 
 __all__ = ["GFLHead", "Scale"]
 
@@ -52,8 +55,12 @@ class ConvGN(nn.Module):
 class GFLHead(nn.Module):
     """Per level: ``(N, in_channels, H, W)`` -> class logits ``(N, A*C, H, W)`` and box outputs
     ``(N, A*K + A*Q, H, W)``: the ``A*K`` box channels (anchor-major; GFL: A = 1, K = 4 (n + 1) distribution
-    logits), multiplied by the level's ``Scale``, then ``Q`` quality-branch logits per anchor (a 3x3 conv on the
-    regression tower, as the ATSS / FCOS centerness branch; Q = 0 for GFL)."""
+    logits), multiplied by the level's ``Scale``, then ``Q`` quality-branch logits per anchor (Q = 0 for GFL).
+
+    The branch is built by ``quality_branch(feat_channels, num_anchors)`` (a quality estimator's ``branch``) and
+    called as ``branch(reg_feat, box)`` on the regression tower's features and the scaled box outputs; without
+    a factory, ``quality_channels > 0`` gives a 3x3 convolution on the regression tower (the ATSS / FCOS
+    centerness branch)."""
 
     def __init__(
         self,
@@ -68,6 +75,7 @@ class GFLHead(nn.Module):
         box_channels: int | None = None,
         num_anchors: int = 1,
         quality_channels: int = 0,
+        quality_branch: Callable[[int, int], nn.Module | None] | None = None,
     ):
         super().__init__()
         if num_classes < 1:
@@ -83,7 +91,11 @@ class GFLHead(nn.Module):
         self.gfl_cls = nn.Conv2d(chans[-1], num_anchors * num_classes, 3, padding=1)
         self.gfl_reg = nn.Conv2d(chans[-1], num_anchors * self.box_channels, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
-        self.gfl_quality = nn.Conv2d(chans[-1], num_anchors * quality_channels, 3, padding=1) if quality_channels else None
+        if quality_branch is None:
+            quality_branch = lambda feat, a: ConvBranch(feat, a * quality_channels) if quality_channels else None  # noqa: E731
+        self.gfl_quality = quality_branch(chans[-1], num_anchors)
+        if (self.gfl_quality is None) != (quality_channels == 0):
+            raise ValueError(f"quality_channels={quality_channels} needs a quality branch (and 0 none)")
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
@@ -99,7 +111,7 @@ class GFLHead(nn.Module):
             reg_feat = conv(reg_feat)
         reg = self.scales[level](self.gfl_reg(reg_feat)).float()
         if self.gfl_quality is not None:
-            reg = torch.cat([reg, self.gfl_quality(reg_feat).float()], dim=1)
+            reg = torch.cat([reg, self.gfl_quality(reg_feat, reg).float()], dim=1)
         return self.gfl_cls(cls_feat), reg
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:

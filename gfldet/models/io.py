@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .detector import GFL
-from .mmdet import convert_mmdet_state_dict, model_from_mmdet, split_mmdet_checkpoint
+from .mmdet import convert_mmdet_state_dict, mmdet_state_dict, model_from_mmdet
 from .transfer import load_state, transfer_weights
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "model_from_checkpoint", "load_weights_into", "from_mmdet",
@@ -201,7 +201,7 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str, dict[str, Any
         raise ValueError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: it holds a {type(obj).__name__}, "
                          "not a dict of tensors")
     try:
-        return convert_mmdet_state_dict(split_mmdet_checkpoint(obj, path)[0]), "mmdetection checkpoint", None
+        return convert_mmdet_state_dict(mmdet_state_dict(obj, path)[0]), "mmdetection checkpoint", None
     except ValueError as e:
         raise ValueError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: {e}") from e
 

@@ -1,6 +1,6 @@
-"""mmdetection GFL checkpoints (``configs/gfl/*``) without mmdetection: the architecture (ResNet depth, ResNeXt
-groups and width, FPN and head widths, number of tower convs, classes and ``reg_max``) is read off the tensors and
-parameter names are mapped to gfldet's (and back). Loaded objects only; files: :mod:`.io` (``from_mmdet``).
+"""mmdetection GFL checkpoints (``configs/gfl/*``) and GFocalV2's (GFLV2, mmdetection 2.x names) without
+mmdetection: the architecture (ResNet depth, ResNeXt groups and width, FPN and head widths, number of tower convs,
+classes, ``reg_max``, GFLV2's DGQP) is read off the tensors and parameter names are mapped to gfldet's (and back). Loaded objects only; files: :mod:`.io` (``from_mmdet``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .backbone import RESNET_SPECS
 from .detector import GFL
 
 __all__ = ["model_from_mmdet", "mmdet_config_from_state_dict", "convert_mmdet_state_dict", "to_mmdet_state_dict",
-           "split_mmdet_checkpoint"]
+           "split_mmdet_checkpoint", "mmdet_state_dict", "drop_background_column", "class_names_of"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ _RENAMES = [
     (re.compile(r"^bbox_head\.(cls_convs|reg_convs)\.(\d+)\.(conv|gn)\.(weight|bias)$"), r"head.\1.\2.\3.\4"),
     (re.compile(r"^bbox_head\.(gfl_cls|gfl_reg)\.(weight|bias)$"), r"head.\1.\2"),
     (re.compile(r"^bbox_head\.scales\.(\d+)\.scale$"), r"head.scales.\1.scale"),
+    (re.compile(r"^bbox_head\.reg_conf\.([02])\.(weight|bias)$"), r"head.gfl_quality.\1.\2"),  # GFLV2's DGQP
     (re.compile(r"^(backbone\.(?:conv1|bn1|layer[1-4])\..+)$"), r"\1"),
 ]
 
@@ -89,8 +90,6 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
     missing = [k for k in required if k not in sd]
     if missing:
         raise ValueError(f"not an mmdetection GFL (ResNet-FPN) state dict: missing {missing}")
-    if any(k.startswith("bbox_head.reg_conf") for k in sd):
-        raise ValueError("this is a GFLv2 checkpoint (distribution-guided quality predictor 'reg_conf'); gfldet loads GFL (v1) only")
     dcn = _dcn_from_state_dict(sd)
     blocks = [_count(sd, rf"^backbone\.layer{i}\.(\d+)\.") for i in range(1, 5)]
     bottleneck = "backbone.layer1.0.conv3.weight" in sd
@@ -139,8 +138,58 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
         strides=tuple(8 * 2**i for i in range(num_outs)),
         **dcn,
     )
+    if "bbox_head.reg_conf.0.weight" in sd:
+        kw.update(_gflv2_fields(sd, overrides))
     kw.update(overrides)
     return ModelConfig(**kw)
+
+
+def _gflv2_fields(sd: dict[str, Tensor], overrides: dict[str, Any]) -> dict[str, Any]:
+    """GFLV2 (GFocalV2's ``reg_conf``) settings read off the tensors: ``reg_conf.0`` is ``(reg_channels,
+    4 * (reg_topk + add_mean), 1, 1)``. The statistics count ``reg_topk + add_mean`` cannot tell the two apart:
+    ``add_mean`` is taken as true (every official config), unless ``overrides`` say otherwise."""
+    w0, w2 = sd["bbox_head.reg_conf.0.weight"], sd.get("bbox_head.reg_conf.2.weight")
+    if w0.dim() != 4 or w0.shape[1] % 4 or w2 is None or tuple(w2.shape[:2]) != (1, w0.shape[0]):
+        raise ValueError(f"bbox_head.reg_conf (GFLv2's quality predictor) has shapes {tuple(w0.shape)} / "
+                         f"{None if w2 is None else tuple(w2.shape)}; expected GFocalV2's Conv1x1(4 * (topk + mean) -> "
+                         "channels), ReLU, Conv1x1(channels -> 1)")
+    add_mean = bool(overrides.get("add_mean", True))
+    return dict(quality="dgqp", reg_channels=int(w0.shape[0]), add_mean=add_mean,
+                reg_topk=int(w0.shape[1]) // 4 - int(add_mean))
+
+
+def class_names_of(meta: dict[str, Any]) -> list[str] | None:
+    """The class names an mmdetection checkpoint's ``meta`` records (2.x ``CLASSES``, 3.x ``dataset_meta``)."""
+    names = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
+    return list(names) if names is not None else None
+
+
+def drop_background_column(sd: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Tensor]:
+    """GFocalV2 trains with mmdetection 2.x's ``use_sigmoid=False``, which gives ``gfl_cls`` ``num_classes + 1``
+    outputs: the last is a background column, trained towards 0 and dropped at test time. gfldet's GFLV2 has
+    ``num_classes`` outputs, so that column is removed here. Which files have it: a GFLV2 state dict (``reg_conf``)
+    whose ``meta`` names one class fewer than ``gfl_cls`` has outputs; without class names in the meta, one with
+    81 outputs (the official COCO checkpoints). Anything else is returned as it is."""
+    w = sd.get("bbox_head.gfl_cls.weight")
+    if w is None or "bbox_head.reg_conf.0.weight" not in sd:
+        return sd
+    out_ch, names = int(w.shape[0]), class_names_of(meta)
+    if not (len(names) == out_ch - 1 if names is not None else out_ch == 81):
+        return sd
+    log.info("GFocalV2 checkpoint: dropping gfl_cls's background column (%d outputs for %d classes)", out_ch, out_ch - 1)
+    out = dict(sd)
+    out["bbox_head.gfl_cls.weight"] = w[:-1]
+    if "bbox_head.gfl_cls.bias" in sd:
+        out["bbox_head.gfl_cls.bias"] = sd["bbox_head.gfl_cls.bias"][:-1]
+    return out
+
+
+def mmdet_state_dict(obj: Any, path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict (mmdetection names, without a ``module.`` prefix or GFocalV2's background column) and the
+    ``meta`` of a loaded mmdetection file: what both loading a model and fine-tuning from the file read."""
+    sd, meta = split_mmdet_checkpoint(obj, path)
+    sd = _strip_prefix(sd)
+    return drop_background_column(sd, meta), meta
 
 
 def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -165,6 +214,7 @@ def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 _INVERSE = [
+    (re.compile(r"^head\.gfl_quality\.([02])\.(weight|bias)$"), r"bbox_head.reg_conf.\1.\2"),  # GFLV2's DGQP
     (re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.(weight|bias)$"), r"neck.\1.\2.conv.\3"),
     (re.compile(r"^head\.(.+)$"), r"bbox_head.\1"),
     (re.compile(r"^(backbone\..+)$"), r"\1"),
@@ -173,7 +223,9 @@ _INVERSE = [
 
 def to_mmdet_state_dict(model: GFL) -> dict[str, Tensor]:
     """gfldet -> mmdetection parameter names (the inverse of :func:`convert_mmdet_state_dict`), e.g. to run
-    gfldet-trained weights in mmdetection with the matching config."""
+    gfldet-trained weights in mmdetection with the matching config. A GFLV2 model's ``gfl_cls`` keeps its
+    ``num_classes`` outputs (mmdetection 3.x's sigmoid GFL head with the DGQP forward, as the parity fixture);
+    GFocalV2's own mmdetection-2.x head expects a background column more."""
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         for rx, repl in _INVERSE:
@@ -190,10 +242,10 @@ def model_from_mmdet(obj: Any, path: str | os.PathLike = "checkpoint", **overrid
     """A ready :class:`GFL` (in eval mode) from a loaded mmdetection GFL checkpoint (``{"state_dict": ...,
     "meta": ...}`` or a bare state dict; ``path`` names it in errors). ``overrides``: other :class:`ModelConfig`
     fields (:func:`gfldet.from_mmdet`, which reads files, documents them)."""
-    sd, meta = split_mmdet_checkpoint(obj, path)
+    sd, meta = mmdet_state_dict(obj, path)
     cfg = mmdet_config_from_state_dict(sd, **overrides)
-    names = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
-    names = list(names) if names is not None and len(names) == cfg.num_classes else None
+    names = class_names_of(meta)
+    names = names if names is not None and len(names) == cfg.num_classes else None
     model = GFL(cfg, class_names=names)
     converted = convert_mmdet_state_dict(sd)
     try:

@@ -36,8 +36,10 @@ def decode_image(
         cls_logits: per level ``(A_l, C)``; box_logits: per level ``(A_l, K)``; quality_logits: per level ``(A_l,)``
             or None; anchors: per level ``(A_l, 4)``; image_size: ``(H, W)`` the boxes are clipped to.
         box: the box representation (distances, extras); quality: the quality estimator (test-time score).
-    Score threshold and per-level top-k use the class score; the quality estimator then gives the NMS and output
-    score (mmdetection's ``filter_scores_and_topk`` then score factors, not a threshold on the product).
+    Score threshold and per-level top-k use the class score (``sigmoid`` of the quality estimator's ``joint``: the
+    class score itself, GFLV2's joint score); the quality estimator then gives the NMS and output score (a
+    branch's score factor: mmdetection's ``filter_scores_and_topk`` then score factors, not a threshold on the
+    product).
     Returns:
         ``boxes (D, 4)`` xyxy in the frame of the network input, ``scores (D,)``, ``labels (D,)`` int64,
         ``strides (D,)`` the stride of each box's level, and the box representation's extras (GFL:
@@ -46,7 +48,8 @@ def decode_image(
     """
     all_boxes, all_scores, all_labels, all_logits, all_strides = [], [], [], [], []
     for lvl, (cls, reg, anc, stride) in enumerate(zip(cls_logits, box_logits, anchors, strides)):
-        scores = cls.float().sigmoid()  # (A_l, C)
+        q = None if quality_logits is None else quality_logits[lvl]
+        scores = quality.joint(cls, None if q is None else q[:, None]).float().sigmoid()  # (A_l, C); GFLV2: joint
         keep = scores > score_thr
         flat_scores = scores[keep]
         idxs = keep.nonzero()  # (k, 2): (anchor, class), row-major as the reference
@@ -55,7 +58,7 @@ def decode_image(
         top = min(nms_pre, idxs.shape[0])
         flat_scores, idxs = flat_scores[:top], idxs[order[:top]]
         a_idx, labels = idxs.unbind(dim=1)
-        flat_scores = quality.rescore(flat_scores, None if quality_logits is None else quality_logits[lvl][a_idx])
+        flat_scores = quality.rescore(flat_scores, None if q is None else q[a_idx])
         logits = reg[a_idx].float()
         dists = box.distances(logits) * stride
         boxes = distance_to_box(box_centers(anc[a_idx]), dists, max_shape=image_size)
