@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--mode", choices=("decoded", "raw"), default="decoded",
                    help="decoded: boxes, scores, distributions of every prior before NMS; raw: per-level logits (docs/onnx.md)")
     x.add_argument("--example-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size traced with")
-    x.add_argument("--opset", type=int, default=18)
+    x.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 19 for models with DCN)")
     x.add_argument("--score-thr", type=float, default=None, help="score threshold stored for the reference post-processing")
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     x.set_defaults(func=_cmd_export)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .models.config import REGIME_FIELDS, REGIMES, ConfigError, FieldError, ModelConfig, Regime, backbone_regime
-from .models.zoo import ARCH_FIELDS, arch_config, check_imagenet_width
+from .models.zoo import ARCH_FIELDS, ARCHS, arch_config, check_imagenet_width
 
 __all__ = ["Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
            "ModelConfig", "load_config", "apply_override", "validate_config", "format_config", "read_yaml", "load_yaml",
@@ -412,7 +412,8 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"{key}: {value!r} {why}")
     m = cfg.model
     try:  # the detector's own rules (gfldet.models.config), named as this file's keys
-        ModelConfig(**{k: v for k, v in model_fields(m).items() if v is not None})
+        fixed = ARCHS[m.arch][0] if m.arch in ARCHS else {}  # the depth decides e.g. whether DCN fits
+        ModelConfig(**fixed, **{k: v for k, v in model_fields(m).items() if v is not None})
         if m.weights_backbone:
             check_imagenet_width(m.base_channels)
     except FieldError as e:

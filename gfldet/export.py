@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["export_onnx", "ExportModule", "is_gfl_assembly", "MODES", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
 
 MODES = ("decoded", "raw")
+DCN_OPSET = 19  # the first opset with DeformConv (torchvision's deform_conv2d exports to it)
 _LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7", "p8", "p9")
 
 
@@ -146,7 +147,7 @@ def export_onnx(
     path: str | os.PathLike,
     mode: str = "decoded",
     example_size: tuple[int, int] = (320, 320),
-    opset: int = 18,
+    opset: int | None = None,
     class_names: list[str] | None = None,
     cat_ids: list[int] | None = None,
     overwrite: bool = False,
@@ -154,7 +155,8 @@ def export_onnx(
     """Write ``model`` as one self-contained ONNX file with dynamic batch and image size.
 
     The file is written beside ``path`` and renamed into place, so an existing file is never left half
-    written; it is replaced only with ``overwrite``.
+    written; it is replaced only with ``overwrite``. ``opset``: the ONNX opset, by default 18, or 19 for a model with
+    deformable convolutions (``model.stage_with_dcn``), which become ONNX ``DeformConv`` (opset 19 and later).
     """
     import onnx  # torch.onnx needs onnx and onnxscript: fail here, before any work, when they are missing
 
@@ -167,6 +169,12 @@ def export_onnx(
     if min(example_size) < need:
         raise ValueError(f"example_size {tuple(example_size)} is too small to trace dynamic shapes: each side must be "
                          f">= {need} (twice the coarsest stride) so that no feature map is 1 pixel wide")
+    dcn = tuple(getattr(model.config, "stage_with_dcn", ()))
+    if opset is None:
+        opset = DCN_OPSET if any(dcn) else 18
+    elif any(dcn) and opset < DCN_OPSET:
+        raise ValueError(f"the model uses deformable convolutions (model.stage_with_dcn={dcn}), which ONNX has as "
+                         f"DeformConv from opset {DCN_OPSET} on: pass opset >= {DCN_OPSET} (gfldet export --opset), got {opset}")
     was_training = model.training
     wrapper = ExportModule(model, mode).eval()
     names = output_names(mode, len(model.config.strides))

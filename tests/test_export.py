@@ -13,6 +13,7 @@ from gfldet.cli import main
 from gfldet.deploy import OnnxDetector, batched_nms, edge_uncertainty_np, postprocess, preprocess, read_metadata
 from gfldet.models.io import save_checkpoint
 from gfldet.export import EXPORTER_LOGGERS, ExportModule, export_onnx, output_names, quiet_exporter_logs
+from gfldet.models.dcn import ModulatedDeformConv2d as DeformConv
 from gfldet.ops.uncertainty import edge_uncertainty
 
 ort = pytest.importorskip("onnxruntime")
@@ -286,3 +287,38 @@ def test_only_the_gfl_assembly_exports():
     m = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, quality="centerness", box="dirac")
     with pytest.raises(ValueError, match="GFL and GFLV2 detectors only"):
         ExportModule(m)
+
+
+def _dcn_model():
+    torch.manual_seed(0)
+    m = gfldet.GFL(gfldet.ModelConfig(depth=50, base_channels=16, fpn_channels=32, head_channels=32, gn_groups=8,
+                                      num_classes=3, stage_with_dcn=(False, True, True, True), min_size=160, max_size=256))
+    with torch.no_grad():  # offsets of about half a pixel and a varied mask, as a trained DCN has
+        for mod in m.modules():
+            if isinstance(mod, DeformConv):
+                mod.conv_offset.weight.normal_(0, 0.02)
+                mod.conv_offset.bias.normal_(0, 0.5)
+    return m.eval()
+
+
+def test_deformable_convolutions_export_to_onnx_deformconv(tmp_path):
+    """A DCN model exports at opset 19 (ONNX DeformConv) by default; ONNX Runtime gives PyTorch's raw outputs at
+    another batch and size; an explicit older opset is refused by name."""
+    model = _dcn_model()
+    with pytest.raises(ValueError, match=r"deformable convolutions \(model.stage_with_dcn=\(False, True, True, True\)\).*opset >= 19"):
+        export_onnx(model, tmp_path / "old.onnx", mode="raw", example_size=(256, 320), opset=18)
+    path = export_onnx(model, tmp_path / "dcn.onnx", mode="raw", example_size=(256, 320))
+    import onnx
+
+    proto = onnx.load(str(path))
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {19}
+    assert sum(n.op_type == "DeformConv" for n in proto.graph.node) == 13  # conv2 of the 4 + 6 + 3 blocks of c3-c5
+    meta = read_metadata(path)
+    batch, _, _, _ = preprocess(_images(), meta)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {"images": batch})
+    with torch.no_grad():
+        x, _ = model.preprocess(_images())
+        cls, reg = model.forward_features(x)
+    for got, ref in zip(outs, [*cls, *reg]):
+        np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-4)

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
+from .dcn import ModulatedDeformConv2d
+
 __all__ = ["ResNetBackbone", "FPN", "FrozenStatsBatchNorm2d", "RESNET_SPECS"]
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,15 @@ class ResNetBackbone(nn.Module):
         base_channels: output channels of the stem and the planes of ``layer1``, doubled by each later stage
             (mmdetection's ``base_channels``). 64 is the standard ResNet, whose ImageNet weights fit; 32 gives a
             network with a quarter of the convolution work, for training small models from scratch.
+        stage_with_dcn: per stage (layer1..layer4), whether the 3x3 ``conv2`` of each of its bottlenecks is a
+            modulated deformable convolution (:class:`~gfldet.models.dcn.ModulatedDeformConv2d`, mmdetection's DCNv2
+            with ``fallback_on_stride=False``) with ``deform_groups`` offset groups. Its main weight keeps the name
+            ``conv2.weight``; the offsets and mask come from ``conv2.conv_offset`` (zero at first).
     """
 
     def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64, frozen_stages: int = 1,
-                 norm_eval: bool = True, base_channels: int = 64):
+                 norm_eval: bool = True, base_channels: int = 64,
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False), deform_groups: int = 1):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
@@ -67,6 +74,12 @@ class ResNetBackbone(nn.Module):
             # torchvision sizes grouped blocks as planes * width_per_group / 64 * groups, mmdetection's ResNeXt
             # relative to base_channels: the two would disagree, so narrow ResNeXts are not offered
             raise ValueError(f"base_channels={base_channels} is for ResNets (groups=1), got groups={groups}")
+        stage_with_dcn = tuple(bool(b) for b in stage_with_dcn)
+        if len(stage_with_dcn) != 4:
+            raise ValueError(f"stage_with_dcn must hold 4 booleans (layer1..layer4), got {stage_with_dcn}")
+        if any(stage_with_dcn) and block is tv_resnet.BasicBlock:  # as mmdetection's BasicBlock: not implemented
+            raise ValueError(f"deformable convolutions (stage_with_dcn={stage_with_dcn}) need bottleneck blocks "
+                             f"(depth 50, 101 or 152); ResNet-{depth} has basic blocks")
         norm_layer = FrozenStatsBatchNorm2d if norm_eval else nn.BatchNorm2d
         net = tv_resnet.ResNet(block, layers, groups=groups, width_per_group=width_per_group, norm_layer=norm_layer)
         if base_channels != 64:
@@ -86,6 +99,10 @@ class ResNetBackbone(nn.Module):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
         self.depth, self.groups, self.width_per_group, self.base_channels = depth, groups, width_per_group, base_channels
+        for on, layer in zip(stage_with_dcn, (net.layer1, net.layer2, net.layer3, net.layer4)):
+            for blk in layer if on else ():  # the DCN takes over the initialised conv2 weight
+                blk.conv2 = ModulatedDeformConv2d.from_conv(blk.conv2, deform_groups)
+        self.stage_with_dcn, self.deform_groups = stage_with_dcn, deform_groups
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = block.expansion
@@ -117,12 +134,15 @@ class ResNetBackbone(nn.Module):
         return feats[1:]
 
     def load_torchvision_weights(self, state_dict: dict[str, Tensor]) -> None:
-        """Load an ImageNet classification state dict (its ``fc.*`` entries are dropped)."""
+        """Load an ImageNet classification state dict (its ``fc.*`` entries are dropped). Deformable convolutions'
+        ``conv_offset`` parameters, which classification networks lack, keep their zeros (as in mmdetection)."""
         if self.base_channels != 64:
             raise ValueError(f"ImageNet weights are for the standard widths (base_channels=64), this backbone has "
                              f"base_channels={self.base_channels}")
         sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
         missing, unexpected = self.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if ".conv_offset." not in k or not isinstance(self.get_submodule(k.rsplit(".", 2)[0]),
+                                                                                   ModulatedDeformConv2d)]
         if missing or unexpected:
             raise ValueError(f"backbone weights do not fit ResNet-{self.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -46,6 +46,11 @@ class ModelConfig:
     # for ImageNet-initialised backbones); False uses batch statistics in training and updates the running ones
     # (ordinary BatchNorm, better when training from scratch, as the demo does). Not synchronised across DDP ranks.
     norm_eval: bool = True
+    # Modulated deformable convolution (DCNv2, gfldet.models.dcn) as the 3x3 conv2 of every bottleneck in layer1..layer4
+    # where True (mmdetection's stage_with_dcn; its DCN configs: (False, True, True, True) for c3-c5), with
+    # deform_groups offset groups. Bottleneck depths (50, 101, 152) only, as in mmdetection.
+    stage_with_dcn: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    deform_groups: int = 1
     # neck and head
     fpn_channels: int = 256
     head_channels: int = 256
@@ -107,7 +112,17 @@ class ModelConfig:
             if value not in allowed:
                 raise FieldError(key, value, f"is not one of {allowed}")
         ratios = tuple(self.anchor_ratios)
+        dcn = tuple(self.stage_with_dcn)
         checks = [
+            (len(dcn) == 4 and all(isinstance(b, bool) for b in dcn), "stage_with_dcn", dcn,
+             "must be 4 booleans (layer1..layer4)"),
+            (not any(dcn) or self.depth not in (18, 34), "stage_with_dcn", dcn,
+             f"needs bottleneck blocks (depth 50, 101 or 152); ResNet-{self.depth} has basic blocks"),
+            (isinstance(self.deform_groups, int) and self.deform_groups >= 1, "deform_groups", self.deform_groups,
+             "must be an integer >= 1"),
+            (not any(dcn) or not isinstance(self.deform_groups, int) or self.deform_groups < 1
+             or all(w % self.deform_groups == 0 for w in self.dcn_widths), "deform_groups", self.deform_groups,
+             f"must divide the input width of every deformable conv2 ({self.dcn_widths})"),
             (self.base_channels >= 1, "base_channels", self.base_channels, "must be >= 1"),
             (self.bin_width > 0, "bin_width", self.bin_width, "must be > 0"),
             (len(ratios) >= 1 and all(r > 0 for r in ratios), "anchor_ratios", ratios, "must be one or more numbers > 0"),
@@ -134,6 +149,12 @@ class ModelConfig:
         for ok, key, value, why in checks:
             if not ok:
                 raise FieldError(key, value, why)
+
+    @property
+    def dcn_widths(self) -> tuple[int, ...]:
+        """The input widths of conv2 in the stages with DCN (torchvision's bottleneck width)."""
+        return tuple(self.base_channels * 2**i * self.width_per_group // 64 * self.groups
+                     for i, on in enumerate(self.stage_with_dcn) if on)
 
     @property
     def num_anchors(self) -> int:

@@ -24,6 +24,7 @@ from torch.nn.modules import module as torch_module
 from torchvision.models import resnet as tv_resnet
 
 from gfldet.models.backbone import FPN, ResNetBackbone
+from gfldet.models.dcn import ModulatedDeformConv2d
 from gfldet.models.head import ConvGN
 from gfldet.ops import fast_conv
 
@@ -108,6 +109,11 @@ def _frozen_stats(block: nn.Module) -> bool:
     return bool(bns) and not any(m.training for m in bns)
 
 
+def _deformable(block: nn.Module) -> bool:
+    """A bottleneck whose conv2 is deformable: it runs its own forward (deform_conv2d has no fused form)."""
+    return isinstance(getattr(block, "conv2", None), ModulatedDeformConv2d)
+
+
 def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
@@ -136,7 +142,7 @@ class FusedResNetBackbone(ResNetBackbone):
     """ResNetBackbone in channels_last, block by block the fastest form that computes the same function: fused
     pre-packed convolutions where no gradient is needed (inference; the frozen stem and layer1 in training),
     BatchNorm folded into the convolutions inside the autograd graph where its statistics are frozen and a
-    gradient is needed, the block itself otherwise (ordinary BatchNorm in training, hooks)."""
+    gradient is needed, the block itself otherwise (ordinary BatchNorm in training, hooks, deformable conv2)."""
 
     def forward(self, x: Tensor) -> list[Tensor]:
         if tracing():  # channels_last would make the tracer guard on the batch size (a size-1 dim has ambiguous strides)
@@ -153,7 +159,9 @@ class FusedResNetBackbone(ResNetBackbone):
                 x = layer(_grad_layout(x))
             else:
                 for block in layer:
-                    if _foldable(x, (block,)):
+                    if _deformable(block):
+                        x = block(_grad_layout(x))
+                    elif _foldable(x, (block,)):
                         x = _block_as_convs(block, x, fast_conv.conv2d)
                     elif _frozen_stats(block) and not _plain_only((block,)):
                         x = _block_as_convs(block, _grad_layout(x), fast_conv.conv_bn_folded)

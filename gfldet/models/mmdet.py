@@ -52,6 +52,37 @@ def _count(sd: dict[str, Tensor], pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := rx.match(k))})
 
 
+def _dcn_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
+    """``stage_with_dcn`` and ``deform_groups`` of a ResNet with mmcv's ``ModulatedDeformConv2dPack`` as conv2 (3 x 9
+    offset-and-mask channels per deform group) in every bottleneck of some stages; anything else is refused."""
+    keys = sorted(k for k in sd if ".conv_offset." in k)
+    rx = re.compile(r"^backbone\.layer([1-4])\.(\d+)\.conv2\.conv_offset\.(weight|bias)$")
+    odd = [k for k in keys if not rx.match(k)]
+    if odd:
+        raise ValueError(f"deformable convolutions outside the ResNet bottlenecks' conv2 are not supported: {odd[:4]}")
+    stages, groups = [False] * 4, set()
+    for i in range(1, 5):
+        blocks = _count(sd, rf"^backbone\.layer{i}\.(\d+)\.")
+        with_dcn = [b for b in range(blocks) if f"backbone.layer{i}.{b}.conv2.conv_offset.weight" in sd]
+        if with_dcn and len(with_dcn) != blocks:
+            raise ValueError(f"layer{i} has deformable convolutions in blocks {with_dcn} of {blocks}: gfldet supports "
+                             "DCN in every block of a stage (stage_with_dcn) only")
+        for b in with_dcn:
+            key = f"backbone.layer{i}.{b}.conv2.conv_offset.weight"
+            out = int(sd[key].shape[0])
+            if out % 27:  # DCNv1 (DeformConv2dPack) has 18 offsets per group and no mask
+                kind = " (18 per group: DCNv1's DeformConv2dPack, without a mask)" if out % 18 == 0 else ""
+                raise ValueError(f"{key} has {out} outputs{kind}: gfldet supports modulated deformable convolutions "
+                                 "(DCNv2, 27 per deform group) only")
+            if f"backbone.layer{i}.{b}.conv2.conv_offset.bias" not in sd:
+                raise ValueError(f"{key} has no bias: not mmcv's ModulatedDeformConv2dPack")
+            groups.add(out // 27)
+        stages[i - 1] = bool(with_dcn)
+    if len(groups) > 1:
+        raise ValueError(f"the deformable convolutions have different deform_groups {sorted(groups)}; one is supported")
+    return {"stage_with_dcn": tuple(stages), "deform_groups": groups.pop() if groups else 1}
+
+
 def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> ModelConfig:
     """Infer a :class:`ModelConfig` from an mmdetection GFL state dict; ``overrides`` set other fields."""
     sd = _strip_prefix(sd)
@@ -59,8 +90,7 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
     missing = [k for k in required if k not in sd]
     if missing:
         raise ValueError(f"not an mmdetection GFL (ResNet-FPN) state dict: missing {missing}")
-    if any("conv_offset" in k for k in sd):
-        raise ValueError("this checkpoint uses deformable convolutions (DCN), which gfldet does not support yet")
+    dcn = _dcn_from_state_dict(sd)
     blocks = [_count(sd, rf"^backbone\.layer{i}\.(\d+)\.") for i in range(1, 5)]
     bottleneck = "backbone.layer1.0.conv3.weight" in sd
     depth = next(
@@ -106,6 +136,7 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
         num_classes=int(sd["bbox_head.gfl_cls.weight"].shape[0]),
         reg_max=reg_out // 4 - 1,
         strides=tuple(8 * 2**i for i in range(num_outs)),
+        **dcn,
     )
     if "bbox_head.reg_conf.0.weight" in sd:
         kw.update(_gflv2_fields(sd, overrides))

@@ -191,7 +191,8 @@ def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, t
                                   f"{w.sha256}): delete it to download it again, or replace it with a good copy of "
                                   f"{w.url}") from e
         raise PretrainedError(f"{text} ({path}): {e}" if path not in str(e) else str(e)) from e
-    expected = {**ARCHS[w.arch][0], "quality": "dgqp" if w.gfl_version == 2 else "qfl"}
+    expected = {**ARCHS[w.arch][0], "quality": "dgqp" if w.gfl_version == 2 else "qfl",
+                "stage_with_dcn": tuple(f"c{i}" in w.dcn_stages for i in range(2, 6))}  # c2..c5 = layer1..layer4
     wrong = {k: getattr(model.config, k) for k, v in expected.items() if getattr(model.config, k) != v}
     if wrong:
         raise PretrainedError(f"{path} is not the {w.arch} that {text} names (it has {wrong}): delete it to download "

@@ -175,6 +175,14 @@ def test_a_file_of_another_architecture_is_refused(served, hub, monkeypatch):
     assert entry.file_name in str(e.value) and "'depth': 18" in str(e.value)
 
 
+def test_a_file_without_the_tables_dcn_stages_is_refused(served, hub, monkeypatch):
+    server, entry, data, _ = served
+    monkeypatch.setitem(PRETRAINED, "tiny_gfl", PretrainedWeights("tiny_gfl", entry.arch, 1.0, entry.url, entry.sha256,
+                                                                  dcn_stages=("c4", "c5")))
+    with pytest.raises(PretrainedError, match=r"'stage_with_dcn': \(False, False, False, False\)"):
+        load_pretrained("tiny_gfl", progress=False)
+
+
 def test_damaged_cached_file_names_the_file(served, hub):
     server, entry, data, _ = served
     path = os.path.join(hub, entry.file_name)
