@@ -90,7 +90,7 @@ def _build(name: str, cfg: ModelConfig, p: dict[str, Any]):
     if name == "backbone":
         return ResNetBackbone(cfg.depth, cfg.groups, cfg.width_per_group, cfg.frozen_stages, cfg.norm_eval,
                               base_channels=cfg.base_channels, stage_with_dcn=cfg.stage_with_dcn,
-                              deform_groups=cfg.deform_groups)
+                              deform_groups=cfg.deform_groups, dcn_modulated=cfg.dcn_modulated)
     if name == "neck":
         return FPN(p["backbone"].out_channels, cfg.fpn_channels, num_outs=len(cfg.strides))
     if name == "head":

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
-from .dcn import ModulatedDeformConv2d
+from .dcn import ModulatedDeformConv2d, deformable_conv
 
 __all__ = ["ResNetBackbone", "FPN", "FrozenStatsBatchNorm2d", "RESNET_SPECS"]
 
@@ -54,14 +54,16 @@ class ResNetBackbone(nn.Module):
             (mmdetection's ``base_channels``). 64 is the standard ResNet, whose ImageNet weights fit; 32 gives a
             network with a quarter of the convolution work, for training small models from scratch.
         stage_with_dcn: per stage (layer1..layer4), whether the 3x3 ``conv2`` of each of its bottlenecks is a
-            modulated deformable convolution (:class:`~gfldet.models.dcn.ModulatedDeformConv2d`, mmdetection's DCNv2
+            deformable convolution (:class:`~gfldet.models.dcn.ModulatedDeformConv2d`, mmdetection's DCNv2, or with
+            ``dcn_modulated=False`` :class:`~gfldet.models.dcn.DeformConv2d`, its DCNv1,
             with ``fallback_on_stride=False``) with ``deform_groups`` offset groups. Its main weight keeps the name
             ``conv2.weight``; the offsets and mask come from ``conv2.conv_offset`` (zero at first).
     """
 
     def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64, frozen_stages: int = 1,
                  norm_eval: bool = True, base_channels: int = 64,
-                 stage_with_dcn: Sequence[bool] = (False, False, False, False), deform_groups: int = 1):
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False), deform_groups: int = 1,
+                 dcn_modulated: bool = True):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
@@ -101,7 +103,7 @@ class ResNetBackbone(nn.Module):
         self.depth, self.groups, self.width_per_group, self.base_channels = depth, groups, width_per_group, base_channels
         for on, layer in zip(stage_with_dcn, (net.layer1, net.layer2, net.layer3, net.layer4)):
             for blk in layer if on else ():  # the DCN takes over the initialised conv2 weight
-                blk.conv2 = ModulatedDeformConv2d.from_conv(blk.conv2, deform_groups)
+                blk.conv2 = deformable_conv(blk.conv2, deform_groups, dcn_modulated)
         self.stage_with_dcn, self.deform_groups = stage_with_dcn, deform_groups
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4

@@ -51,6 +51,9 @@ class ModelConfig:
     # deform_groups offset groups. Bottleneck depths (50, 101, 152) only, as in mmdetection.
     stage_with_dcn: tuple[bool, bool, bool, bool] = (False, False, False, False)
     deform_groups: int = 1
+    # true: modulated DCN (DCNv2, mmdetection's dcn type 'DCNv2'); false: DCNv1 (type 'DCN': offsets, no mask),
+    # which mmdetection's published GFL DCN models use
+    dcn_modulated: bool = True
     # neck and head
     fpn_channels: int = 256
     head_channels: int = 256

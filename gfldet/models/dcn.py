@@ -1,12 +1,14 @@
-"""Modulated deformable convolution (DCNv2, Zhu et al. 2019) on torchvision's ``deform_conv2d``, laid out as
-mmcv's ``ModulatedDeformConv2dPack`` so that mmdetection's DCN checkpoints load one to one."""
+"""Deformable convolutions on torchvision's ``deform_conv2d``, laid out as mmcv's so that mmdetection's DCN
+checkpoints load one to one: modulated (DCNv2, Zhu et al. 2019; mmcv's ``ModulatedDeformConv2dPack``, config type
+``'DCNv2'``) and plain (DCNv1, Dai et al. 2017; mmcv's ``DeformConv2dPack``, type ``'DCN'``, which mmdetection's
+published GFL DCN models use)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-__all__ = ["ModulatedDeformConv2d"]
+__all__ = ["ModulatedDeformConv2d", "DeformConv2d", "deformable_conv"]
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -24,6 +26,8 @@ class ModulatedDeformConv2d(nn.Module):
       channels: per group and tap a (dy, dx) pair, as ``deform_conv2d`` reads them) and the mask is ``sigmoid(m)``.
     """
 
+    channels_per_tap = 3  # conv_offset outputs per deform group and kernel tap: (dy, dx) and a mask logit
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
                  dilation: int = 1, groups: int = 1, deform_groups: int = 1, bias: bool = False):
         super().__init__()
@@ -38,7 +42,7 @@ class ModulatedDeformConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv2d's default
-        self.conv_offset = nn.Conv2d(in_channels, deform_groups * 3 * kernel_size * kernel_size, kernel_size,
+        self.conv_offset = nn.Conv2d(in_channels, deform_groups * self.channels_per_tap * kernel_size * kernel_size, kernel_size,
                                      stride=stride, padding=padding, dilation=dilation, bias=True)
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
@@ -56,7 +60,7 @@ class ModulatedDeformConv2d(nn.Module):
             dcn.bias = conv.bias
         return dcn
 
-    def offset_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def offset_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The offsets ``(N, 2 * G * kh * kw, H', W')`` and mask ``(N, G * kh * kw, H', W')`` for input ``x``."""
         o1, o2, m = torch.chunk(self.conv_offset(x), 3, dim=1)
         return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
@@ -70,3 +74,18 @@ class ModulatedDeformConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
                 f"deform_groups={self.deform_groups}, bias={self.bias is not None}")
+
+
+class DeformConv2d(ModulatedDeformConv2d):
+    """DCNv1 in mmcv's ``DeformConv2dPack`` layout: ``conv_offset`` gives ``G * 2 * kh * kw`` offsets (zero-initialised),
+    used as they are, and no mask (every tap weighs 1: a fresh module is the plain convolution)."""
+
+    channels_per_tap = 2
+
+    def offset_and_mask(self, x: Tensor) -> tuple[Tensor, None]:
+        return self.conv_offset(x), None
+
+
+def deformable_conv(conv: nn.Conv2d, deform_groups: int = 1, modulated: bool = True) -> ModulatedDeformConv2d:
+    """A deformable convolution in place of ``conv`` (sharing its weights): DCNv2 (``modulated``) or DCNv1."""
+    return (ModulatedDeformConv2d if modulated else DeformConv2d).from_conv(conv, deform_groups)

@@ -53,14 +53,16 @@ def _count(sd: dict[str, Tensor], pattern: str) -> int:
 
 
 def _dcn_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
-    """``stage_with_dcn`` and ``deform_groups`` of a ResNet with mmcv's ``ModulatedDeformConv2dPack`` as conv2 (3 x 9
-    offset-and-mask channels per deform group) in every bottleneck of some stages; anything else is refused."""
+    """``stage_with_dcn``, ``deform_groups`` and ``dcn_modulated`` of a ResNet with mmcv's deformable convolution
+    as conv2 in every bottleneck of some stages: ``ModulatedDeformConv2dPack`` (DCNv2, 27 offset-and-mask channels
+    per deform group) or ``DeformConv2dPack`` (DCNv1, 18 offset channels); anything else is refused. A count that
+    both divide (54, 108, ...) is read as DCNv2."""
     keys = sorted(k for k in sd if ".conv_offset." in k)
     rx = re.compile(r"^backbone\.layer([1-4])\.(\d+)\.conv2\.conv_offset\.(weight|bias)$")
     odd = [k for k in keys if not rx.match(k)]
     if odd:
         raise ValueError(f"deformable convolutions outside the ResNet bottlenecks' conv2 are not supported: {odd[:4]}")
-    stages, groups = [False] * 4, set()
+    stages, kinds = [False] * 4, set()
     for i in range(1, 5):
         blocks = _count(sd, rf"^backbone\.layer{i}\.(\d+)\.")
         with_dcn = [b for b in range(blocks) if f"backbone.layer{i}.{b}.conv2.conv_offset.weight" in sd]
@@ -70,17 +72,17 @@ def _dcn_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
         for b in with_dcn:
             key = f"backbone.layer{i}.{b}.conv2.conv_offset.weight"
             out = int(sd[key].shape[0])
-            if out % 27:  # DCNv1 (DeformConv2dPack) has 18 offsets per group and no mask
-                kind = " (18 per group: DCNv1's DeformConv2dPack, without a mask)" if out % 18 == 0 else ""
-                raise ValueError(f"{key} has {out} outputs{kind}: gfldet supports modulated deformable convolutions "
-                                 "(DCNv2, 27 per deform group) only")
+            if out % 27 and out % 18:
+                raise ValueError(f"{key} has {out} outputs: neither DCNv2 (27 per deform group: offsets and mask) nor "
+                                 "DCNv1 (18 per deform group: offsets)")
             if f"backbone.layer{i}.{b}.conv2.conv_offset.bias" not in sd:
-                raise ValueError(f"{key} has no bias: not mmcv's ModulatedDeformConv2dPack")
-            groups.add(out // 27)
+                raise ValueError(f"{key} has no bias: not mmcv's ModulatedDeformConv2dPack / DeformConv2dPack")
+            kinds.add((out // 27, True) if out % 27 == 0 else (out // 18, False))
         stages[i - 1] = bool(with_dcn)
-    if len(groups) > 1:
-        raise ValueError(f"the deformable convolutions have different deform_groups {sorted(groups)}; one is supported")
-    return {"stage_with_dcn": tuple(stages), "deform_groups": groups.pop() if groups else 1}
+    if len(kinds) > 1:
+        raise ValueError(f"the deformable convolutions differ in deform_groups / kind {sorted(kinds)}; one is supported")
+    groups, modulated = kinds.pop() if kinds else (1, True)
+    return {"stage_with_dcn": tuple(stages), "deform_groups": groups, "dcn_modulated": modulated}
 
 
 def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> ModelConfig:

@@ -46,6 +46,24 @@ def test_offset_layout_is_mmcvs_and_groups_follow_the_weight(groups):
     assert (dcn(x) - 0.5 * conv(x)).abs().max() > 0.1  # the shift matters
 
 
+def test_dcnv1_layout_is_mmcvs_deform_conv2d_pack():
+    """DCNv1 (mmcv's DeformConv2dPack): conv_offset's 18 outputs are the (dy, dx) of each tap, no mask. A fresh one
+    is the plain convolution; shifting every tap one pixel right is the plain convolution of the shifted window."""
+    from gfldet.models.dcn import DeformConv2d, deformable_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    dcn = deformable_conv(conv, modulated=False)
+    assert type(dcn) is DeformConv2d and dcn.conv_offset.out_channels == 18 and dcn.weight is conv.weight
+    x = torch.randn(2, 4, 7, 9)
+    torch.testing.assert_close(dcn(x), conv(x), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        dx = torch.zeros(18)
+        dx[1::2] = 1.0
+        dcn.conv_offset.bias.copy_(dx)
+    torch.testing.assert_close(dcn(x), F.conv2d(F.pad(x, (0, 2, 1, 1)), conv.weight), rtol=0, atol=1e-5)
+
+
 def test_gradcheck_float64():
     torch.manual_seed(0)
     dcn = ModulatedDeformConv2d(4, 4, 3, stride=1, padding=1, groups=2, deform_groups=2, bias=True).double()

@@ -51,14 +51,14 @@ def _drop(sd, prefix):
 @pytest.mark.parametrize("mutate, match", [
     (lambda sd: _drop(sd, "backbone.layer3.4.conv2.conv_offset."), r"layer3 has deformable convolutions in blocks \[0, 1, 2, 3, 5\] of 6"),
     (lambda sd: sd.__setitem__("backbone.layer3.0.conv2.conv_offset.weight", torch.zeros(36, 64, 3, 3)),
-     r"backbone\.layer3\.0\.conv2\.conv_offset\.weight has 36 outputs \(18 per group: DCNv1"),
+     r"differ in deform_groups / kind \[\(2, False\), \(2, True\)\]"),  # one DCNv1 block among DCNv2 ones
     (lambda sd: sd.__setitem__("backbone.layer4.1.conv2.conv_offset.weight", torch.zeros(30, 128, 3, 3)),
-     r"layer4\.1\.conv2\.conv_offset\.weight has 30 outputs: .*27 per deform group"),
+     r"layer4\.1\.conv2\.conv_offset\.weight has 30 outputs: neither DCNv2 \(27 per deform group"),
     (lambda sd: sd.pop("backbone.layer4.1.conv2.conv_offset.bias"), r"layer4\.1\.conv2\.conv_offset\.weight has no bias"),
     (lambda sd: sd.__setitem__("backbone.layer3.0.conv1.conv_offset.weight", torch.zeros(27, 64, 1, 1)),
      r"outside the ResNet bottlenecks' conv2.*layer3\.0\.conv1\.conv_offset"),
     (lambda sd: sd.__setitem__("backbone.layer4.0.conv2.conv_offset.weight", torch.zeros(27, 128, 3, 3)),
-     r"different deform_groups \[1, 2\]"),
+     r"differ in deform_groups / kind \[\(1, True\), \(2, True\)\]"),
 ])
 def test_unsupported_dcn_layouts_are_refused(mutate, match):
     sd = to_mmdet_state_dict(_model())
@@ -74,3 +74,18 @@ def test_dcn_on_basic_blocks_is_refused():
         sd[f"backbone.layer4.{b}.conv2.conv_offset.bias"] = torch.zeros(27)
     with pytest.raises(ValueError, match="stage_with_dcn.*bottleneck.*ResNet-18"):
         from_mmdet(sd)
+
+
+def test_dcnv1_checkpoints_load():
+    """mmdetection's published GFL DCN models use dcn type 'DCN' (mmcv's DeformConv2dPack: 18 offsets per deform
+    group, no mask); they are read as dcn_modulated=False and give the same outputs after a round trip."""
+    model = _model(dcn_modulated=False, deform_groups=1)
+    sd = to_mmdet_state_dict(model)
+    assert sd["backbone.layer3.0.conv2.conv_offset.weight"].shape == (18, 64, 3, 3)
+    cfg = mmdet_config_from_state_dict(sd)
+    assert cfg.stage_with_dcn == (False, False, True, True) and cfg.deform_groups == 1 and cfg.dcn_modulated is False
+    loaded = from_mmdet(sd, min_size=None, max_size=None, gn_groups=8)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(*(m.forward_features(x)[0] for m in (model, loaded))):
+            assert torch.equal(a, b)
