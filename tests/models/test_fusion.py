@@ -82,7 +82,14 @@ def _as_accurate_as_plain(fast: list[torch.Tensor], plain: list[torch.Tensor], e
     for level, (f, p, e) in enumerate(zip(fast, plain, exact)):
         err_fast, err_plain = rms(f.double() - e), rms(p.double() - e)
         factor = 32 if f.shape[-2:].numel() == 1 else 4
-        bound = factor * err_plain + 64 * ulp * rms(e)
+        # Or within the rounding any float32 path of this random network carries: ulp x sqrt(accumulation length)
+        # (~50-150 for 3x3 convs over 64-256 channels) x the ~1000-10000-fold amplification of its normalisations
+        # = up to a few 1e-2 of the map's RMS. Which path lands where depends on the kernels: measured on an AMD
+        # EPYC, the worst map of the plain path is 6e-3 of its RMS with the default kernels (the fused path 3e-4),
+        # while with ATEN_CPU_CAPABILITY=default the plain path is 4e-6 and the fused one 4e-3, and with
+        # ONEDNN_MAX_CPU_ISA=SSE41 6e-3 and 1e-2: the ratio of the two errors says nothing there, the size does.
+        # A wrong weight, bias or pad is off by the order of the RMS itself.
+        bound = max(factor * err_plain + 64 * ulp * rms(e), 5e-2 * rms(e))
         assert err_fast <= bound, f"level {level}: fast path RMS error {err_fast:.3g} vs plain {err_plain:.3g} (bound {bound:.3g})"
 
 
