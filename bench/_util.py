@@ -22,6 +22,7 @@ __all__ = [
     "peak_rss_kib",
     "markdown_table",
     "machine_info",
+    "cpu_model",
     "fmt_ms",
     "load_average",
 ]
@@ -209,17 +210,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], lef
     return "\n".join(out)
 
 
-def machine_info() -> str:
-    """One line: CPU model, logical cores, torch threads, torch version, UTC date."""
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name as lscpu / /proc/cpuinfo give it."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_info() -> str:
+    """One line: CPU model, logical cores, torch threads, torch version, UTC date."""
+    cpu = cpu_model()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     line = (
         f"CPU: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "

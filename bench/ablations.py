@@ -1,26 +1,32 @@
-"""The paper's ablations (GFL, Table 1 (a)-(c)) re-run on the demo's synthetic data, every variant with the same budget.
+"""The paper's ablations (GFL, Table 1 (a)-(c), and GFLV2 against GFL) re-run on the demo's synthetic data.
 
-    python bench/ablations.py                          # all variants, seeds 0 1 2, writes runs/ablations/
-    python bench/ablations.py --seeds 0 1 --epochs 4 --size 256
-    python bench/ablations.py --only gfl atss          # some variants
-    python bench/ablations.py --report                 # print the tables of the runs done so far
+    python bench/ablations.py                                   # the study at the demo's recipe, seeds 0 1 2
+    python bench/ablations.py --only gfl atss --seeds 0 1 2 3   # some variants / more seeds
+    python bench/ablations.py --extend 6                        # + seeds up to 6 for rows still within 2 SE
+    python bench/ablations.py --report --write-docs docs/ablations.md
+    python bench/ablations.py --recipe tiny                     # the first, 144-iteration study
 
-Each run trains ``gfl_resnet18_fpn`` (64-channel FPN and head, from scratch) through the engine of
-``gfldet train`` with the demo's recipe (:func:`gfldet.demo.demo_config`: SGD, warm-up, cosine decay, flips,
-backbone BatchNorm statistics from training images) for the same number of epochs, then evaluates it with
-pycocotools (:func:`gfldet.engine.evaluate.evaluate`, AP = COCO AP@[.5:.95]) on the demo's validation split.
-Only the representation settings of the model (``quality``, ``box``, ``reg_max``, ``bin_width``, ``assigner``,
-anchors) differ between variants. Results go to ``<out>/results.jsonl`` (one line per run; a rerun skips the
-runs recorded there), and the tables, mean +- std of AP over the seeds, to stdout and ``<out>/tables.md``.
+Each run trains one variant through the engine of ``gfldet train`` with a fixed recipe (``--recipe``) and
+evaluates it with pycocotools on a validation split of the same generator. Only the representation settings of
+the model (``quality``, ``box``, ``reg_max``, ``bin_width``, ``assigner``, anchors) differ between variants; a seed
+fixes the initialisation and the data order, so the runs of one seed are paired.
+
+The study is resumable: every finished run is appended to ``bench/results/ablations-<recipe>.jsonl`` (kept in the
+repository) with the commit, CPU model and recipe it ran with, and the next invocation skips the runs recorded
+there, so the study can be completed across sittings. A run recorded under another recipe of the same name is
+refused rather than mixed in. The tables (mean +- std of AP, AP50, AP75; per-seed paired differences against GFL
+with a 95% t interval; whether the paper's direction is reproduced) are printed, and ``--write-docs`` puts them
+into the generated block of docs/ablations.md.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
 import shutil
-import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +34,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import load_average, machine_info, markdown_table  # noqa: E402
+from _ablation_report import TABLES, header, report, write_docs  # noqa: E402
+from _stats import paired  # noqa: E402
+from _util import cpu_model, load_average, machine_info  # noqa: E402
 
 from gfldet.demo import demo_config, demo_data  # noqa: E402
+from gfldet.engine.amp import cpu_has_native_bf16  # noqa: E402
 from gfldet.engine.train import train  # noqa: E402
 
 RETINA_ANCHORS = dict(octave_base_scale=4.0, scales_per_octave=3, anchor_ratios=[0.5, 1.0, 2.0])  # 9 per location
@@ -54,112 +63,156 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "retina_gfl": ("RetinaNet-style + QFL + DFL", dict(assigner="retina", **RETINA_ANCHORS)),
     "fcos": ("FCOS-style: centre sampling, FL + centerness, Dirac", dict(assigner="fcos", quality="centerness", box="dirac")),
     "fcos_gfl": ("FCOS-style + QFL + DFL", dict(assigner="fcos")),
+    "gflv2": ("GFLV2: DGQP (top-4 + mean of each edge's distribution) + QFL + DFL", dict(quality="dgqp")),
 }
 
-TABLES = [
-    ("Table 1(a): quality representation (box: Dirac delta, ATSS assignment)",
-     [("none (FL)", "none_dirac"), ("centerness branch", "atss"), ("IoU branch", "iou_dirac"), ("joint, QFL", "qfl_dirac")]),
-    ("Table 1(a'): quality representation with the general distribution box (n=16, delta=1, DFL; ATSS assignment)",
-     [("none (FL)", "none_dist"), ("centerness branch", "ctr_dist"), ("IoU branch", "iou_dist"), ("joint, QFL (GFL)", "gfl")]),
-    ("Table 1(b): box representation (quality: QFL, ATSS assignment)",
-     [("Dirac delta", "qfl_dirac"), ("Gaussian", "qfl_gauss"), ("general, n=4, delta=1", "n4"), ("general, n=8, delta=1", "n8"),
-      ("general, n=16, delta=1 (GFL)", "gfl"), ("general, n=16, delta=0.5", "d05"), ("general, n=16, delta=2", "d2")]),
-    ("Table 1(c): assignment, baseline vs. + QFL + DFL",
-     [("RetinaNet-style (FL, Dirac)", "retina"), ("RetinaNet-style + QFL + DFL", "retina_gfl"),
-      ("FCOS-style (FL + centerness, Dirac)", "fcos"), ("FCOS-style + QFL + DFL", "fcos_gfl"),
-      ("ATSS (FL + centerness, Dirac)", "atss"), ("ATSS + QFL + DFL (GFL)", "gfl")]),
-]
+# A recipe fixes everything but the representation. "demo" is gfldet.demo.demo_config with the budget of a CPU
+# with bf16 units (9 epochs, bfloat16 autocast) pinned, so that every machine runs the same recipe; "tiny" is the
+# first study's (144 iterations of a standard-width ResNet-18, docs/ablations.md's second section).
+RECIPES: dict[str, dict] = {
+    "demo": dict(train_images=1500, val_images=500, size=256, epochs=9, batch_size=8, lr=0.06, amp=True, threads=2,
+                 model="the demo's: gfl_resnet18_fpn, 24 base channels, trainable BN, 64-ch FPN/head, 2 stacked convs",
+                 model_settings={}, train_settings={}),
+    "tiny": dict(train_images=192, val_images=48, size=192, epochs=3, batch_size=4, lr=0.01, amp=False, threads=1,
+                 model="gfl_resnet18_fpn, 64 base channels, frozen BN + stem/layer1, 64-ch FPN/head, 4 stacked convs",
+                 model_settings=dict(base_channels=64, norm_eval=True, frozen_stages=1, stacked_convs=4),
+                 train_settings=dict(norm_init_batches=4)),
+}
+# Which variants a recipe's study runs by default, most telling first (Table 1(c), QFL and DFL alone, GFLV2).
+STUDIES = {
+    "demo": ["gfl", "atss", "qfl_dirac", "none_dist", "gflv2", "ctr_dist", "iou_dist", "qfl_gauss", "n8"],
+    "tiny": [v for v in VARIANTS if v != "gflv2"],
+}
 
 
-def run_one(name: str, seed: int, args, data: dict[str, str]) -> dict:
-    out = Path(args.out) / f"{name}-s{seed}"
-    if out.exists():  # an interrupted run: start it again
-        shutil.rmtree(out)
-    cfg = demo_config(data, out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu",
-                      image_size=args.size)
-    # the recorded tables (docs/ablations.md) used the demo's first model: a standard-width ResNet-18 with
-    # frozen BatchNorm statistics set from 4 training batches, stem and layer1 frozen, four stacked head convs
-    cfg.model.base_channels, cfg.model.norm_eval, cfg.model.frozen_stages, cfg.model.stacked_convs = 64, True, 1, 4
-    cfg.train.norm_init_batches = 4
+def run_config(name: str, seed: int, recipe: dict, data: dict[str, str], out: Path):
+    r = recipe
+    cfg = demo_config(data, out, epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"], seed=seed, device="cpu",
+                      image_size=r["size"])
+    cfg.train.amp = r["amp"]
+    for k, v in r["model_settings"].items():
+        setattr(cfg.model, k, v)
+    for k, v in r["train_settings"].items():
+        setattr(cfg.train, k, v)
     for k, v in VARIANTS[name][1].items():
         setattr(cfg.model, k, v)
     cfg.train.log_interval = 1000
+    return cfg
+
+
+def run_one(name: str, seed: int, recipe_name: str, out_root: Path, data: dict[str, str], commit: str) -> dict:
+    recipe = RECIPES[recipe_name]
+    out = out_root / f"{name}-s{seed}"
+    if out.exists():  # an interrupted run: start it again
+        shutil.rmtree(out)
     t0 = time.perf_counter()
-    summary = train(cfg, progress=False)
+    summary = train(run_config(name, seed, recipe, data, out), progress=False)
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in records if "eval" in r]
     losses = [r for r in records if "loss" in r]
-    if not args.keep:
-        for f in ("last.pt", "best.pt"):
-            (out / f).unlink(missing_ok=True)
-    return {"variant": name, "seed": seed, "eval": evals[-1]["eval"] if evals else None, "iterations": summary["iterations"],
-            "wall_s": round(wall, 1), "final_losses": {k: v for k, v in losses[-1].items() if k.startswith("loss")} if losses else {}}
+    for f in ("last.pt", "best.pt"):
+        (out / f).unlink(missing_ok=True)
+    return {"recipe": recipe_name, "recipe_settings": recipe, "variant": name, "seed": seed,
+            "eval": evals[-1]["eval"] if evals else None, "iterations": summary["iterations"], "wall_s": round(wall, 1),
+            "final_losses": {k: v for k, v in losses[-1].items() if k.startswith("loss")} if losses else {},
+            "commit": commit, "cpu": cpu_model(), "device": "cpu", "torch": torch.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values) * 100
-    std = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
-def tables(results: list[dict]) -> str:
-    by: dict[str, list[dict]] = {}
-    for r in results:
-        if r.get("eval") and r["eval"].get("AP") is not None:
-            by.setdefault(r["variant"], []).append(r)
-    parts = []
-    for title, rows in TABLES:
-        out_rows = []
-        for label, name in rows:
-            rs = sorted(by.get(name, []), key=lambda r: r["seed"])
-            ap = [r["eval"]["AP"] for r in rs]
-            out_rows.append([label, _fmt(ap), _fmt([r["eval"]["AP50"] for r in rs]), _fmt([r["eval"]["AP75"] for r in rs]),
-                             " ".join(f"{a * 100:.1f}" for a in ap) or "-", len(rs)])
-        parts.append(f"**{title}**\n\n" + markdown_table(["variant", "AP", "AP50", "AP75", "AP per seed", "seeds"], out_rows))
-    return "\n\n".join(parts)
+def load_results(path: Path, recipe_name: str) -> list[dict]:
+    if not path.exists():
+        return []
+    results = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}: line {i} is not JSON ({e}); fix or remove that line") from None
+        if r.get("recipe") != recipe_name or r.get("recipe_settings") != RECIPES[recipe_name]:
+            raise SystemExit(f"{path}: line {i} ({r.get('variant')} seed {r.get('seed')}) was run with recipe "
+                             f"{r.get('recipe')} {r.get('recipe_settings')}, not {recipe_name} {RECIPES[recipe_name]}; "
+                             "a changed recipe needs its own name and results file")
+        results.append(r)
+    return results
+
+
+def plan(results: list[dict], variants: list[str], seeds: list[int], extend: int | None) -> list[tuple[str, int]]:
+    """Runs still to do: every (variant, seed) asked for, seed by seed; with ``extend``, seeds up to ``extend`` - 1
+    for the variants whose paired AP difference to GFL is not yet clear of 2 standard errors (and GFL's)."""
+    done = {(r["variant"], r["seed"]) for r in results}
+    want = [(n, s) for s in seeds for n in variants]
+    if extend:
+        ap = {}
+        for r in results:
+            if r.get("eval"):
+                ap.setdefault(r["variant"], {})[r["seed"]] = r["eval"]["AP"]
+        close = [n for n in variants if n != "gfl" and n in ap and "gfl" in ap
+                 and (p := paired(ap[n], ap["gfl"])) is not None and (p.n < 2 or abs(p.mean) < 2 * p.se)]
+        want += [(n, s) for s in range(extend) for n in ["gfl"] + close]
+    todo = []
+    for key in want:
+        if key not in done and key not in todo:
+            todo.append(key)
+    return todo
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/ablations")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="demo")
+    p.add_argument("--results", help="results file (default: bench/results/ablations-<recipe>.jsonl)")
+    p.add_argument("--out", help="run folders (default: runs/ablations-<recipe>)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run these variants only")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of the 192 training images per run")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--size", type=int, default=192, help="input size (the demo's 256-px images are resized to it)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared 2-core machine)")
-    p.add_argument("--keep", action="store_true", help="keep the checkpoints of every run")
+    p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run these variants only, in this order")
+    p.add_argument("--extend", type=int, metavar="N",
+                   help="also run seeds 0..N-1 of the variants whose paired difference to GFL is within 2 SE")
+    p.add_argument("--max-runs", type=int, help="stop after this many runs (the rest stay for the next sitting)")
     p.add_argument("--report", action="store_true", help="only print the tables of the recorded runs")
+    p.add_argument("--write-docs", metavar="MD", help="replace the generated block of this markdown file")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / "results.jsonl"
-    results = [json.loads(line) for line in res_path.read_text().splitlines() if line.strip()] if res_path.exists() else []
+    recipe = RECIPES[args.recipe]
+    here = Path(__file__).resolve().parent
+    res_path = Path(args.results) if args.results else here / "results" / f"ablations-{args.recipe}.jsonl"
+    results = load_results(res_path, args.recipe)
     if not args.report:
-        data = demo_data(train_images=192)  # the recorded tables' 192 training images
-        done = {(r["variant"], r["seed"]) for r in results}
-        todo = [(n, s) for s in args.seeds for n in (args.only or list(VARIANTS)) if (n, s) not in done]
-        print(f"{machine_info()}\n{len(todo)} runs: {args.epochs} epochs x batch {args.batch_size} at {args.size} px, "
-              f"lr {args.lr}, seeds {args.seeds}", flush=True)
+        todo = plan(results, args.only or STUDIES[args.recipe], args.seeds, args.extend)[:args.max_runs]
+        torch.set_num_threads(recipe["threads"])
+        if recipe["amp"] and not cpu_has_native_bf16():
+            logging.warning("this CPU has no bf16 units: the recipe's bfloat16 autocast runs emulated, several times "
+                            "slower (the results are still comparable)")
+        data = demo_data(train_images=recipe["train_images"], val_images=recipe["val_images"], image_size=256)
+        commit = git_commit()
+        print(f"{machine_info()}\ngfldet {commit}; recipe {args.recipe} {recipe}\n{len(todo)} runs to do", flush=True)
+        res_path.parent.mkdir(parents=True, exist_ok=True)
+        out_root = Path(args.out or f"runs/ablations-{args.recipe}")
         for i, (name, seed) in enumerate(todo):
-            r = run_one(name, seed, args, data)
-            r["settings"] = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "size": args.size,
-                             "threads": args.threads}
+            r = run_one(name, seed, args.recipe, out_root, data, commit)
             results.append(r)
             with open(res_path, "a") as f:
                 f.write(json.dumps(r) + "\n")
             ap = r["eval"]["AP"] if r["eval"] else None
-            print(f"[{i + 1}/{len(todo)}] {name} seed {seed}: AP {ap}, {r['iterations']} it, {r['wall_s']} s, {load_average()}",
-                  flush=True)
-    text = tables(results)
-    (out / "tables.md").write_text(text + "\n")
-    print(text)
+            print(f"[{i + 1}/{len(todo)}] {name} seed {seed}: AP {ap}, {r['iterations']} it, {r['wall_s']} s, "
+                  f"{load_average()}", flush=True)
+    rel = os.path.relpath(res_path, here.parent)
+    text = report(results, TABLES[args.recipe])
+    print(header(results, args.recipe, rel) + "\n\n" + text)
+    if args.write_docs:
+        write_docs(Path(args.write_docs), args.recipe, text, results, rel)
 
 
 if __name__ == "__main__":
