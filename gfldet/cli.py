@@ -150,7 +150,8 @@ def _eval_data(args: argparse.Namespace, meta: dict) -> tuple[str, str]:
 
 
 def _eval_out(args: argparse.Namespace):
-    """--out is a folder (as for predict); checked before the evaluation so that its result is never lost."""
+    """--out: a folder (metrics.json and pictures, as for predict) or a NAME.json file (the metrics only); checked
+    before the evaluation so that its result is never lost and nothing is overwritten without --force."""
     from pathlib import Path
 
     if not args.out:
@@ -159,40 +160,63 @@ def _eval_out(args: argparse.Namespace):
     from .engine.evaluate import EVAL_FILES
 
     out = Path(args.out)
-    if out.suffix == ".json" and not out.exists():
-        raise ValueError(f"--out {out}: --out is a folder (eval writes metrics.json and pictures into it), "
-                         f"e.g. --out {out.parent}")
+    if out.suffix == ".json":
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: give a NAME.json file or a folder name without .json")
+        if out.exists() and not args.force:
+            raise FileExistsError(f"{out} exists (pass --force to replace it)")
+        return out
     return check_output_folder(out, ("metrics.json", *EVAL_FILES), args.force)
+
+
+def _eval_model(args: argparse.Namespace, overrides: dict):
+    """The model eval runs and the data it runs on: a checkpoint, published weights, or an exported file on a
+    runtime backend (its metrics computed by the same code)."""
+    if args.backend != "torch":
+        from .deploy import load
+
+        if args.weights:
+            raise ValueError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
+                             "(a file from `gfldet export`)")
+        detector = load(args.checkpoint, backend=args.backend, threads=args.threads)
+        detector.meta.update(overrides)
+        model = detector.as_module()
+        model.class_names = detector.class_names
+        return model, _eval_data(args, {})
+    if args.threads:
+        raise ValueError("--threads is for the onnxruntime / openvino backends (torch: set OMP_NUM_THREADS)")
+    if args.weights:
+        from .models.pretrained import load_pretrained
+
+        return load_pretrained(args.weights, progress=not args.no_progress, **overrides), _eval_data(args, {})
+    from .models.io import load_checkpoint, model_from_checkpoint
+
+    meta = load_checkpoint(args.checkpoint)
+    return model_from_checkpoint(meta, args.checkpoint, **overrides), _eval_data(args, meta)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.coco import CocoDetection
     from .engine.evaluate import evaluate, format_metrics
-    from .models.io import load_checkpoint, model_from_checkpoint
 
     device = _device(args.device)
     out = _eval_out(args)
     overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
-    if args.weights:
-        from .models.pretrained import load_pretrained
-
-        ann, images = _eval_data(args, {})
-        model = load_pretrained(args.weights, progress=not args.no_progress, **overrides)
-    else:
-        meta = load_checkpoint(args.checkpoint)
-        ann, images = _eval_data(args, meta)
-        model = model_from_checkpoint(meta, args.checkpoint, **overrides)
+    model, (ann, images) = _eval_model(args, overrides)
     dataset = CocoDetection(ann, images, train=False)
     if model.class_names is not None and list(model.class_names) != list(dataset.classes):
         raise ValueError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    folder = out if out is not None and out.suffix != ".json" else None
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, num_workers=args.workers,
-                       progress=not args.no_progress, out_dir=str(out) if out else None)
+                       progress=not args.no_progress, out_dir=str(folder) if folder else None)
     print(format_metrics(metrics))
     if out:
-        (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "results"}, indent=2))
-        print(f"wrote {out / 'metrics.json'}")
+        path = folder / "metrics.json" if folder else out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: v for k, v in metrics.items() if k != "results"}, indent=2))
+        print(f"wrote {path}")
     return 0
 
 
@@ -208,23 +232,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict(args.checkpoint, args.inputs, weights=args.weights, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
                      draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress,
-                     backend=args.backend, ann=args.ann, overwrite=args.force)
+                     backend=args.backend, ann=args.ann, overwrite=args.force, threads=args.threads)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
     from .models.io import load_checkpoint, model_from_checkpoint
+    from .ship import export_model
 
     meta = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(meta, args.checkpoint)
     if args.score_thr is not None:
         model.config.score_thr = args.score_thr
     h, w = args.example_size
-    path = export_onnx(model, args.out, mode=args.mode, example_size=(h, w), opset=args.opset,
-                       cat_ids=meta.get("cat_ids"), overwrite=args.force)
-    print(json.dumps({"written": str(path), "mode": args.mode, "bytes": os.path.getsize(path)}, indent=2))
+    result = export_model(model, args.out, fmt=args.format, precision=args.precision, int8=args.int8, calib=args.calib,
+                          calib_images=args.calib_images, overwrite=args.force, progress=not args.no_progress,
+                          mode=args.mode, example_size=(h, w), opset=args.opset, cat_ids=meta.get("cat_ids"))
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -329,8 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_source(e)
     e.add_argument("--ann", default=None, help="COCO annotation JSON (none: the validation data the checkpoint's run used)")
     e.add_argument("--images", default=None, help="image folder (with --ann)")
-    e.add_argument("--out", default=None, help="folder for metrics.json, detections.json, pr_curve.png, per_class_ap.md")
+    e.add_argument("--out", default=None, help="folder for metrics.json, detections.json, pr_curve.png, per_class_ap.md; "
+                   "or NAME.json for the metrics only")
     e.add_argument("--force", action="store_true", help="replace those files in OUT")
+    e.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                   help="torch: a gfldet checkpoint; onnxruntime / openvino: --checkpoint is a file from `gfldet export` "
+                   "(give --ann and --images)")
+    e.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime / openvino: intra-op threads")
     e.add_argument("--batch-size", type=_positive_int, default=2)
     e.add_argument("--workers", type=int, default=2, help="data loading processes")
     e.add_argument("--score-thr", type=float, default=None, help="score threshold (none: the checkpoint's)")
@@ -339,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
 
     pr = command("predict", "detect objects in images or folders; COCO-results JSON and pictures out")
-    _model_source(pr, "a gfldet checkpoint, or with --backend onnxruntime an ONNX file")
+    _model_source(pr, "a gfldet checkpoint, or with --backend onnxruntime / openvino a file from `gfldet export`")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", default="predictions", help="output folder")
     pr.add_argument("--ann", default=None, help="COCO annotation JSON the images come from: predictions.json then "
@@ -350,19 +380,27 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true", help="replace predictions.json and pictures in OUT")
     pr.add_argument("--show-distributions", action="store_true", help="also draw each box's four edge distributions")
     pr.add_argument("--no-progress", action="store_true", help="no progress bars")
-    pr.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                    help="torch: CHECKPOINT is a gfldet checkpoint; onnxruntime: CHECKPOINT is a file from `gfldet export`")
+    pr.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                    help="torch: CHECKPOINT is a gfldet checkpoint; onnxruntime / openvino: a file from `gfldet export`")
+    pr.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime / openvino: intra-op threads")
     pr.set_defaults(func=_cmd_predict)
 
-    x = command("export", "write a checkpoint as a self-contained ONNX file (dynamic batch and image size)")
+    x = command("export", "write a checkpoint as a deployable file: ONNX or OpenVINO IR, fp32, bf16 or INT8 (docs/deploy.md)")
     x.add_argument("--checkpoint", required=True)
-    x.add_argument("--out", required=True, help="the ONNX file to write")
+    x.add_argument("--out", required=True, help="the file to write: NAME.onnx, or NAME.xml (+ NAME.bin) for OpenVINO")
+    x.add_argument("--format", choices=("onnx", "openvino"), default=None, help="default: from OUT's suffix")
+    x.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="OpenVINO's inference precision for the float parts (bf16: CPUs with AVX512-BF16 or AMX)")
+    x.add_argument("--int8", action="store_true", help="post-training INT8 quantisation (NNCF / ONNX Runtime), with --calib")
+    x.add_argument("--calib", default=None, metavar="IMAGES_DIR", help="calibration images for --int8")
+    x.add_argument("--calib-images", type=_positive_int, default=300, help="how many of them (sorted by name)")
     x.add_argument("--mode", choices=("decoded", "raw"), default="decoded",
                    help="decoded: boxes, scores, distributions of every prior before NMS; raw: per-level logits (docs/onnx.md)")
     x.add_argument("--example-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size traced with")
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 19 for models with DCN)")
     x.add_argument("--score-thr", type=float, default=None, help="score threshold stored for the reference post-processing")
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    x.add_argument("--no-progress", action="store_true", help="no progress bars")
     x.set_defaults(func=_cmd_export)
 
     d = command("demo", "generate data, train a small GFL on the CPU, write pictures and metrics")
@@ -381,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
 # optional package) is one message and exit code 2; -v adds the traceback. Anything else is a bug: a traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 # optional packages some commands need (import name -> what to pip install)
-OPTIONAL = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib"}
+OPTIONAL = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib",
+            "openvino": "gfldet[deploy]", "nncf": "gfldet[deploy]"}
 
 
 def main(argv: list[str] | None = None) -> int:

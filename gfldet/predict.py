@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.folders import check_output_folder
-from .deploy import OnnxDetector
+from .data.image_files import IMAGE_EXTENSIONS, collect_images, read_image
+from .deploy import BACKENDS, load
 from .engine.evaluate import detections_to_coco
 from .models.coco_classes import coco_category_ids
 from .models.io import load_checkpoint, load_model
@@ -22,41 +23,6 @@ from .viz import draw_detections, draw_distributions
 log = logging.getLogger(__name__)
 
 __all__ = ["collect_images", "read_image", "predict", "coco_image_ids", "IMAGE_EXTENSIONS"]
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files named directly, plus the image files inside named folders (recursively, sorted)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                log.warning("%s: no image files (%s)", p, ", ".join(sorted(IMAGE_EXTENSIONS)))
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    if not out:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
-    return out
-
-
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """``(3, H, W)`` uint8 RGB; a file that is not a readable image raises ValueError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from e
-    return arr.reshape(h, w, 3).permute(2, 0, 1).contiguous()
-
 
 def _name_key(name: str) -> str:
     parts = [q for q in name.replace("\\", "/").split("/") if q not in ("", ".")]
@@ -120,6 +86,7 @@ def predict(
     ann: str | os.PathLike | None = None,
     overwrite: bool = False,
     weights: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Detect objects in each image; write ``predictions.json`` (COCO results, plus ``file_name`` and
     ``category`` name, and each box's localisation uncertainty: ``edge_std`` (l, t, r, b standard deviations in
@@ -134,8 +101,9 @@ def predict(
 
     An ``out_dir`` that already holds a ``predictions.json`` is refused (before any work) unless ``overwrite``.
 
-    ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` runs a file written by
-    ``gfldet export`` (``checkpoint`` is then the ``.onnx`` path) with the NumPy reference post-processing.
+    ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` / ``"openvino"`` run a file written by
+    ``gfldet export`` (``checkpoint`` is then its path; ``threads`` their intra-op threads) through
+    :func:`gfldet.deploy.load` and its NumPy post-processing.
 
     ``weights`` instead of ``checkpoint``: published weights by name or an mmdetection / GFocalV2 file
     (:func:`gfldet.load_pretrained`: downloaded once, run with the test settings of their published AP).
@@ -168,19 +136,19 @@ def predict(
                 det = model([img.to(device)])[0]
             return {k: v.cpu() for k, v in det.items()}
 
-    elif backend == "onnxruntime":
+    elif backend in BACKENDS:
         if torch.device(device).type != "cpu":
-            log.warning("--device %s is ignored by the onnxruntime backend (it runs ONNX Runtime's CPU provider)", device)
-        onnx_model = OnnxDetector(checkpoint)
-        names = onnx_model.class_names
-        cat_ids = onnx_model.cat_ids
-        min_size, max_size = onnx_model.meta.get("min_size"), onnx_model.meta.get("max_size")
+            log.warning("--device %s is ignored by the %s backend (it runs on the CPU)", device, backend)
+        detector = load(checkpoint, backend=backend, threads=threads)
+        names = detector.class_names
+        cat_ids = detector.cat_ids
+        min_size, max_size = detector.meta.get("min_size"), detector.meta.get("max_size")
 
         def run(img: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {k: torch.from_numpy(v) for k, v in onnx_model([img.numpy()], score_thr=score_thr)[0].items()}
+            return {k: torch.from_numpy(v) for k, v in detector([img.numpy()], score_thr=score_thr)[0].items()}
 
     else:
-        raise ValueError(f"unknown backend {backend!r}; choose 'torch' or 'onnxruntime'")
+        raise ValueError(f"unknown backend {backend!r}; choose 'torch' or one of {BACKENDS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, failed, picture_files = [], [], []

@@ -19,7 +19,8 @@ PKG = ROOT / "gfldet"
 #           viz             pictures (detections, distributions, curves); imports no other gfldet module
 #   rank 4  engine          training, evaluation, checkpoints, distributed, preflight, recipe
 #   rank 5  app parts       analysis, export, deploy: each its own group, none imports another
-#   rank 6  app commands    predict, demo: compose the app parts; neither imports the other
+#   rank 6  app commands    predict, demo, ship (export in a format / precision): compose the app parts; none
+#                           imports another
 #   rank 7  cli, __main__   the command line, on top of everything
 #
 # gfldet/__init__.py (the package face) is exempt both ways: it re-exports from every layer, and importing the bare
@@ -36,6 +37,7 @@ LAYERS = {  # module prefix -> (rank, group)
     "gfldet.deploy": (5, "deploy"),
     "gfldet.predict": (6, "predict"),
     "gfldet.demo": (6, "demo"),
+    "gfldet.ship": (6, "ship"),
     "gfldet.cli": (7, "cli"),
     "gfldet.__main__": (7, "cli"),
 }

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-__all__ = ["probe_image", "decode_rgb"]
+log = logging.getLogger(__name__)
+
+__all__ = ["probe_image", "decode_rgb", "collect_images", "read_image", "IMAGE_EXTENSIONS"]
 
 def probe_image(path: str) -> tuple[str, tuple[int, int] | None, int, str]:
     """Header check of one image file: ``(status, (w, h), exif_orientation, error)``; nothing is decoded."""
@@ -47,3 +51,38 @@ def decode_rgb(data: bytes, exif_transpose: bool) -> Tensor:
         else:
             arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files named directly, plus the image files inside named folders (recursively, sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                log.warning("%s: no image files (%s)", p, ", ".join(sorted(IMAGE_EXTENSIONS)))
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    if not out:
+        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+    return out
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """``(3, H, W)`` uint8 RGB; a file that is not a readable image raises ValueError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+    return arr.reshape(h, w, 3).permute(2, 0, 1).contiguous()

@@ -131,8 +131,8 @@ def test_checkpoint_given_as_an_onnx_file(tmp_path):
         for load in (OnnxDetector, read_metadata):
             with pytest.raises(ValueError) as info:
                 load(path)
-            assert str(info.value) == (f"{path} is a PyTorch checkpoint, not an ONNX file: run it with `--backend torch`, "
-                                       f"or make an ONNX file with `gfldet export --checkpoint {path} --out model.onnx`")
+            assert str(info.value) == (f"{path} is a PyTorch checkpoint, not an exported file: run it with `--backend torch`, "
+                                       f"or make one with `gfldet export --checkpoint {path} --out model.onnx`")
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxDetector(tmp_path / "missing.onnx")
     pytest.importorskip("onnx")

@@ -1,4 +1,4 @@
-"""Reference post-processing in NumPy for exported models, and an ONNX Runtime detector.
+"""Reference pre- and post-processing in NumPy for exported models, shared by every runtime backend.
 
 :func:`postprocess` turns the outputs of an exported GFL (``decoded`` or ``raw`` mode, see ``docs/onnx.md``)
 into final detections with the same steps as the PyTorch model (``gfldet.models.postprocess.decode_image``):
@@ -6,13 +6,11 @@ per level, scores above ``score_thr``, the ``nms_pre`` best (anchor, class) pair
 boxes of zero width or height dropped; class-aware NMS; the ``max_per_img`` best. Each detection carries its
 edge distributions and uncertainty summaries (``gfldet.ops.uncertainty``).
 
-:class:`OnnxDetector` runs an exported file with ONNX Runtime: it resizes images as the model does
-(:func:`preprocess`), runs the graph, post-processes and maps boxes back to the images given.
+:func:`preprocess` resizes and pads images as the model does. :mod:`gfldet.deploy.runtime` runs an exported file
+(ONNX Runtime or OpenVINO) between the two.
 """
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,10 +18,9 @@ import numpy as np
 
 import torch
 
-from .models.io import TORCH_SUFFIXES, file_kind, first_line
-from .models.transform import image_as_float, resize_image
+from ..models.transform import image_as_float, resize_image
 
-__all__ = ["postprocess", "nms", "batched_nms", "preprocess", "OnnxDetector", "decode_raw", "edge_uncertainty_np"]
+__all__ = ["postprocess", "nms", "batched_nms", "preprocess", "decode_raw", "edge_uncertainty_np"]
 
 
 # ------------------------------------------------------------------------------------------------ NMS
@@ -220,70 +217,3 @@ def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray,
     for k, a in enumerate(arrs):
         batch[k, :, : a.shape[1], : a.shape[2]] = a
     return batch, sizes, scales, originals
-
-
-def _check_onnx_path(path: str) -> None:
-    """Refuse, with advice, a missing file or a PyTorch checkpoint given where an ONNX file is expected."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ONNX model not found: {path}")
-    if file_kind(path) == "torch" or path.lower().endswith(TORCH_SUFFIXES):
-        raise ValueError(f"{path} is a PyTorch checkpoint, not an ONNX file: run it with `--backend torch`, "
-                         f"or make an ONNX file with `gfldet export --checkpoint {path} --out model.onnx`")
-
-
-def _load_onnx(path: str) -> Any:
-    """``onnx.load`` (graph only, no external data) with errors that name the file."""
-    import onnx
-    from google.protobuf.message import DecodeError  # onnx's own dependency
-
-    _check_onnx_path(path)
-    try:
-        return onnx.load(path, load_external_data=False)
-    except DecodeError as e:
-        raise ValueError(f"{path}: not a readable ONNX file: {first_line(e)}") from e
-
-
-def read_metadata(path_or_model: str | os.PathLike | Any) -> dict[str, Any]:
-    """The ``gfldet.*`` settings stored in an exported file, decoded (prefix removed)."""
-    proto = path_or_model if hasattr(path_or_model, "metadata_props") else _load_onnx(os.fspath(path_or_model))
-    raw = {p.key[len("gfldet."):]: p.value for p in proto.metadata_props if p.key.startswith("gfldet.")}
-    if "mode" not in raw:
-        raise ValueError(f"{path_or_model}: not an ONNX file exported by gfldet (no gfldet.* metadata)")
-    meta: dict[str, Any] = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    return meta
-
-
-class OnnxDetector:
-    """An exported GFL run by ONNX Runtime: ``detector(images)`` -> per image the same dict as the PyTorch
-    model's outputs (NumPy arrays), boxes in the pixels of the images given."""
-
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None):
-        self.path = os.fspath(path)
-        _check_onnx_path(self.path)  # before the import: a wrong file gets its advice without onnxruntime too
-        try:
-            import onnxruntime as ort
-            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("the onnxruntime backend needs `pip install onnxruntime`") from e
-        self.meta = read_metadata(self.path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
-        except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
-                ort_errors.NotImplemented) as e:  # onnxruntime's own types, derived from Exception only
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {first_line(e)}") from e
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.class_names = self.meta.get("class_names")
-        self.cat_ids = self.meta.get("cat_ids")
-
-    def __call__(self, images: Sequence[Any], score_thr: float | None = None) -> list[dict[str, np.ndarray]]:
-        batch, sizes, scales, originals = preprocess(images, self.meta)
-        outs = dict(zip(self.output_names, self.session.run(None, {"images": batch})))
-        return postprocess(outs, sizes, self.meta, scales, originals, score_thr=score_thr)

@@ -1,0 +1,185 @@
+"""CPU deployment, side by side in one run: PyTorch eager against ONNX Runtime and OpenVINO, fp32 / bf16 / INT8.
+
+    python bench/deploy.py                                  # the demo's model (256 px) and gfl_resnet50_fpn (640 px)
+    python bench/deploy.py --models demo --val-images 500   # AP on more validation images
+
+Every cell is the whole detector call on one image through its public entry point, end to end: resize,
+network, decode and NMS (``model([img])`` for eager, ``gfldet.deploy.load(FILE)([img])`` for the exported files).
+The cells run in interleaved rounds with the same number of threads (minimum and median over the rounds). Files
+are made with ``gfldet export``'s code (:func:`gfldet.ship.export_model`); INT8 is calibrated on the demo's
+training images. For the demo's model: COCO AP on the demo's validation split. Peak memory: the peak RSS of a
+fresh process that loads the cell and runs it on 3 images, less that process's RSS before loading (torch,
+NumPy and the runtimes imported). gfl_resnet50_fpn has random weights (its AP means nothing; latency only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import cpu_model, fmt_ms, load_average, machine_info, markdown_table, peak_rss_kib, rss_kib, time_interleaved  # noqa: E402,F401
+
+import gfldet  # noqa: E402
+from gfldet.data.coco import CocoDetection  # noqa: E402
+from gfldet.demo import demo_data  # noqa: E402
+from gfldet.deploy import load  # noqa: E402
+from gfldet.deploy.runtime import openvino_capabilities  # noqa: E402
+from gfldet.engine.evaluate import evaluate  # noqa: E402
+from gfldet.models.io import load_model  # noqa: E402
+from gfldet.predict import collect_images, read_image  # noqa: E402
+from gfldet.ship import export_model  # noqa: E402
+
+DEMO_CKPT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "demo_model_fp16.pt"
+# (name, file, backend, export settings); "eager" is the PyTorch model itself
+CELLS = [
+    ("eager fp32", None, "torch", None),
+    ("ONNX Runtime fp32", "fp32.onnx", "onnxruntime", {}),
+    ("ONNX Runtime INT8", "int8.onnx", "onnxruntime", {"int8": True}),
+    ("OpenVINO fp32", "fp32.xml", "openvino", {}),
+    ("OpenVINO bf16", "bf16.xml", "openvino", {"precision": "bf16"}),
+    ("OpenVINO INT8", "int8.xml", "openvino", {"int8": True}),
+]
+
+
+def cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
+    except (OSError, IndexError):
+        return "unknown"
+    have = [name for name, flag in [("AVX2", "avx2"), ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"),
+                                    ("AVX-VNNI", "avx_vnni"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_tile")]
+            if flag in flags]
+    return ", ".join(have) or "none of AVX2 / AVX-512 / VNNI / AMX"
+
+
+def make_model(name: str, size: int) -> torch.nn.Module:
+    if name == "demo":
+        model = load_model(DEMO_CKPT)
+    else:
+        torch.manual_seed(0)
+        model = gfldet.gfl_resnet50_fpn(num_classes=80)
+    model.config.min_size = model.config.max_size = size
+    return model.eval()
+
+
+def run_cell(model, path: str | None, backend: str, threads: int):
+    if backend == "torch":
+        def call(img):
+            with torch.inference_mode():
+                return model([img])
+        return call
+    det = load(path, backend=backend, threads=threads)
+    return lambda img: det([img])
+
+
+def child_memory(args) -> None:
+    """--child: peak RSS increase of loading and running one cell (printed as JSON)."""
+    torch.set_num_threads(args.threads)
+    model_name, size, path, backend = args.child
+    size = int(size)
+    before = rss_kib()
+    model = make_model(model_name, size) if backend == "torch" else None
+    call = run_cell(model, None if path == "-" else path, backend, args.threads)
+    img = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        call(img)
+    print(json.dumps({"peak_mib": (peak_rss_kib() - before) / 1024}))
+
+
+def bench_model(name: str, size: int, args, out: Path, data: dict) -> list[list]:
+    model = make_model(name, size)
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    bf16 = "BF16" in openvino_capabilities()
+    calib = data["train_images"] + "/images"
+    cells = []
+    for label, fname, backend, settings in CELLS:
+        if settings is not None and settings.get("precision") == "bf16" and not bf16:
+            print(f"{label}: skipped, this CPU has no bf16 units (OpenVINO reports {openvino_capabilities()})")
+            continue
+        path = None
+        if fname:
+            path = str(d / fname)
+            if not Path(path).exists() or args.force:
+                kw = dict(settings)
+                if kw.pop("int8", False):
+                    kw.update(int8=True, calib=calib, calib_images=args.calib_images)
+                export_model(model, path, overwrite=True, progress=False, example_size=(size, size), **kw)
+        cells.append((label, path, backend))
+    images = [read_image(p) for p in collect_images([data["val_images"] + "/images"])[:args.rounds]]
+    if size != 256:  # the demo's images are 256 px: up-sample them for the larger input, as a camera frame would be
+        images = [torch.nn.functional.interpolate(i[None].float(), size=(size, size), mode="bilinear")[0].round().byte()
+                  for i in images]
+    calls = {label: run_cell(model, path, backend, args.threads) for label, path, backend in cells}
+    state = {"k": 0}
+
+    def cell(fn):
+        return lambda: fn(images[state["k"] % len(images)])
+
+    def next_image():
+        state["k"] += 1
+
+    timings = time_interleaved({label: (cell(fn), next_image) for label, fn in calls.items()}, repeats=args.rounds,
+                               warmup=2)
+    eager_median = timings["eager fp32"].median
+    rows = []
+    ap_ref = None
+    for label, path, backend in cells:
+        mem = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", name, str(size),
+                              path or "-", backend], capture_output=True, text=True)
+        peak = json.loads(mem.stdout.strip().splitlines()[-1])["peak_mib"] if mem.returncode == 0 else float("nan")
+        size_mib = sum(Path(p).stat().st_size for p in ([path, str(Path(path).with_suffix(".bin"))] if path and
+                       path.endswith(".xml") else [path] if path else [])) / 2**20
+        ap = {}
+        if name == "demo":
+            module = model if backend == "torch" else load(path, backend=backend, threads=args.threads).as_module()
+            ds = CocoDetection(data["val_ann"], data["val_images"], train=False)
+            m = evaluate(module, ds, progress=False)
+            ap = {k: m[k] for k in ("AP", "AP50", "AP75")}
+            ap_ref = ap["AP"] if ap_ref is None else ap_ref
+        t = timings[label]
+        rows.append([label, f"{size_mib:.1f}" if path else "-", fmt_ms(t.min), fmt_ms(t.median),
+                     f"{eager_median / t.median:.2f}x", f"{peak:.0f}",
+                     *([f"{ap['AP'] * 100:.1f}", f"{ap['AP50'] * 100:.1f}", f"{ap['AP75'] * 100:.1f}",
+                        f"{(ap['AP'] - ap_ref) * 100:+.1f}"] if ap else ["-"] * 4)])
+        print(f"{name} {label}: {t!r}, {load_average()}", flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", choices=("demo", "r50"), default=["demo", "r50"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (one image each)")
+    p.add_argument("--calib-images", type=int, default=300, help="INT8 calibration images (the demo's training images)")
+    p.add_argument("--val-images", type=int, default=48, help="validation images of the demo's generator for AP")
+    p.add_argument("--out", default="runs/bench-deploy", help="where the exported files go (reused unless --force)")
+    p.add_argument("--force", action="store_true", help="export the files again")
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child_memory(args)
+        return
+    torch.set_num_threads(args.threads)
+    data = demo_data(val_images=args.val_images)
+    out = Path(args.out)
+    print(f"{machine_info()}\nCPU model: {cpu_model()}; instruction sets: {cpu_flags()}; OpenVINO CPU capabilities: "
+          f"{openvino_capabilities()}", flush=True)
+    headers = ["backend", "file MiB", "min ms", "median ms", "vs eager", "peak MiB", "AP", "AP50", "AP75", "ΔAP"]
+    for name in args.models:
+        size = 256 if name == "demo" else 640
+        rows = bench_model(name, size, args, out, data)
+        title = (f"demo model (gfl_resnet18_fpn, 24 base channels) at {size}x{size}, AP on {args.val_images} validation images"
+                 if name == "demo" else f"gfl_resnet50_fpn (random weights, 80 classes) at {size}x{size}")
+        print(f"\n**{title}**, {args.threads} threads, {args.rounds} interleaved rounds\n")
+        print(markdown_table(headers, rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()

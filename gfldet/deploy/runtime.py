@@ -1,0 +1,252 @@
+"""Run an exported GFL (``gfldet export``) with ONNX Runtime or OpenVINO, through the one NumPy post-processing.
+
+:func:`load` opens a file (``.onnx``: ONNX Runtime by default; ``.xml``: an OpenVINO IR with its ``.bin`` beside)
+and returns a :class:`Detector`: ``detector(images)`` resizes the images as the model does
+(:func:`gfldet.deploy.preprocess`), runs the graph on the backend, post-processes
+(:func:`gfldet.deploy.postprocess`) and maps the boxes back to the images given. A backend only turns a batch
+into the graph's named outputs; everything around it is shared.
+
+The ``gfldet.*`` settings of the model (strides, classes, test thresholds, input sizes, precision) are stored
+in the file: an ONNX file's ``metadata_props``, an OpenVINO IR's ``rt_info`` under ``gfldet``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.io import TORCH_SUFFIXES, file_kind, first_line
+from .postprocess import postprocess, preprocess
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load", "Detector", "OnnxRuntimeBackend", "OpenVINOBackend", "OnnxDetector", "read_metadata", "BACKENDS",
+           "PRECISIONS", "backend_for", "openvino_capabilities"]
+
+BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+_OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+
+
+def _check_exported_path(path: str) -> None:
+    """Refuse, with advice, a missing file or a PyTorch checkpoint given where an exported file is expected."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if file_kind(path) == "torch" or path.lower().endswith(TORCH_SUFFIXES):
+        raise ValueError(f"{path} is a PyTorch checkpoint, not an exported file: run it with `--backend torch`, "
+                         f"or make one with `gfldet export --checkpoint {path} --out model.onnx`")
+
+
+def backend_for(path: str | os.PathLike) -> str:
+    """The default backend of a file: ``openvino`` for an IR (``.xml``), ``onnxruntime`` otherwise."""
+    return "openvino" if os.fspath(path).lower().endswith(".xml") else "onnxruntime"
+
+
+def _decode_meta(raw: dict[str, str], source: Any, kind: str = "an ONNX file") -> dict[str, Any]:
+    if "mode" not in raw:
+        raise ValueError(f"{source}: not {kind} exported by gfldet (no gfldet.* metadata)")
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    meta.setdefault("precision", "fp32")
+    return meta
+
+
+def _load_onnx(path: str) -> Any:
+    """``onnx.load`` (graph only, no external data) with errors that name the file."""
+    import onnx
+    from google.protobuf.message import DecodeError  # onnx's own dependency
+
+    _check_exported_path(path)
+    try:
+        return onnx.load(path, load_external_data=False)
+    except DecodeError as e:
+        raise ValueError(f"{path}: not a readable ONNX file: {first_line(e)}") from e
+
+
+def _openvino_meta(model: Any, source: Any) -> dict[str, Any]:
+    info = model.get_rt_info()
+    raw = {}
+    if "gfldet" in info:  # a dict of OVAny values, each the JSON text written at export
+        raw = {k: v.astype(str) for k, v in dict(info["gfldet"]).items()}
+    return _decode_meta(raw, source, "an OpenVINO model")
+
+
+def read_metadata(path_or_model: str | os.PathLike | Any) -> dict[str, Any]:
+    """The ``gfldet.*`` settings stored in an exported file (ONNX or OpenVINO IR) or a loaded ONNX proto /
+    OpenVINO model, decoded (prefix removed; ``precision`` is ``fp32`` where the file does not say)."""
+    if hasattr(path_or_model, "metadata_props"):
+        proto = path_or_model
+    elif hasattr(path_or_model, "get_rt_info"):
+        return _openvino_meta(path_or_model, "model")
+    else:
+        path = os.fspath(path_or_model)
+        if path.lower().endswith(".xml"):
+            return _openvino_meta(_read_openvino(path), path)
+        proto = _load_onnx(path)
+    raw = {p.key[len("gfldet."):]: p.value for p in proto.metadata_props if p.key.startswith("gfldet.")}
+    return _decode_meta(raw, path_or_model)
+
+
+def _read_openvino(path: str) -> Any:
+    _check_exported_path(path)
+    try:
+        import openvino as ov
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ModuleNotFoundError("the openvino backend needs `pip install gfldet[deploy]` (openvino)",
+                                  name="openvino") from e
+    if path.lower().endswith(".xml") and not os.path.isfile(str(Path(path).with_suffix(".bin"))):
+        raise FileNotFoundError(f"{path}: the OpenVINO IR's weights {Path(path).with_suffix('.bin')} are missing "
+                                "(an IR is the .xml and the .bin beside it)")
+    try:
+        return ov.Core().read_model(path)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: OpenVINO cannot read it: {first_line(e)}") from e
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin reports this CPU can compute in (e.g. ``FP32``, ``BF16``, ``INT8``)."""
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OnnxRuntimeBackend:
+    """An exported ONNX file (float32 or INT8 QDQ) on ONNX Runtime's CPU provider (or ``providers``)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+        self.path = os.fspath(path)
+        _check_exported_path(self.path)  # before the import: a wrong file gets its advice without onnxruntime too
+        if self.path.lower().endswith(".xml"):
+            raise ValueError(f"{self.path} is an OpenVINO IR: run it with the openvino backend (--backend openvino)")
+        try:
+            import onnxruntime as ort
+            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ModuleNotFoundError("the onnxruntime backend needs `pip install onnxruntime`", name="onnxruntime") from e
+        self.meta = read_metadata(self.path)
+        if precision not in (None, self.meta["precision"]):
+            raise ValueError(f"{self.path}: ONNX Runtime runs the file as it was exported ({self.meta['precision']}); "
+                             f"precision {precision!r} is an OpenVINO setting (--backend openvino)")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
+        except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
+                ort_errors.NotImplemented) as e:  # onnxruntime's own types, derived from Exception only
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {first_line(e)}") from e
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, {"images": batch})))
+
+
+class OpenVINOBackend:
+    """An OpenVINO IR (or an ONNX file, which OpenVINO reads too) compiled for the CPU.
+
+    ``precision``: the inference precision of the float parts, ``fp32`` or ``bf16`` (by default the file's; an
+    INT8 file's float parts run in fp32). OpenVINO would otherwise choose bf16 by itself on CPUs with AMX, so
+    ``fp32`` is set explicitly. ``bf16`` on a CPU without bf16 units is refused.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str | None = None):
+        self.path = os.fspath(path)
+        import openvino as ov
+
+        model = _read_openvino(self.path)
+        self.meta = _openvino_meta(model, self.path) if self.path.lower().endswith(".xml") else read_metadata(self.path)
+        file_precision = self.meta["precision"]
+        if file_precision == "int8":  # the float parts of an INT8 model: as stored at export (fp32 by default)
+            file_precision = self.meta.get("int8_float_precision", "fp32")
+        precision = precision or file_precision
+        if precision not in _OV_HINT:
+            raise ValueError(f"OpenVINO precision must be one of {sorted(_OV_HINT)}, got {precision!r}")
+        if precision == "bf16" and "BF16" not in openvino_capabilities():
+            raise ValueError(f"{self.path}: bf16 inference needs a CPU with bf16 units (AVX512-BF16 or AMX); this CPU "
+                             f"offers {openvino_capabilities()}: run it with precision fp32 (--precision fp32)")
+        self.precision = precision
+        config = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = ov.Core().compile_model(model, "CPU", config)
+        except RuntimeError as e:
+            raise ValueError(f"{self.path}: OpenVINO cannot compile it for the CPU: {first_line(e)}") from e
+        self.request = self.compiled.create_infer_request()
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.request.infer({"images": batch})
+        return {name: np.asarray(res[out]) for name, out in zip(self.output_names, self.compiled.outputs)}
+
+
+_BACKEND_CLASSES = {"onnxruntime": OnnxRuntimeBackend, "openvino": OpenVINOBackend}
+
+
+class Detector:
+    """An exported GFL on a runtime backend: ``detector(images)`` -> per image the PyTorch model's keys
+    (``boxes, scores, labels, distributions, strides, edge_peak, edge_entropy, edge_std, loc_conf``) as NumPy
+    arrays, boxes and ``edge_std`` in the pixels of the images given (resized to ``min_size``/``max_size`` of the
+    checkpoint, as the model does)."""
+
+    def __init__(self, backend: OnnxRuntimeBackend | OpenVINOBackend):
+        self.backend = backend
+        self.path = backend.path
+        self.meta = backend.meta
+        self.class_names = self.meta.get("class_names")
+        self.cat_ids = self.meta.get("cat_ids")
+
+    def __call__(self, images: Sequence[Any], score_thr: float | None = None) -> list[dict[str, np.ndarray]]:
+        batch, sizes, scales, originals = preprocess(images, self.meta)
+        return postprocess(self.backend.run(batch), sizes, self.meta, scales, originals, score_thr=score_thr)
+
+    def as_module(self) -> nn.Module:
+        """A module whose forward is this detector's, with tensors in and out (what ``gfldet.engine.evaluate``
+        runs): the metrics of an exported file are computed by the same code as a checkpoint's."""
+        return _DetectorModule(self)
+
+
+class _DetectorModule(nn.Module):
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        dets = self.detector([img.cpu().numpy() for img in images])
+        return [{k: torch.from_numpy(v) for k, v in d.items()} for d in dets]
+
+
+def load(path: str | os.PathLike, backend: str | None = None, threads: int | None = None,
+         precision: str | None = None) -> Detector:
+    """Open an exported file on ``backend`` (default: :func:`backend_for` the file). ``threads``: intra-op threads
+    (default: the runtime's); ``precision``: OpenVINO's inference precision (see :class:`OpenVINOBackend`)."""
+    backend = backend or backend_for(path)
+    if backend not in _BACKEND_CLASSES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "onnxruntime":
+        return Detector(OnnxRuntimeBackend(path, threads=threads, precision=precision))
+    return Detector(OpenVINOBackend(path, threads=threads, precision=precision))
+
+
+class OnnxDetector(Detector):
+    """An exported ONNX file on ONNX Runtime (``load(path, "onnxruntime")``), kept under its first name."""
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 threads: int | None = None):
+        super().__init__(OnnxRuntimeBackend(path, threads=threads, providers=providers))
