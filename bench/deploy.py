@@ -5,25 +5,30 @@
 
 Every cell is the whole detector call on one image through its public entry point, end to end: resize,
 network, decode and NMS (``model([img])`` for eager, ``gfldet.deploy.load(FILE)([img])`` for the exported files).
-The cells run in interleaved rounds with the same number of threads (minimum and median over the rounds). Files
+The cells run in interleaved rounds with the same number of threads: per round and cell, one untimed call (which
+wakes that runtime's thread pool after the others ran: one process holds them all) and then a timed block of
+``--block`` images; the time per image of a block is reported (minimum and median over the rounds). Files
 are made with ``gfldet export``'s code (:func:`gfldet.ship.export_model`); INT8 is calibrated on the demo's
-training images. For the demo's model: COCO AP on the demo's validation split. Peak memory: the peak RSS of a
-fresh process that loads the cell and runs it on 3 images, less that process's RSS before loading (torch,
-NumPy and the runtimes imported). gfl_resnet50_fpn has random weights (its AP means nothing; latency only).
+training images. For the demo's model: COCO AP on the demo's validation split. Each cell also runs alone in a
+fresh process (``alone``: one runtime, as deployed; no other runtime's threads around), which gives its peak
+memory - the peak RSS of loading it and running 3 images, less that process's RSS before loading (torch, NumPy
+and the runtimes imported) - and its time per image over ``--isolated-calls`` calls. gfl_resnet50_fpn has random weights (its AP means nothing; latency only).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import cpu_model, fmt_ms, load_average, machine_info, markdown_table, peak_rss_kib, rss_kib, time_interleaved  # noqa: E402,F401
+from _util import Timing, cpu_model, fmt_ms, load_average, machine_info, markdown_table, peak_rss_kib, rss_kib, time_interleaved  # noqa: E402
 
 import gfldet  # noqa: E402
 from gfldet.data.coco import CocoDetection  # noqa: E402
@@ -78,18 +83,36 @@ def run_cell(model, path: str | None, backend: str, threads: int):
     return lambda img: det([img])
 
 
-def child_memory(args) -> None:
-    """--child: peak RSS increase of loading and running one cell (printed as JSON)."""
+def child(args) -> None:
+    """--child: one cell alone in a fresh process: the peak RSS increase of loading it and running 3 images, then
+    the time per image over ``--isolated-calls`` calls (after 3 more untimed), printed as JSON."""
     torch.set_num_threads(args.threads)
     model_name, size, path, backend = args.child
     size = int(size)
     before = rss_kib()
     model = make_model(model_name, size) if backend == "torch" else None
     call = run_cell(model, None if path == "-" else path, backend, args.threads)
-    img = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    for _ in range(3):
+    images = bench_images(demo_data(val_images=args.val_images), size)
+    for img in images[:3]:
         call(img)
-    print(json.dumps({"peak_mib": (peak_rss_kib() - before) / 1024}))
+    peak = (peak_rss_kib() - before) / 1024
+    for img in images[3:6]:
+        call(img)
+    samples = []
+    for k in range(args.isolated_calls):
+        t0 = time.perf_counter()
+        call(images[k % len(images)])
+        samples.append(time.perf_counter() - t0)
+    print(json.dumps({"peak_mib": peak, "min_s": min(samples), "median_s": statistics.median(samples)}))
+
+
+def bench_images(data: dict, size: int) -> list[torch.Tensor]:
+    """16 validation images of the demo's generator (256 px), up-sampled for a larger input as a camera frame would be."""
+    images = [read_image(p) for p in collect_images([data["val_images"] + "/images"])[:16]]
+    if size != 256:
+        images = [torch.nn.functional.interpolate(i[None].float(), size=(size, size), mode="bilinear")[0].round().byte()
+                  for i in images]
+    return images
 
 
 def bench_model(name: str, size: int, args, out: Path, data: dict) -> list[list]:
@@ -109,31 +132,39 @@ def bench_model(name: str, size: int, args, out: Path, data: dict) -> list[list]
             if not Path(path).exists() or args.force:
                 kw = dict(settings)
                 if kw.pop("int8", False):
-                    kw.update(int8=True, calib=calib, calib_images=args.calib_images)
+                    # R-50's random weights make its AP meaningless: a few calibration images set its ranges
+                    kw.update(int8=True, calib=calib, calib_images=args.calib_images if name == "demo" else 32)
                 export_model(model, path, overwrite=True, progress=False, example_size=(size, size), **kw)
         cells.append((label, path, backend))
-    images = [read_image(p) for p in collect_images([data["val_images"] + "/images"])[:args.rounds]]
-    if size != 256:  # the demo's images are 256 px: up-sample them for the larger input, as a camera frame would be
-        images = [torch.nn.functional.interpolate(i[None].float(), size=(size, size), mode="bilinear")[0].round().byte()
-                  for i in images]
+    images = bench_images(data, size)
     calls = {label: run_cell(model, path, backend, args.threads) for label, path, backend in cells}
     state = {"k": 0}
 
-    def cell(fn):
+    def block(fn):  # the timed part: `--block` images one after another, as a deployed runtime runs them
+        def run():
+            for _ in range(args.block):
+                fn(images[state["k"] % len(images)])
+                state["k"] += 1
+        return run
+
+    def warm(fn):  # untimed, before each block: one call that wakes this runtime's threads after the others ran
         return lambda: fn(images[state["k"] % len(images)])
 
-    def next_image():
-        state["k"] += 1
-
-    timings = time_interleaved({label: (cell(fn), next_image) for label, fn in calls.items()}, repeats=args.rounds,
-                               warmup=2)
-    eager_median = timings["eager fp32"].median
-    rows = []
+    blocks = time_interleaved({label: (block(fn), warm(fn)) for label, fn in calls.items()}, repeats=args.rounds,
+                              warmup=1)
+    timings = {label: Timing([x / args.block for x in t.samples]) for label, t in blocks.items()}
+    eager = timings["eager fp32"]
+    rows, isolated = [], {}
     ap_ref = None
     for label, path, backend in cells:
-        mem = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", name, str(size),
-                              path or "-", backend], capture_output=True, text=True)
-        peak = json.loads(mem.stdout.strip().splitlines()[-1])["peak_mib"] if mem.returncode == 0 else float("nan")
+        proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--val-images", str(args.val_images),
+                               "--isolated-calls", str(args.isolated_calls), "--child", name, str(size), path or "-",
+                               backend], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{label}: the isolated run failed:\n{proc.stderr[-2000:]}")
+        alone = json.loads(proc.stdout.strip().splitlines()[-1])
+        isolated[label] = alone
+        peak = alone["peak_mib"]
         size_mib = sum(Path(p).stat().st_size for p in ([path, str(Path(path).with_suffix(".bin"))] if path and
                        path.endswith(".xml") else [path] if path else [])) / 2**20
         ap = {}
@@ -145,7 +176,8 @@ def bench_model(name: str, size: int, args, out: Path, data: dict) -> list[list]
             ap_ref = ap["AP"] if ap_ref is None else ap_ref
         t = timings[label]
         rows.append([label, f"{size_mib:.1f}" if path else "-", fmt_ms(t.min), fmt_ms(t.median),
-                     f"{eager_median / t.median:.2f}x", f"{peak:.0f}",
+                     f"{eager.min / t.min:.2f}x", f"{eager.median / t.median:.2f}x",
+                     fmt_ms(alone["median_s"]), f"{isolated['eager fp32']['median_s'] / alone['median_s']:.2f}x", f"{peak:.0f}",
                      *([f"{ap['AP'] * 100:.1f}", f"{ap['AP50'] * 100:.1f}", f"{ap['AP75'] * 100:.1f}",
                         f"{(ap['AP'] - ap_ref) * 100:+.1f}"] if ap else ["-"] * 4)])
         print(f"{name} {label}: {t!r}, {load_average()}", flush=True)
@@ -156,28 +188,31 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=("demo", "r50"), default=["demo", "r50"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (one image each)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     p.add_argument("--calib-images", type=int, default=300, help="INT8 calibration images (the demo's training images)")
     p.add_argument("--val-images", type=int, default=48, help="validation images of the demo's generator for AP")
     p.add_argument("--out", default="runs/bench-deploy", help="where the exported files go (reused unless --force)")
     p.add_argument("--force", action="store_true", help="export the files again")
+    p.add_argument("--block", type=int, default=4, help="images per timed block (the time per image is reported)")
+    p.add_argument("--isolated-calls", type=int, default=40, help="timed calls of each cell alone in its own process")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child_memory(args)
+        child(args)
         return
     torch.set_num_threads(args.threads)
     data = demo_data(val_images=args.val_images)
     out = Path(args.out)
     print(f"{machine_info()}\nCPU model: {cpu_model()}; instruction sets: {cpu_flags()}; OpenVINO CPU capabilities: "
           f"{openvino_capabilities()}", flush=True)
-    headers = ["backend", "file MiB", "min ms", "median ms", "vs eager", "peak MiB", "AP", "AP50", "AP75", "ΔAP"]
+    headers = ["backend", "file MiB", "min ms", "median ms", "speed-up (min)", "speed-up (median)", "alone: median ms",
+               "alone: speed-up", "peak MiB", "AP", "AP50", "AP75", "ΔAP"]
     for name in args.models:
         size = 256 if name == "demo" else 640
         rows = bench_model(name, size, args, out, data)
         title = (f"demo model (gfl_resnet18_fpn, 24 base channels) at {size}x{size}, AP on {args.val_images} validation images"
                  if name == "demo" else f"gfl_resnet50_fpn (random weights, 80 classes) at {size}x{size}")
-        print(f"\n**{title}**, {args.threads} threads, {args.rounds} interleaved rounds\n")
+        print(f"\n**{title}**, {args.threads} threads, {args.rounds} interleaved rounds of {args.block} images\n")
         print(markdown_table(headers, rows), flush=True)
 
 

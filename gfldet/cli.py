@@ -178,13 +178,13 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
         if args.weights:
             raise ValueError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
                              "(a file from `gfldet export`)")
-        detector = load(args.checkpoint, backend=args.backend, threads=args.threads)
+        detector = load(args.checkpoint, backend=args.backend, threads=args.threads, precision=args.precision)
         detector.meta.update(overrides)
         model = detector.as_module()
         model.class_names = detector.class_names
         return model, _eval_data(args, {})
-    if args.threads:
-        raise ValueError("--threads is for the onnxruntime / openvino backends (torch: set OMP_NUM_THREADS)")
+    if args.threads or args.precision:
+        raise ValueError("--threads and --precision are for the onnxruntime / openvino backends")
     if args.weights:
         from .models.pretrained import load_pretrained
 
@@ -232,7 +232,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict(args.checkpoint, args.inputs, weights=args.weights, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
                      draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress,
-                     backend=args.backend, ann=args.ann, overwrite=args.force, threads=args.threads)
+                     backend=args.backend, ann=args.ann, overwrite=args.force, threads=args.threads,
+                     batch_size=args.batch_size, precision=args.precision)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -361,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch: a gfldet checkpoint; onnxruntime / openvino: --checkpoint is a file from `gfldet export` "
                    "(give --ann and --images)")
     e.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime / openvino: intra-op threads")
+    e.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                   help="openvino: inference precision of the float parts (default: the file's; auto: bf16 where the CPU has it)")
     e.add_argument("--batch-size", type=_positive_int, default=2)
     e.add_argument("--workers", type=int, default=2, help="data loading processes")
     e.add_argument("--score-thr", type=float, default=None, help="score threshold (none: the checkpoint's)")
@@ -383,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
                     help="torch: CHECKPOINT is a gfldet checkpoint; onnxruntime / openvino: a file from `gfldet export`")
     pr.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime / openvino: intra-op threads")
+    pr.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                    help="openvino: inference precision of the float parts (default: the file's; auto: bf16 where the CPU has it)")
+    pr.add_argument("--batch-size", type=_positive_int, default=1,
+                    help="images per call (images are decoded ahead in threads either way); >1 pads a batch to its "
+                    "largest image, which shifts border detections slightly")
     pr.set_defaults(func=_cmd_predict)
 
     x = command("export", "write a checkpoint as a deployable file: ONNX or OpenVINO IR, fp32, bf16 or INT8 (docs/deploy.md)")

@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +91,9 @@ def predict(
     overwrite: bool = False,
     weights: str | os.PathLike | None = None,
     threads: int | None = None,
+    batch_size: int = 1,
+    read_workers: int = 2,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Detect objects in each image; write ``predictions.json`` (COCO results, plus ``file_name`` and
     ``category`` name, and each box's localisation uncertainty: ``edge_std`` (l, t, r, b standard deviations in
@@ -102,14 +109,17 @@ def predict(
     An ``out_dir`` that already holds a ``predictions.json`` is refused (before any work) unless ``overwrite``.
 
     ``backend``: ``"torch"`` runs a gfldet checkpoint; ``"onnxruntime"`` / ``"openvino"`` run a file written by
-    ``gfldet export`` (``checkpoint`` is then its path; ``threads`` their intra-op threads) through
-    :func:`gfldet.deploy.load` and its NumPy post-processing.
+    ``gfldet export`` (``checkpoint`` is then its path; ``threads`` their intra-op threads, ``precision`` OpenVINO's)
+    through :func:`gfldet.deploy.load` and its NumPy post-processing. ``batch_size`` images per call; the files are
+    decoded ``read_workers`` threads ahead of the backend.
 
     ``weights`` instead of ``checkpoint``: published weights by name or an mmdetection / GFocalV2 file
     (:func:`gfldet.load_pretrained`: downloaded once, run with the test settings of their published AP).
     """
     if (checkpoint is None) == (weights is None):
         raise ValueError("give a checkpoint or weights (published weights' name or file), not both or neither")
+    if backend == "torch" and (threads or precision):
+        raise ValueError("threads and precision are for the onnxruntime / openvino backends")
     if weights is not None and backend != "torch":
         raise ValueError(f"weights run with the torch backend, not {backend!r}")
 
@@ -131,63 +141,106 @@ def predict(
 
         min_size, max_size = model.config.min_size, model.config.max_size
 
-        def run(img: torch.Tensor) -> dict[str, torch.Tensor]:
+        def run(imgs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
             with torch.inference_mode():
-                det = model([img.to(device)])[0]
-            return {k: v.cpu() for k, v in det.items()}
+                dets = model([img.to(device) for img in imgs])
+            return [{k: v.cpu() for k, v in det.items()} for det in dets]
 
     elif backend in BACKENDS:
         if torch.device(device).type != "cpu":
             log.warning("--device %s is ignored by the %s backend (it runs on the CPU)", device, backend)
-        detector = load(checkpoint, backend=backend, threads=threads)
+        detector = load(checkpoint, backend=backend, threads=threads, precision=precision)
         names = detector.class_names
         cat_ids = detector.cat_ids
         min_size, max_size = detector.meta.get("min_size"), detector.meta.get("max_size")
 
-        def run(img: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {k: torch.from_numpy(v) for k, v in detector([img.numpy()], score_thr=score_thr)[0].items()}
+        def run(imgs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            dets = detector([img.numpy() for img in imgs], score_thr=score_thr)
+            return [{k: torch.from_numpy(v) for k, v in det.items()} for det in dets]
 
     else:
         raise ValueError(f"unknown backend {backend!r}; choose 'torch' or one of {BACKENDS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, failed, picture_files = [], [], []
-    for idx, f in enumerate(tqdm(files, desc="predict", disable=not progress)):
-        try:
-            img = read_image(f)
-        except ValueError as e:
-            log.warning("%s", e)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
+    for batch in _batches(_read_ahead(files, workers=read_workers), batch_size):
+        readable = [(idx, f, img) for idx, f, img in batch if not isinstance(img, ValueError)]
+        for _, f, err in (b for b in batch if isinstance(b[2], ValueError)):
+            log.warning("%s", err)
             failed.append(str(f))
-            continue
-        det = run(img)
-        coco = detections_to_coco([image_ids[idx]], [det], cat_ids, box_digits=2)
-        unc = zip(det["edge_std"].tolist(), det["edge_entropy"].tolist(), det["edge_peak"].tolist(), det["loc_conf"].tolist())
-        for e, lab, (std, ent, peak, conf) in zip(coco, det["labels"].tolist(), unc):
-            results.append({"image_id": e["image_id"], "file_name": str(f), "category_id": e["category_id"],
-                            "category": names[lab], "bbox": e["bbox"], "score": e["score"],
-                            "edge_std": [round(v, 3) for v in std], "edge_entropy": [round(v, 4) for v in ent],
-                            "edge_peak": [round(v, 4) for v in peak], "loc_conf": round(conf, 4)})
-        stem = f"{idx:04d}_{f.stem}"
-        if draw:
-            p = out / f"{stem}_det.png"
-            draw_detections(img, det["boxes"], det["labels"], det["scores"], class_names=names, path=p)
-            picture_files.append(str(p))
-        if show_distributions:
-            for k in range(min(max_distribution_plots, det["boxes"].shape[0])):
-                p = out / f"{stem}_dist{k}.png"
-                std = "/".join(f"{v:.1f}" for v in det["edge_std"][k].tolist())
-                # bins -> pixels of this image: a bin is one stride of the resized network input
-                nh, nw = keep_ratio_size(int(img.shape[1]), int(img.shape[2]), min_size, max_size)
-                px_per_bin = float(det["strides"][k]) * img.shape[2] / nw
-                draw_distributions(img, det["boxes"][k], det["distributions"][k], p, stride=px_per_bin,
-                                   title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}, "
-                                         f"loc_conf {float(det['loc_conf'][k]):.2f}, edge std l/t/r/b {std} px")
+        dets = run([img for _, _, img in readable]) if readable else []
+        bar.update(len(batch))
+        for (idx, f, img), det in zip(readable, dets):
+            coco = detections_to_coco([image_ids[idx]], [det], cat_ids, box_digits=2)
+            unc = zip(det["edge_std"].tolist(), det["edge_entropy"].tolist(), det["edge_peak"].tolist(), det["loc_conf"].tolist())
+            for e, lab, (std, ent, peak, conf) in zip(coco, det["labels"].tolist(), unc):
+                results.append({"image_id": e["image_id"], "file_name": str(f), "category_id": e["category_id"],
+                                "category": names[lab], "bbox": e["bbox"], "score": e["score"],
+                                "edge_std": [round(v, 3) for v in std], "edge_entropy": [round(v, 4) for v in ent],
+                                "edge_peak": [round(v, 4) for v in peak], "loc_conf": round(conf, 4)})
+            stem = f"{idx:04d}_{f.stem}"
+            if draw:
+                p = out / f"{stem}_det.png"
+                draw_detections(img, det["boxes"], det["labels"], det["scores"], class_names=names, path=p)
                 picture_files.append(str(p))
+            if show_distributions:
+                for k in range(min(max_distribution_plots, det["boxes"].shape[0])):
+                    p = out / f"{stem}_dist{k}.png"
+                    std = "/".join(f"{v:.1f}" for v in det["edge_std"][k].tolist())
+                    # bins -> pixels of this image: a bin is one stride of the resized network input
+                    nh, nw = keep_ratio_size(int(img.shape[1]), int(img.shape[2]), min_size, max_size)
+                    px_per_bin = float(det["strides"][k]) * img.shape[2] / nw
+                    draw_distributions(img, det["boxes"][k], det["distributions"][k], p, stride=px_per_bin,
+                                       title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}, "
+                                             f"loc_conf {float(det['loc_conf'][k]):.2f}, edge std l/t/r/b {std} px")
+                    picture_files.append(str(p))
+    bar.close()
+    elapsed = time.perf_counter() - t0
     if len(failed) == len(files):
         raise ValueError(f"none of the {len(files)} inputs could be read (first: {failed[0]})")
     json_path = out / "predictions.json"
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results))
     os.replace(tmp, json_path)
+    done = len(files) - len(failed)
+    log.info("%d images in %.1f s: %.1f images/s (%s backend, batches of %d)", done, elapsed, done / elapsed, backend,
+             batch_size)
     return {"images": len(files), "failed": failed, "detections": len(results), "json": str(json_path),
-            "pictures": len(picture_files), "out_dir": str(out)}
+            "pictures": len(picture_files), "out_dir": str(out), "seconds": round(elapsed, 2),
+            "images_per_s": round(done / elapsed, 2)}
+
+
+def _read_ahead(files: list[Path], workers: int = 2) -> Iterator[tuple[int, Path, torch.Tensor | ValueError]]:
+    """``(index, file, image or the ValueError of an unreadable file)`` in order, decoded by ``workers`` threads
+    a few files ahead of the consumer (PIL decodes without the GIL), so that the backend is not kept waiting."""
+    ahead = max(2, 2 * workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gfldet-read") as pool:
+        pending: deque = deque()
+        for idx, f in enumerate(files):
+            pending.append((idx, f, pool.submit(_read_or_error, f)))
+            if len(pending) > ahead:
+                i, p, fut = pending.popleft()
+                yield i, p, fut.result()
+        while pending:
+            i, p, fut = pending.popleft()
+            yield i, p, fut.result()
+
+
+def _read_or_error(f: Path) -> torch.Tensor | ValueError:
+    try:
+        return read_image(f)
+    except ValueError as e:
+        return e
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

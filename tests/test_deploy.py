@@ -120,6 +120,7 @@ def test_bf16_is_applied_or_refused_by_name(files, monkeypatch):
     with pytest.raises(ValueError, match=r"bf16\.xml: bf16 inference needs a CPU with bf16 units .* precision fp32"):
         load(d / "bf16.xml")
     assert load(d / "bf16.xml", precision="fp32").backend.precision == "fp32"
+    assert load(files["fp32.xml"], precision="auto").backend.precision == "fp32"  # no bf16 units: auto takes fp32
 
 
 def test_eval_contract_writes_the_same_metrics_json_as_for_a_checkpoint(files):
@@ -134,13 +135,29 @@ def test_eval_contract_writes_the_same_metrics_json_as_for_a_checkpoint(files):
     assert (d / "ov.json").read_bytes() == before  # never overwritten without --force
 
 
-def test_predict_runs_an_openvino_file(files, capsys):
-    out = files["dir"] / "pred"
-    imgs = sorted(Path(files["val"], "images").glob("*.png"))[:2]
-    assert main(["predict", "--checkpoint", files["int8.xml"], "--backend", "openvino", *map(str, imgs), "--out", str(out),
-                 "--no-progress", "--no-draw"]) == 0
-    preds = json.loads((out / "predictions.json").read_text())
-    assert preds and {"bbox", "score", "edge_std", "category"} <= set(preds[0])
+def test_predict_runs_an_openvino_file_in_batches(files, capsys):
+    """Throughput mode: images decoded ahead, batches of 3 over 5 images (one unreadable), images/s reported; a
+    batch finds what the images find one by one (same-size images: no padding between them)."""
+    d = files["dir"]
+    imgs = sorted(Path(files["val"], "images").glob("*.png"))[:4]
+    broken = d / "broken.png"
+    broken.write_bytes(b"not a png")
+    runs = {}
+    for batch in ("1", "3"):
+        out = d / f"pred{batch}"
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", files["int8.xml"], "--backend", "openvino", *map(str, imgs), str(broken),
+                     "--out", str(out), "--no-progress", "--no-draw", "--batch-size", batch]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["failed"] == [str(broken)] and summary["images"] == 5 and summary["images_per_s"] > 0
+        runs[batch] = json.loads((out / "predictions.json").read_text())
+    assert runs["1"] and {"bbox", "score", "edge_std", "category"} <= set(runs["1"][0])
+    for image_id in {p["image_id"] for p in runs["1"]}:  # batch kernels may round differently: compare per image
+        one = sorted((p for p in runs["1"] if p["image_id"] == image_id), key=lambda p: -p["score"])
+        three = sorted((p for p in runs["3"] if p["image_id"] == image_id), key=lambda p: -p["score"])
+        assert abs(len(one) - len(three)) <= 2, image_id  # a box at the 0.3 threshold may go either way
+        np.testing.assert_allclose(one[0]["bbox"], three[0]["bbox"], atol=0.5)
+        assert abs(one[0]["score"] - three[0]["score"]) < 0.02
 
 
 def test_bad_requests_are_refused_by_name(files, capsys):

@@ -11,10 +11,11 @@ in the file: an ONNX file's ``metadata_props``, an OpenVINO IR's ``rt_info`` und
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,8 @@ class OnnxRuntimeBackend:
 class OpenVINOBackend:
     """An OpenVINO IR (or an ONNX file, which OpenVINO reads too) compiled for the CPU.
 
-    ``precision``: the inference precision of the float parts, ``fp32`` or ``bf16`` (by default the file's; an
-    INT8 file's float parts run in fp32). OpenVINO would otherwise choose bf16 by itself on CPUs with AMX, so
+    ``precision``: the inference precision of the float parts, ``fp32``, ``bf16`` or ``auto`` (bf16 where the CPU
+    has bf16 units, else fp32); by default the file's (an INT8 file's float parts: fp32 unless exported otherwise). OpenVINO would otherwise choose bf16 by itself on CPUs with AMX, so
     ``fp32`` is set explicitly. ``bf16`` on a CPU without bf16 units is refused.
     """
 
@@ -175,8 +176,11 @@ class OpenVINOBackend:
         if file_precision == "int8":  # the float parts of an INT8 model: as stored at export (fp32 by default)
             file_precision = self.meta.get("int8_float_precision", "fp32")
         precision = precision or file_precision
+        if precision == "auto":  # what this CPU computes fastest: bf16 where it has bf16 units (within 0.5 AP, docs/deploy.md)
+            precision = "bf16" if "BF16" in openvino_capabilities() else "fp32"
+            log.info("%s: OpenVINO precision auto -> %s on this CPU", self.path, precision)
         if precision not in _OV_HINT:
-            raise ValueError(f"OpenVINO precision must be one of {sorted(_OV_HINT)}, got {precision!r}")
+            raise ValueError(f"OpenVINO precision must be one of {sorted(_OV_HINT)} or 'auto', got {precision!r}")
         if precision == "bf16" and "BF16" not in openvino_capabilities():
             raise ValueError(f"{self.path}: bf16 inference needs a CPU with bf16 units (AVX512-BF16 or AMX); this CPU "
                              f"offers {openvino_capabilities()}: run it with precision fp32 (--precision fp32)")
@@ -213,13 +217,31 @@ class Detector:
         self.cat_ids = self.meta.get("cat_ids")
 
     def __call__(self, images: Sequence[Any], score_thr: float | None = None) -> list[dict[str, np.ndarray]]:
-        batch, sizes, scales, originals = preprocess(images, self.meta)
+        with _torch_single_threaded():
+            batch, sizes, scales, originals = preprocess(images, self.meta)
         return postprocess(self.backend.run(batch), sizes, self.meta, scales, originals, score_thr=score_thr)
 
     def as_module(self) -> nn.Module:
         """A module whose forward is this detector's, with tensors in and out (what ``gfldet.engine.evaluate``
         runs): the metrics of an exported file are computed by the same code as a checkpoint's."""
         return _DetectorModule(self)
+
+
+@contextlib.contextmanager
+def _torch_single_threaded() -> Iterator[None]:
+    """Run the few torch ops of the pre-processing (the model's own resize) on the calling thread only.
+
+    Otherwise torch's OpenMP workers wake for them and then spin-wait, on a small CPU taking the cores the runtime
+    needs next: on the project's 2-core machine that made an OpenVINO INT8 call of the demo's model ~1.5x slower."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _DetectorModule(nn.Module):
