@@ -45,7 +45,7 @@ _COMPAT = {
     "Integral": "gfldet.ops",  # gfldet.ops
 }
 _SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "export", "models", "ops",
-                "predict", "viz"}
+                "predict", "ship", "viz"}
 
 __all__ = [
     "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",

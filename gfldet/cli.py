@@ -178,6 +178,11 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
         if args.weights:
             raise ValueError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
                              "(a file from `gfldet export`)")
+        if not (args.ann and args.images):
+            raise ValueError(f"--backend {args.backend}: give --ann ANN.json and --images DIR (an exported file does not "
+                             "name the data it was trained on)")
+        if args.device not in ("auto", "cpu"):
+            log.warning("--device %s is ignored by the %s backend (it runs on the CPU)", args.device, args.backend)
         detector = load(args.checkpoint, backend=args.backend, threads=args.threads, precision=args.precision)
         detector.meta.update(overrides)
         model = detector.as_module()
@@ -215,7 +220,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if out:
         path = folder / "metrics.json" if folder else out
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({k: v for k, v in metrics.items() if k != "results"}, indent=2))
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # an earlier result is replaced whole or not at all
+        tmp.write_text(json.dumps({k: v for k, v in metrics.items() if k != "results"}, indent=2))
+        os.replace(tmp, path)
         print(f"wrote {path}")
     return 0
 

@@ -73,9 +73,10 @@ def export_model(model: nn.Module, out: str | os.PathLike, fmt: str | None = Non
         try:
             export_onnx(model, fp32, overwrite=True, **onnx_kwargs)
             if fmt == "onnx":
-                lowp.quantize_onnx(fp32, out, calib, calib_images, progress=progress)
+                lowp.quantize_onnx(fp32, out, calib, calib_images, progress=progress, overwrite=True)
             else:
-                lowp.to_openvino(fp32, out, precision, calib=calib, calib_images=calib_images, progress=progress)
+                lowp.to_openvino(fp32, out, precision, calib=calib, calib_images=calib_images, progress=progress,
+                                 overwrite=True)
         finally:
             if fp32.exists():
                 fp32.unlink()

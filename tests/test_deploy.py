@@ -27,9 +27,11 @@ ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 CKPT = Path(__file__).parent / "fixtures" / "demo_model_fp16.pt"
-# INT8's accuracy cost allowed here, in AP points on the 48 validation images. Measured on the project's machine
-# (docs/deploy.md, 500 images): ONNX Runtime INT8 and OpenVINO INT8 lose at most ~1 AP against float32; 48 images
-# give a noisier AP (one box of ~200 moves AP by ~0.5 point), hence the margin.
+# INT8's accuracy cost allowed here, as AP on the 48 validation images. Measured on the project's machine
+# (docs/deploy.md): ONNX Runtime INT8 and OpenVINO INT8 lose 0.1 AP point against float32 on 500 images, 0.1 / 0.2 on
+# these 48, where AP is noisier (one of ~200 boxes moves it by ~0.5 point) and another CPU's int8 kernels round
+# otherwise, hence 3 points. The failures this guards against cost more: quantising the GroupNorm's affine ops or the
+# distributions took 1.8-5.6 points on 500 images.
 INT8_AP_BOUND = 0.03
 
 
@@ -105,6 +107,36 @@ def test_int8_leaves_the_distributions_and_decode_in_float(files):
         assert not consumers & {"SoftMax", "Softmax", "MatMul", "Sigmoid", "ReduceSum"}, (op.get_friendly_name(), consumers)
 
 
+def test_int8_float_scope_holds_for_gflv2_whose_quality_branch_is_a_convolution(files, tmp_path):
+    """GFLV2's DGQP convolutions read the edge distributions: they are in the float scope and stay float in both INT8
+    files, while the network's other convolutions are quantised (a scope that missed them would fail here)."""
+    import onnx
+
+    from gfldet import GFL, ModelConfig
+    from gfldet.deploy.lowp import float_scope_openvino, quantize_onnx, to_openvino
+    from gfldet.export import export_onnx
+
+    torch.manual_seed(0)
+    model = GFL(ModelConfig(depth=18, base_channels=16, fpn_channels=32, head_channels=32, gn_groups=8, num_classes=3,
+                            stacked_convs=1, quality="dgqp", min_size=256, max_size=256)).eval()
+    src = export_onnx(model, tmp_path / "v2.onnx", example_size=(256, 256))
+    proto = onnx.load(str(src))
+    scope = set(float_scope_onnx(proto))
+    dgqp = {n.name for n in proto.graph.node if n.op_type == "Conv" and "gfl_quality" in n.input[1]}
+    assert len(dgqp) == 10 and dgqp <= scope  # 2 per level
+    q = onnx.load(str(quantize_onnx(src, tmp_path / "v2_int8.onnx", files["calib"], 4, progress=False)))
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    fed = {n.name: producers.get(n.input[0]) == "DequantizeLinear" for n in convs}
+    assert all(not fed[name] for name in dgqp) and sum(fed.values()) >= len(convs) - len(dgqp) - 5
+    ir = to_openvino(src, tmp_path / "v2_int8.xml", calib=files["calib"], calib_images=4, progress=False)
+    converted = ov.convert_model(str(src))
+    assert set(float_scope_openvino(converted, proto))  # found by tensor name
+    for op in ov.Core().read_model(str(ir)).get_ops():
+        if op.get_type_name() == "Convolution" and "gfl_quality" in op.input_value(1).get_node().get_friendly_name():
+            assert op.input_value(0).get_node().get_type_name() != "FakeQuantize", op.get_friendly_name()
+
+
 def test_bf16_is_applied_or_refused_by_name(files, monkeypatch):
     d = files["dir"]
     assert main(["export", "--checkpoint", str(CKPT), "--out", str(d / "bf16.xml"), "--precision", "bf16",
@@ -113,9 +145,13 @@ def test_bf16_is_applied_or_refused_by_name(files, monkeypatch):
     if "BF16" in deploy_runtime.openvino_capabilities():
         imgs = _images(files)
         fp32, bf16 = load(files["fp32.xml"])(imgs), load(d / "bf16.xml")(imgs)
-        for a, b in zip(fp32, bf16):  # bf16 keeps 8 bits of mantissa: the same objects, boxes within a few pixels
-            k = min(5, len(a["boxes"]), len(b["boxes"]))
-            np.testing.assert_allclose(a["boxes"][:k], b["boxes"][:k], atol=4.0)
+        from torchvision.ops import box_iou
+
+        for a, b in zip(fp32, bf16):  # bf16 keeps 8 bits of mantissa: the confident boxes are found again, nearly equal
+            strong = torch.from_numpy(a["boxes"][a["scores"] > 0.5])
+            assert len(strong) > 0
+            iou = box_iou(strong, torch.from_numpy(b["boxes"]))
+            assert (iou.max(1).values > 0.9).all(), iou.max(1).values
     monkeypatch.setattr(deploy_runtime, "openvino_capabilities", lambda: ["FP32", "INT8"])
     with pytest.raises(ValueError, match=r"bf16\.xml: bf16 inference needs a CPU with bf16 units .* precision fp32"):
         load(d / "bf16.xml")
@@ -152,10 +188,11 @@ def test_predict_runs_an_openvino_file_in_batches(files, capsys):
         assert summary["failed"] == [str(broken)] and summary["images"] == 5 and summary["images_per_s"] > 0
         runs[batch] = json.loads((out / "predictions.json").read_text())
     assert runs["1"] and {"bbox", "score", "edge_std", "category"} <= set(runs["1"][0])
+    assert {p["image_id"] for p in runs["1"]} == {p["image_id"] for p in runs["3"]}
     for image_id in {p["image_id"] for p in runs["1"]}:  # batch kernels may round differently: compare per image
         one = sorted((p for p in runs["1"] if p["image_id"] == image_id), key=lambda p: -p["score"])
         three = sorted((p for p in runs["3"] if p["image_id"] == image_id), key=lambda p: -p["score"])
-        assert abs(len(one) - len(three)) <= 2, image_id  # a box at the 0.3 threshold may go either way
+        assert three and abs(len(one) - len(three)) <= 2, image_id  # a box at the 0.3 threshold may go either way
         np.testing.assert_allclose(one[0]["bbox"], three[0]["bbox"], atol=0.5)
         assert abs(one[0]["score"] - three[0]["score"]) < 0.02
 

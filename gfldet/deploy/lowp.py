@@ -23,12 +23,12 @@ import numpy as np
 
 from ..data.image_files import collect_images, read_image
 from .postprocess import preprocess
-from .runtime import read_metadata
+from .runtime import cpu_has_vnni, read_metadata
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HEAD_OUTPUT_WEIGHTS", "ONNX_QUANTIZED_OPS", "float_scope_onnx", "float_scope_openvino", "calibration_batches", "quantize_onnx",
-           "to_openvino", "cpu_has_vnni"]
+           "to_openvino"]
 
 # ONNX Runtime quantises the inputs of these operator types only. Its default list also takes Add, Mul, Resize,
 # MaxPool...: in a gfldet graph those include the GroupNorm's affine Mul/Add and the normalisation around
@@ -73,8 +73,9 @@ def float_scope_openvino(model: Any, proto: Any) -> list[str]:
     """Friendly names of the operations of ``model`` (OpenVINO's conversion of the ONNX graph ``proto``) that stay
     in float: those that compute a tensor of :func:`float_scope_onnx`'s nodes, and everything downstream of them.
 
-    Matched by tensor name, not by weight name: the conversion folds the level scale into ``gfl_reg``'s weights,
-    so that convolution (which computes a float-scope tensor then) stays in float too."""
+    Matched by tensor name, not by weight name: the conversion folds each level's scale into ``gfl_reg``'s
+    weights, so that convolution's weight no longer carries its name. As on the ONNX side, the output convolutions
+    themselves may take int8 inputs; what they compute onwards stays in float."""
     scope = set(float_scope_onnx(proto))
     tensors = {out for node in proto.graph.node if node.name in scope for out in node.output}
     seeds = [op for op in model.get_ops() if op.get_type_name() not in ("Result", "Constant", "Parameter")
@@ -100,21 +101,38 @@ def calibration_batches(images: str | os.PathLike | Sequence[str | os.PathLike],
         yield preprocess([read_image(f)], meta)[0]
 
 
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has VNNI (int8 dot products without the 16-bit saturation of AVX2's VPMADDUBSW)."""
+def _check_free(paths: Sequence[Path], overwrite: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists (pass overwrite=True / --force to replace it)")
+
+
+def _replace_all(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each ``(tmp, dst)`` into place as one step: the destinations that existed are moved aside first and
+    put back if any rename fails, so that an IR's .xml and .bin are never left from two different exports."""
+    backups: list[tuple[Path, Path]] = []
+    done: list[Path] = []
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
-
-
-def _replace(tmp: Path, dst: Path) -> None:
-    os.replace(tmp, dst)
+        for _, dst in pairs:
+            if dst.exists():
+                bak = dst.with_name(f"{dst.name}.bak{os.getpid()}")
+                os.replace(dst, bak)
+                backups.append((bak, dst))
+        for tmp, dst in pairs:
+            os.replace(tmp, dst)
+            done.append(dst)
+    except BaseException:
+        for dst in done:
+            dst.unlink(missing_ok=True)
+        for bak, dst in backups:
+            os.replace(bak, dst)
+        raise
+    for bak, _ in backups:
+        bak.unlink(missing_ok=True)
 
 
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: str | os.PathLike, calib_images: int = 300,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, overwrite: bool = False) -> Path:
     """INT8 QDQ copy of an exported ONNX file: the convolutions' inputs quantised (:data:`ONNX_QUANTIZED_OPS`),
     per-channel int8 weights and uint8 activations min-max calibrated on ``calib``; the float scope kept in float; the ``gfldet.*`` metadata carried over with ``precision: int8``.
 
@@ -124,10 +142,11 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: str | o
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     src, dst = Path(src), Path(dst)
+    _check_free([dst], overwrite)
     proto = onnx.load(os.fspath(src))
     meta = read_metadata(proto)
     keep_float = float_scope_onnx(proto)
-    named = src.with_name(f"{src.stem}.named.onnx")  # every node named, as the exclusion list refers to them
+    named = dst.with_name(f"{dst.name}.named{os.getpid()}.onnx")  # every node named: the exclusion list uses names
     onnx.save_model(proto, os.fspath(named))
     batches = calibration_batches(calib, meta, calib_images, progress)
 
@@ -147,7 +166,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: str | o
         _set_onnx_meta(q, {"precision": "int8", "int8_tool": "onnxruntime.quantization QDQ, per-channel",
                            "int8_reduce_range": reduce_range})
         onnx.save_model(q, os.fspath(tmp))
-        _replace(tmp, dst)
+        _replace_all([(tmp, dst)])
     finally:
         for p in (named, tmp):
             if p.exists():
@@ -168,7 +187,8 @@ def _set_onnx_meta(proto: Any, values: dict[str, Any]) -> None:
 
 
 def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str = "fp32",
-                calib: str | os.PathLike | None = None, calib_images: int = 300, progress: bool = True) -> Path:
+                calib: str | os.PathLike | None = None, calib_images: int = 300, progress: bool = True,
+                overwrite: bool = False) -> Path:
     """An exported ONNX file as an OpenVINO IR (``dst`` = ``.xml``, weights in the ``.bin`` beside it), float32
     weights. ``precision``: the inference precision stored for the float parts (``fp32`` or ``bf16``; the runtime
     applies it). With ``calib``: INT8 through NNCF (``nncf.quantize``, default preset, the float scope ignored)."""
@@ -177,6 +197,7 @@ def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str =
     src, dst = Path(src), Path(dst)
     if dst.suffix.lower() != ".xml":
         raise ValueError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin), got {dst}")
+    _check_free([dst, dst.with_suffix(".bin")], overwrite)
     meta = read_metadata(src)
     model = ov.convert_model(os.fspath(src))
     stored = dict(meta)
@@ -185,7 +206,8 @@ def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str =
         import onnx
 
         keep_float = float_scope_openvino(model, onnx.load(os.fspath(src)))
-        dataset = nncf.Dataset(list(calibration_batches(calib, meta, calib_images, progress)))
+        files = collect_images([calib])[:calib_images]  # read again on each of NNCF's passes, not all held in memory
+        dataset = nncf.Dataset(files, lambda f: preprocess([read_image(f)], meta)[0])
         nncf_log = logging.getLogger("nncf")  # NNCF logs every quantiser it places at INFO
         level = nncf_log.level
         if not logging.getLogger("gfldet").isEnabledFor(logging.DEBUG):
@@ -206,8 +228,7 @@ def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str =
     tmp_xml = dst.with_name(f"{dst.stem}.tmp{os.getpid()}.xml")
     try:
         ov.save_model(model, os.fspath(tmp_xml), compress_to_fp16=False)
-        _replace(tmp_xml.with_suffix(".bin"), dst.with_suffix(".bin"))
-        _replace(tmp_xml, dst)
+        _replace_all([(tmp_xml.with_suffix(".bin"), dst.with_suffix(".bin")), (tmp_xml, dst)])
     finally:
         for p in (tmp_xml, tmp_xml.with_suffix(".bin")):
             if p.exists():

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from .postprocess import postprocess, preprocess
 log = logging.getLogger(__name__)
 
 __all__ = ["load", "Detector", "OnnxRuntimeBackend", "OpenVINOBackend", "OnnxDetector", "read_metadata", "BACKENDS",
-           "PRECISIONS", "backend_for", "openvino_capabilities"]
+           "PRECISIONS", "backend_for", "openvino_capabilities", "cpu_has_vnni"]
 
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -115,6 +116,15 @@ def _read_openvino(path: str) -> Any:
         raise ValueError(f"{path}: OpenVINO cannot read it: {first_line(e)}") from e
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI (int8 dot products without the 16-bit saturation of AVX2's VPMADDUBSW)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown: do not warn
+    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+
+
 def openvino_capabilities() -> list[str]:
     """What OpenVINO's CPU plugin reports this CPU can compute in (e.g. ``FP32``, ``BF16``, ``INT8``)."""
     import openvino as ov
@@ -142,6 +152,9 @@ class OnnxRuntimeBackend:
         if precision not in (None, self.meta["precision"]):
             raise ValueError(f"{self.path}: ONNX Runtime runs the file as it was exported ({self.meta['precision']}); "
                              f"precision {precision!r} is an OpenVINO setting (--backend openvino)")
+        if self.meta.get("int8_reduce_range") is False and not cpu_has_vnni():
+            log.warning("%s was quantised on a CPU with VNNI (8-bit weights); on this CPU without VNNI, ONNX Runtime's "
+                        "int8 kernels can saturate and lose accuracy: re-export it here, or use OpenVINO", self.path)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -168,6 +181,7 @@ class OpenVINOBackend:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str | None = None):
         self.path = os.fspath(path)
+        _check_exported_path(self.path)  # before the import: a wrong file gets its advice without openvino too
         import openvino as ov
 
         model = _read_openvino(self.path)
@@ -180,7 +194,7 @@ class OpenVINOBackend:
             precision = "bf16" if "BF16" in openvino_capabilities() else "fp32"
             log.info("%s: OpenVINO precision auto -> %s on this CPU", self.path, precision)
         if precision not in _OV_HINT:
-            raise ValueError(f"OpenVINO precision must be one of {sorted(_OV_HINT)} or 'auto', got {precision!r}")
+            raise ValueError(f"{self.path}: OpenVINO precision must be one of {sorted(_OV_HINT)} or 'auto', got {precision!r}")
         if precision == "bf16" and "BF16" not in openvino_capabilities():
             raise ValueError(f"{self.path}: bf16 inference needs a CPU with bf16 units (AVX512-BF16 or AMX); this CPU "
                              f"offers {openvino_capabilities()}: run it with precision fp32 (--precision fp32)")
@@ -211,15 +225,18 @@ class Detector:
 
     def __init__(self, backend: OnnxRuntimeBackend | OpenVINOBackend):
         self.backend = backend
+        self._lock = threading.Lock()  # one backend request at a time (OpenVINO's infer request is not re-entrant)
         self.path = backend.path
         self.meta = backend.meta
         self.class_names = self.meta.get("class_names")
         self.cat_ids = self.meta.get("cat_ids")
 
     def __call__(self, images: Sequence[Any], score_thr: float | None = None) -> list[dict[str, np.ndarray]]:
-        with _torch_single_threaded():
-            batch, sizes, scales, originals = preprocess(images, self.meta)
-        return postprocess(self.backend.run(batch), sizes, self.meta, scales, originals, score_thr=score_thr)
+        with self._lock:
+            with _torch_single_threaded():
+                batch, sizes, scales, originals = preprocess(images, self.meta)
+            outputs = self.backend.run(batch)
+        return postprocess(outputs, sizes, self.meta, scales, originals, score_thr=score_thr)
 
     def as_module(self) -> nn.Module:
         """A module whose forward is this detector's, with tensors in and out (what ``gfldet.engine.evaluate``
@@ -232,7 +249,8 @@ def _torch_single_threaded() -> Iterator[None]:
     """Run the few torch ops of the pre-processing (the model's own resize) on the calling thread only.
 
     Otherwise torch's OpenMP workers wake for them and then spin-wait, on a small CPU taking the cores the runtime
-    needs next: on the project's 2-core machine that made an OpenVINO INT8 call of the demo's model ~1.5x slower."""
+    needs next: on the project's 2-core machine that made an OpenVINO INT8 call of the demo's model ~1.5x slower.
+    ``torch.set_num_threads`` is process-wide: torch work on other threads runs single-threaded meanwhile."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield

@@ -157,8 +157,12 @@ def test_eval_uses_the_runs_validation_data_and_writes_into_an_out_folder(data, 
     a_file.write_text("mine")
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--out", str(a_file), "--no-progress"]) == 2
     assert "not a folder" in capsys.readouterr().err and a_file.read_text() == "mine"
+    # --out NAME.json: the metrics alone, in that file (the contract scripts use for exported files too)
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "m.json"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["AP"] is not None
+    before = (tmp_path / "m.json").read_bytes()
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "m.json"), "--no-progress"]) == 2
-    assert "--out is a folder" in capsys.readouterr().err
+    assert "m.json exists (pass --force" in capsys.readouterr().err and (tmp_path / "m.json").read_bytes() == before
 
 
 def test_checkpoints_are_readable_by_the_group_like_every_other_file(data, tmp_path, capsys):

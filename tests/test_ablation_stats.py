@@ -1,0 +1,67 @@
+"""The ablation study's statistics and resumable runner (bench/ablations.py): the numbers docs/ablations.md is made of."""
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import ablations  # noqa: E402
+from _ablation_report import report, write_docs  # noqa: E402
+from _stats import paired, t_cdf, t_quantile, verdict  # noqa: E402
+
+
+@pytest.mark.parametrize("df,q", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (10, 2.2281), (30, 2.0423)])
+def test_t_quantiles_are_the_tabulated_ones(df, q):
+    assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+    assert t_cdf(t_quantile(0.975, df), df) == pytest.approx(0.975, abs=1e-9)
+    assert t_quantile(0.025, df) == pytest.approx(-q, abs=1e-4)
+
+
+def test_paired_interval_and_verdicts():
+    p = paired({0: 0.50, 1: 0.52, 2: 0.51, 3: 0.9}, {0: 0.48, 1: 0.495, 2: 0.49})  # seed 3 has no reference: unpaired
+    assert p.diffs == pytest.approx((0.02, 0.025, 0.02)) and p.mean == pytest.approx(0.065 / 3)
+    half = 4.3027 * statistics.stdev(p.diffs) / math.sqrt(3)
+    assert (p.low, p.high) == (pytest.approx(p.mean - half, abs=1e-6), pytest.approx(p.mean + half, abs=1e-6))
+    assert p.low > 0
+    assert verdict(p, +1) == "reproduced" and verdict(p, -1) == "reversed" and verdict(p, 0).startswith("differs")
+    assert verdict(paired({0: 0.5, 1: 0.4}, {0: 0.45, 1: 0.45}), -1) == "unresolved"
+    assert verdict(paired({0: 0.5}, {0: 0.4}), -1) == "too few seeds" and paired({0: 1.0}, {1: 1.0}) is None
+
+
+def _run(variant, seed, ap):
+    return {"recipe": "demo", "recipe_settings": ablations.RECIPES["demo"], "variant": variant, "seed": seed,
+            "eval": {"AP": ap, "AP50": ap + 0.2, "AP75": ap + 0.05}, "wall_s": 480.0, "cpu": "cpu", "commit": "abc",
+            "date": "2026-11-30"}
+
+
+def test_runner_resumes_extends_and_refuses_another_recipe(tmp_path):
+    done = [_run("gfl", 0, 0.60), _run("atss", 0, 0.55), _run("gfl", 1, 0.61), _run("atss", 1, 0.60),
+            _run("n8", 0, 0.60), _run("n8", 1, 0.61)]
+    assert ablations.plan(done, ["gfl", "atss", "n8"], [0, 1, 2], None) == [("gfl", 2), ("atss", 2), ("n8", 2)]
+    # atss: -0.05, -0.01 -> mean -0.03, se 0.02: within 2 SE -> more seeds; n8: 0.0, 0.0 -> se 0 -> clear, none
+    extra = ablations.plan(done, ["gfl", "atss", "n8"], [0, 1], 4)
+    assert extra == [("gfl", 2), ("atss", 2), ("gfl", 3), ("atss", 3)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in done))
+    assert len(ablations.load_results(path, "demo")) == 6
+    other = dict(_run("gfl", 2, 0.6), recipe_settings=dict(ablations.RECIPES["demo"], epochs=5))
+    path.write_text(path.read_text() + json.dumps(other) + "\n")
+    with pytest.raises(SystemExit, match=r"line 7 \(gfl seed 2\) was run with recipe demo .*epochs.: 5"):
+        ablations.load_results(path, "demo")
+
+
+def test_docs_block_is_regenerated_in_place(tmp_path):
+    runs = [_run("gfl", 0, 0.60), _run("atss", 0, 0.55), _run("gfl", 1, 0.62), _run("atss", 1, 0.56)]
+    text = report(runs, ablations.TABLES["demo"])
+    row = next(line for line in text.splitlines() if line.startswith("| ATSS (FL"))
+    assert "55.5 ± 0.7" in row and "-5.0 -6.0" in row and "unresolved" in row  # 2 seeds: t(1) = 12.7 is wide
+    doc = tmp_path / "a.md"
+    doc.write_text("intro\n<!-- ablations:demo:begin -->\nold\n<!-- ablations:demo:end -->\nafter\n")
+    write_docs(doc, "demo", text, runs, "bench/results/x.jsonl")
+    new = doc.read_text()
+    assert new.startswith("intro\n") and new.endswith("after\n") and "old" not in new and "(4 runs)" in new
+    with pytest.raises(SystemExit, match="no generated block for recipe 'tiny'"):
+        write_docs(doc, "tiny", text, runs, "x")
