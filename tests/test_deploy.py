@@ -5,6 +5,7 @@ The model is the one ``gfldet demo`` trains (tests/fixtures/demo_model_fp16.pt, 
 validation images are regenerated with the demo's generator and seed.
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,12 @@ pytest.importorskip("onnxscript")
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
+# OpenVINO's CPU plugin has its own ISA detection beside the oneDNN it bundles: with oneDNN capped below the CPU's
+# ISA (ONEDNN_MAX_CPU_ISA, used here to run the float tests with other kernels) it fails ("bad combination" at
+# SSE41) or crashes (segfault at AVX2 on an AVX-512 CPU). The ONNX Runtime and eager checks still run then.
+OV_USABLE = "ONEDNN_MAX_CPU_ISA" not in os.environ
+needs_ov = pytest.mark.skipif(not OV_USABLE, reason="OpenVINO does not run with ONEDNN_MAX_CPU_ISA set")
+
 CKPT = Path(__file__).parent / "fixtures" / "demo_model_fp16.pt"
 # INT8's accuracy cost allowed here, as AP on the 48 validation images. Measured on the project's machine
 # (docs/deploy.md): ONNX Runtime INT8 and OpenVINO INT8 lose 0.1 AP point against float32 on 500 images, 0.1 / 0.2 on
@@ -45,6 +52,8 @@ def files(tmp_path_factory):
     common = ["export", "--checkpoint", str(CKPT), "--no-progress", "--example-size", "256", "256"]
     for name, extra in [("fp32.onnx", []), ("fp32.xml", []), ("int8.onnx", ["--int8", "--calib", out["calib"]]),
                         ("int8.xml", ["--format", "openvino", "--int8", "--calib", out["calib"]])]:
+        if name.endswith(".xml") and not OV_USABLE:
+            continue
         assert main([*common, "--out", str(d / name), *extra]) == 0
         out[name] = str(d / name)
     return out
@@ -56,7 +65,8 @@ def _images(files, n=4):
     return imgs
 
 
-@pytest.mark.parametrize("name,backend", [("fp32.onnx", "onnxruntime"), ("fp32.onnx", "openvino"), ("fp32.xml", "openvino")])
+@pytest.mark.parametrize("name,backend", [("fp32.onnx", "onnxruntime"), pytest.param("fp32.onnx", "openvino", marks=needs_ov),
+                                          pytest.param("fp32.xml", "openvino", marks=needs_ov)])
 def test_float32_exports_give_the_eager_detections(files, name, backend):
     model = load_model(CKPT).eval()
     imgs = _images(files)
@@ -80,13 +90,14 @@ def _ap(module, files):
 def test_int8_keeps_ap_within_its_bound(files):
     fp32 = _ap(load(files["fp32.onnx"]).as_module(), files)
     assert fp32 > 0.45  # the trained model, not a broken export
-    for name in ("int8.onnx", "int8.xml"):
+    for name in ("int8.onnx", "int8.xml") if OV_USABLE else ("int8.onnx",):
         detector = load(files[name])
         assert detector.meta["precision"] == "int8"
         ap = _ap(detector.as_module(), files)
         assert ap >= fp32 - INT8_AP_BOUND, f"{name}: AP {ap:.4f} against float32 {fp32:.4f}"
 
 
+@needs_ov
 def test_int8_leaves_the_distributions_and_decode_in_float(files):
     import onnx
 
@@ -107,6 +118,7 @@ def test_int8_leaves_the_distributions_and_decode_in_float(files):
         assert not consumers & {"SoftMax", "Softmax", "MatMul", "Sigmoid", "ReduceSum"}, (op.get_friendly_name(), consumers)
 
 
+@needs_ov
 def test_int8_float_scope_holds_for_gflv2_whose_quality_branch_is_a_convolution(files, tmp_path):
     """GFLV2's DGQP convolutions read the edge distributions: they are in the float scope and stay float in both INT8
     files, while the network's other convolutions are quantised (a scope that missed them would fail here)."""
@@ -137,6 +149,7 @@ def test_int8_float_scope_holds_for_gflv2_whose_quality_branch_is_a_convolution(
             assert op.input_value(0).get_node().get_type_name() != "FakeQuantize", op.get_friendly_name()
 
 
+@needs_ov
 def test_bf16_is_applied_or_refused_by_name(files, monkeypatch):
     d = files["dir"]
     assert main(["export", "--checkpoint", str(CKPT), "--out", str(d / "bf16.xml"), "--precision", "bf16",
@@ -159,6 +172,7 @@ def test_bf16_is_applied_or_refused_by_name(files, monkeypatch):
     assert load(files["fp32.xml"], precision="auto").backend.precision == "fp32"  # no bf16 units: auto takes fp32
 
 
+@needs_ov
 def test_eval_contract_writes_the_same_metrics_json_as_for_a_checkpoint(files):
     d = files["dir"]
     args = ["--ann", files["val_ann"], "--images", files["val"], "--no-progress", "--device", "cpu"]
@@ -171,6 +185,7 @@ def test_eval_contract_writes_the_same_metrics_json_as_for_a_checkpoint(files):
     assert (d / "ov.json").read_bytes() == before  # never overwritten without --force
 
 
+@needs_ov
 def test_predict_runs_an_openvino_file_in_batches(files, capsys):
     """Throughput mode: images decoded ahead, batches of 3 over 5 images (one unreadable), images/s reported; a
     batch finds what the images find one by one (same-size images: no padding between them)."""
@@ -197,6 +212,7 @@ def test_predict_runs_an_openvino_file_in_batches(files, capsys):
         assert abs(one[0]["score"] - three[0]["score"]) < 0.02
 
 
+@needs_ov
 def test_bad_requests_are_refused_by_name(files, capsys):
     d = files["dir"]
     base = ["export", "--checkpoint", str(CKPT), "--no-progress"]
