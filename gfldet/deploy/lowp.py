@@ -27,7 +27,8 @@ from .runtime import cpu_has_vnni, read_metadata
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEAD_OUTPUT_WEIGHTS", "ONNX_QUANTIZED_OPS", "float_scope_onnx", "float_scope_openvino", "calibration_batches", "quantize_onnx",
+__all__ = ["HEAD_OUTPUT_WEIGHTS", "ONNX_QUANTIZED_OPS", "float_scope_onnx", "float_scope_openvino", "calibration_batches", "calibration_files",
+           "calibration_input", "quantize_onnx",
            "to_openvino"]
 
 # ONNX Runtime quantises the inputs of these operator types only. Its default list also takes Add, Mul, Resize,
@@ -90,15 +91,24 @@ def float_scope_openvino(model: Any, proto: Any) -> list[str]:
     return sorted(op.get_friendly_name() for op in ops.values() if op.get_type_name() != "Result")
 
 
+def calibration_files(images: str | os.PathLike | Sequence[str | os.PathLike], limit: int = 300) -> list[Path]:
+    """The calibration images: the first ``limit`` image files of a folder (sorted), or of the files given."""
+    return collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images))[:limit]
+
+
+def calibration_input(file: str | os.PathLike, meta: dict[str, Any]) -> np.ndarray:
+    """One calibration batch: the image resized and padded as the model is run (:func:`gfldet.deploy.preprocess`).
+    An unreadable file raises ValueError naming it."""
+    return preprocess([read_image(file)], meta)[0]
+
+
 def calibration_batches(images: str | os.PathLike | Sequence[str | os.PathLike], meta: dict[str, Any],
                         limit: int = 300, progress: bool = True) -> Iterator[np.ndarray]:
-    """Calibration inputs: the first ``limit`` images of a folder (sorted), each resized and padded as the model
-    is run (:func:`gfldet.deploy.preprocess`), one image per batch. Unreadable files raise ValueError naming them."""
+    """:func:`calibration_input` of each of :func:`calibration_files`, with a progress bar."""
     from tqdm.auto import tqdm
 
-    files = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images))[:limit]
-    for f in tqdm(files, desc="calibrate", disable=not progress):
-        yield preprocess([read_image(f)], meta)[0]
+    for f in tqdm(calibration_files(images, limit), desc="calibrate", disable=not progress):
+        yield calibration_input(f, meta)
 
 
 def _check_free(paths: Sequence[Path], overwrite: bool) -> None:
@@ -206,8 +216,8 @@ def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str =
         import onnx
 
         keep_float = float_scope_openvino(model, onnx.load(os.fspath(src)))
-        files = collect_images([calib])[:calib_images]  # read again on each of NNCF's passes, not all held in memory
-        dataset = nncf.Dataset(files, lambda f: preprocess([read_image(f)], meta)[0])
+        # files, read again on each of NNCF's passes rather than all held in memory
+        dataset = nncf.Dataset(calibration_files(calib, calib_images), lambda f: calibration_input(f, meta))
         nncf_log = logging.getLogger("nncf")  # NNCF logs every quantiser it places at INFO
         level = nncf_log.level
         if not logging.getLogger("gfldet").isEnabledFor(logging.DEBUG):
