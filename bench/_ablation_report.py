@@ -118,8 +118,10 @@ def report(results: list[dict], tables: list) -> str:
     return "\n\n".join(parts)
 
 
-def write_docs(path: Path, recipe_name: str, text: str, results: list[dict], results_file: str) -> None:
-    """Replace the block between ``<!-- ablations:RECIPE:begin -->`` and ``<!-- ablations:RECIPE:end -->``."""
+def write_docs(path: Path, recipe_name: str, text: str, results: list[dict], results_file: str,
+               figure: str | None = None) -> None:
+    """Replace the block between ``<!-- ablations:RECIPE:begin -->`` and ``<!-- ablations:RECIPE:end -->``;
+    ``figure``: a picture (path relative to the markdown file) shown after the header."""
     begin, end = f"<!-- ablations:{recipe_name}:begin -->", f"<!-- ablations:{recipe_name}:end -->"
     doc = path.read_text()
     if begin not in doc or end not in doc or doc.index(begin) > doc.index(end):
@@ -127,4 +129,60 @@ def write_docs(path: Path, recipe_name: str, text: str, results: list[dict], res
                          f"{end}); add the two lines where the tables should go")
     head, rest = doc.split(begin, 1)
     tail = rest.split(end, 1)[1]
-    path.write_text(f"{head}{begin}\n{header(results, recipe_name, results_file)}\n\n{text}\n{end}{tail}")
+    picture = f"![Paired AP differences against GFL, per row]({figure})\n\n" if figure else ""
+    path.write_text(f"{head}{begin}\n{header(results, recipe_name, results_file)}\n\n{picture}{text}\n{end}{tail}")
+
+
+_VERDICT_COLOURS = {"reproduced": "#34a853", "reversed": "#d93025", "unresolved": "#80868b",
+                    "too few seeds": "#bdc1c6"}
+
+
+def forest_plot(results: list[dict], tables: list, path: Path, title: str) -> Path:
+    """The paired AP differences of every row against its reference as one picture: each seed's difference as a
+    dot, the mean with its 95% t interval as a bar, coloured by the verdict; one band per table."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ap = _by_variant(results, "AP")
+    rows = []  # (table title or None, label, Paired | None, paper sign)
+    for table_title, table_rows in tables:
+        rows.append((table_title, None, None, 0))
+        rows += [(None, label, paired(ap.get(name, {}), ap.get(ref, {})), sign)
+                 for label, name, ref, sign in table_rows if name != ref]
+    fig = Figure(figsize=(8.0, 0.32 * len(rows) + 1.2))
+    FigureCanvasAgg(fig)
+    axes = fig.add_subplot(1, 1, 1)
+    ticks, labels, bold = [], [], []
+    for y, (table_title, label, p, sign) in enumerate(reversed(rows)):
+        ticks.append(y)
+        if table_title is not None:
+            labels.append(table_title.split(":")[0])
+            bold.append(len(labels) - 1)
+            continue
+        labels.append(f"{label} (paper: {_PAPER[sign]})")
+        if p is None:
+            continue
+        v = verdict(p, sign)
+        colour = _VERDICT_COLOURS.get(v, "#f29900")  # orange: "differs (paper: about equal)"
+        axes.scatter([d * 100 for d in p.diffs], [y] * p.n, s=12, color=colour, alpha=0.6, zorder=3)
+        if p.n >= 2:
+            axes.plot([p.low * 100, p.high * 100], [y, y], color=colour, linewidth=2.5, zorder=2)
+        axes.scatter([p.mean * 100], [y], marker="D", s=30, color=colour, edgecolor="black", zorder=4,
+                     label=v)
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.set_yticks(ticks, labels, fontsize=8)
+    for i in bold:
+        axes.get_yticklabels()[i].set_fontweight("bold")
+    axes.set_ylim(-0.7, len(rows) - 0.3)
+    axes.set_xlabel("Δ AP against GFL (points). Dots: seeds; diamond and bar: mean and its 95% t interval")
+    axes.xaxis.label.set_size(8)
+    handles, names = axes.get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    if unique:
+        axes.legend(unique.values(), unique.keys(), fontsize=7, loc="lower left")
+    axes.set_title(title, fontsize=9)
+    axes.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, format="png")
+    return path

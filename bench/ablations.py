@@ -16,7 +16,7 @@ repository) with the commit, CPU model and recipe it ran with, and the next invo
 there, so the study can be completed across sittings. A run recorded under another recipe of the same name is
 refused rather than mixed in. The tables (mean +- std of AP, AP50, AP75; per-seed paired differences against GFL
 with a 95% t interval; whether the paper's direction is reproduced) are printed, and ``--write-docs`` puts them
-into the generated block of docs/ablations.md.
+into the generated block of docs/ablations.md, with the differences drawn in ``docs/img/ablations-<recipe>.png``.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ablation_report import TABLES, header, report, write_docs  # noqa: E402
+from _ablation_report import TABLES, forest_plot, header, report, write_docs  # noqa: E402
 from _stats import paired  # noqa: E402
 from _util import cpu_model, load_average, machine_info  # noqa: E402
 
@@ -212,7 +212,10 @@ def main() -> None:
     text = report(results, TABLES[args.recipe])
     print(header(results, args.recipe, rel) + "\n\n" + text)
     if args.write_docs:
-        write_docs(Path(args.write_docs), args.recipe, text, results, rel)
+        md = Path(args.write_docs)
+        figure = forest_plot(results, TABLES[args.recipe], md.parent / "img" / f"ablations-{args.recipe}.png",
+                             f"Ablations at recipe {args.recipe!r}: {len(results)} runs from {rel}")
+        write_docs(md, args.recipe, text, results, rel, os.path.relpath(figure, md.parent))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import ablations  # noqa: E402
-from _ablation_report import report, write_docs  # noqa: E402
+from _ablation_report import forest_plot, report, write_docs  # noqa: E402
 from _stats import paired, t_cdf, t_quantile, verdict  # noqa: E402
 
 
@@ -60,8 +60,21 @@ def test_docs_block_is_regenerated_in_place(tmp_path):
     assert "55.5 ± 0.7" in row and "-5.0 -6.0" in row and "unresolved" in row  # 2 seeds: t(1) = 12.7 is wide
     doc = tmp_path / "a.md"
     doc.write_text("intro\n<!-- ablations:demo:begin -->\nold\n<!-- ablations:demo:end -->\nafter\n")
-    write_docs(doc, "demo", text, runs, "bench/results/x.jsonl")
+    write_docs(doc, "demo", text, runs, "bench/results/x.jsonl", "img/a.png")
     new = doc.read_text()
     assert new.startswith("intro\n") and new.endswith("after\n") and "old" not in new and "(4 runs)" in new
+    assert "](img/a.png)" in new
     with pytest.raises(SystemExit, match="no generated block for recipe 'tiny'"):
         write_docs(doc, "tiny", text, runs, "x")
+
+
+def test_forest_plot_draws_every_compared_row(tmp_path):
+    import matplotlib.image
+
+    runs = [_run("gfl", 0, 0.60), _run("atss", 0, 0.55), _run("gfl", 1, 0.62), _run("atss", 1, 0.56),
+            _run("n8", 0, 0.61)]
+    tables = ablations.TABLES["demo"]
+    path = forest_plot(runs, tables, tmp_path / "img" / "f.png", "t")
+    rows = sum(1 + sum(name != ref for _, name, ref, _ in table_rows) for _, table_rows in tables)
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert width == 880 and height == round((0.32 * rows + 1.2) * 110)  # one line per table and per compared row
