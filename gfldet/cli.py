@@ -158,13 +158,13 @@ def _eval_out(args: argparse.Namespace):
         return None
     from .data.folders import check_output_folder
     from .engine.evaluate import EVAL_FILES
+    from .files import refuse_existing
 
     out = Path(args.out)
     if out.suffix == ".json":
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder: give a NAME.json file or a folder name without .json")
-        if out.exists() and not args.force:
-            raise FileExistsError(f"{out} exists (pass --force to replace it)")
+        refuse_existing([out], args.force)
         return out
     return check_output_folder(out, ("metrics.json", *EVAL_FILES), args.force)
 
@@ -218,11 +218,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                        progress=not args.no_progress, out_dir=str(folder) if folder else None)
     print(format_metrics(metrics))
     if out:
+        from .files import write_json
+
         path = folder / "metrics.json" if folder else out
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # an earlier result is replaced whole or not at all
-        tmp.write_text(json.dumps({k: v for k, v in metrics.items() if k != "results"}, indent=2))
-        os.replace(tmp, path)
+        write_json(path, {k: v for k, v in metrics.items() if k != "results"}, indent=2)  # replaced whole or not at all
         print(f"wrote {path}")
     return 0
 

@@ -38,6 +38,7 @@ from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
 from .engine.amp import cpu_has_native_bf16
 from .engine.train import train
+from .files import write_json
 from .models.io import load_model
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions
@@ -295,8 +296,6 @@ def run_demo(
         "paths": {**paths, "out_dir": str(out), "metrics": str(out / "metrics.json"),
                   "loss_curves": str(out / "loss_curves.png"), "pr_curve": str(out / "pr_curve.png")},
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_json(out / "metrics.json", result, indent=2)
     log.info("demo done in %.0fs: AP %.3f AP50 %.3f; results in %s", t_end - t0, coco.get("AP") or 0, coco.get("AP50") or 0, out)
     return result

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .files import atomic_path, refuse_existing
 from .models.box_coders import DistributionBox
 from .models.quality import JointQFL
 from .ops.boxes import box_centers, distance_to_box
@@ -161,8 +162,7 @@ def export_onnx(
     import onnx  # torch.onnx needs onnx and onnxscript: fail here, before any work, when they are missing
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (pass overwrite=True / --force to replace it)")
+    refuse_existing([path], overwrite)
     # A feature map of size 1 in the traced example makes the exporter specialise the image size (torch.export
     # treats sizes 0 and 1 as constants), so every level must be at least 2 x 2 in the example.
     need = 2 * max(model.config.strides)
@@ -182,8 +182,6 @@ def export_onnx(
     # (GFLV2's DGQP reshapes the distributions per image)
     example = torch.randint(0, 256, (2, 3, *example_size), dtype=torch.float32, device=model.transform.pixel_mean.device)
     batch, height, width = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad(), quiet_exporter_logs():
             prog = torch.onnx.export(
@@ -197,19 +195,17 @@ def export_onnx(
                 external_data=False,
                 verbose=False,
             )
-        proto = prog.model_proto
-        dims = proto.graph.input[0].type.tensor_type.shape.dim
-        if any(not dims[i].dim_param for i in (0, 2, 3)):
-            raise RuntimeError(f"the exporter fixed the input shape to {[d.dim_value or d.dim_param for d in dims]}; "
-                               "batch, height and width must stay dynamic")
-        for k, v in _metadata(model, mode, class_names, cat_ids).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        onnx.save_model(proto, os.fspath(tmp))
-        os.replace(tmp, path)
     finally:
         model.train(was_training)
-        if tmp.exists():
-            tmp.unlink()
+    proto = prog.model_proto
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if any(not dims[i].dim_param for i in (0, 2, 3)):
+        raise RuntimeError(f"the exporter fixed the input shape to {[d.dim_value or d.dim_param for d in dims]}; "
+                           "batch, height and width must stay dynamic")
+    for k, v in _metadata(model, mode, class_names, cat_ids).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, os.fspath(tmp))
     log.info("wrote %s (%s mode, outputs %s)", path, mode, ", ".join(names))
     return path

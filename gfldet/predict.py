@@ -18,6 +18,7 @@ from .data.folders import check_output_folder
 from .data.image_files import IMAGE_EXTENSIONS, collect_images, read_image
 from .deploy import BACKENDS, load
 from .engine.evaluate import detections_to_coco
+from .files import write_json
 from .models.coco_classes import coco_category_ids
 from .models.io import load_checkpoint, load_model
 from .models.pretrained import load_pretrained
@@ -201,9 +202,7 @@ def predict(
     if len(failed) == len(files):
         raise ValueError(f"none of the {len(files)} inputs could be read (first: {failed[0]})")
     json_path = out / "predictions.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, json_path)
+    write_json(json_path, results)
     done = len(files) - len(failed)
     log.info("%d images in %.1f s: %.1f images/s (%s backend, batches of %d)", done, elapsed, done / elapsed, backend,
              batch_size)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .deploy import lowp
 from .export import export_onnx
+from .files import refuse_existing
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ def export_model(model: nn.Module, out: str | os.PathLike, fmt: str | None = Non
         raise ValueError("INT8 needs calibration images: give --int8 together with --calib IMAGES_DIR")
     if calib is not None and not Path(calib).exists():
         raise FileNotFoundError(f"--calib {calib}: no such folder of calibration images")
-    existing = [p for p in _outputs(out, fmt) if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists (pass --force to replace it)")
+    refuse_existing(_outputs(out, fmt), overwrite)
     if fmt == "onnx" and not int8:
         export_onnx(model, out, overwrite=overwrite, **onnx_kwargs)
     else:

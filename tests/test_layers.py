@@ -13,6 +13,7 @@ PKG = ROOT / "gfldet"
 # package work together); it may not import a higher rank, nor another group of its own rank. Longest prefix wins.
 #
 #   rank 0  ops             tensor maths; imports nothing else of gfldet (ops_imports_only_ops below)
+#           files           writing files without losing what was there (atomic writes, the overwrite rule)
 #   rank 1  models          the detector, its parts, its config (models.config) and model files (models.io)
 #   rank 2  config          gfldet/config.py, the run config tree; its model section is generated from models.config
 #   rank 3  data            datasets, transforms, synthetic data, output folders, the inspect-data report
@@ -27,6 +28,7 @@ PKG = ROOT / "gfldet"
 # package from inside gfldet (``from . import __version__``) is not checked.
 LAYERS = {  # module prefix -> (rank, group)
     "gfldet.ops": (0, "ops"),
+    "gfldet.files": (0, "files"),
     "gfldet.models": (1, "models"),
     "gfldet.config": (2, "config"),
     "gfldet.data": (3, "data"),

@@ -23,7 +23,6 @@ seeded random sample of them (the report says so). 10k annotations take a few se
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
+from ..files import write_json
 from . import inspect_stats as stats
 from .coco import CocoDetection
 from .folders import check_output_folder
@@ -385,8 +385,5 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, *, force: b
     os.makedirs(out_dir, exist_ok=True)
     js = os.path.join(out_dir, REPORT_FILE)
     png = plot_sizes(report, os.path.join(out_dir, PLOT_FILE))
-    tmp = js + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, js)
+    write_json(js, report, indent=2)
     return {"report": js, "plot": png}

@@ -1,13 +1,14 @@
 """What both synthetic generators share: colours, occlusion bookkeeping and writing a split as COCO files."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..files import write_json
 
 __all__ = ["hsv_to_rgb", "overlap_window", "write_generated_coco"]
 
@@ -64,9 +65,6 @@ def write_generated_coco(folder: str, n: int, workers: int, write_images: Callab
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **obj})
     data = {"info": info, "images": images, "annotations": annotations, "categories": categories}
     path = os.path.join(folder, "annotations.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_json(path, data)
     log.info("wrote %d %s, %d boxes to %s", len(images), noun, len(annotations), folder)
     return path

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.image_files import collect_images, read_image
+from ..files import atomic_path, refuse_existing, replace_together
 from .postprocess import preprocess
 from .runtime import cpu_has_vnni, read_metadata
 
@@ -111,36 +112,6 @@ def calibration_batches(images: str | os.PathLike | Sequence[str | os.PathLike],
         yield calibration_input(f, meta)
 
 
-def _check_free(paths: Sequence[Path], overwrite: bool) -> None:
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists (pass overwrite=True / --force to replace it)")
-
-
-def _replace_all(pairs: Sequence[tuple[Path, Path]]) -> None:
-    """Rename each ``(tmp, dst)`` into place as one step: the destinations that existed are moved aside first and
-    put back if any rename fails, so that an IR's .xml and .bin are never left from two different exports."""
-    backups: list[tuple[Path, Path]] = []
-    done: list[Path] = []
-    try:
-        for _, dst in pairs:
-            if dst.exists():
-                bak = dst.with_name(f"{dst.name}.bak{os.getpid()}")
-                os.replace(dst, bak)
-                backups.append((bak, dst))
-        for tmp, dst in pairs:
-            os.replace(tmp, dst)
-            done.append(dst)
-    except BaseException:
-        for dst in done:
-            dst.unlink(missing_ok=True)
-        for bak, dst in backups:
-            os.replace(bak, dst)
-        raise
-    for bak, _ in backups:
-        bak.unlink(missing_ok=True)
-
-
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: str | os.PathLike, calib_images: int = 300,
                   progress: bool = True, overwrite: bool = False) -> Path:
     """INT8 QDQ copy of an exported ONNX file: the convolutions' inputs quantised (:data:`ONNX_QUANTIZED_OPS`),
@@ -152,7 +123,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: str | o
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     src, dst = Path(src), Path(dst)
-    _check_free([dst], overwrite)
+    refuse_existing([dst], overwrite)
     proto = onnx.load(os.fspath(src))
     meta = read_metadata(proto)
     keep_float = float_scope_onnx(proto)
@@ -166,21 +137,18 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: str | o
             return None if batch is None else {"images": batch}
 
     reduce_range = not cpu_has_vnni()
-    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
     try:
-        quantize_static(os.fspath(named), os.fspath(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=keep_float, op_types_to_quantize=list(ONNX_QUANTIZED_OPS),
-                        extra_options={"ActivationSymmetric": False})
-        q = onnx.load(os.fspath(tmp))
-        _set_onnx_meta(q, {"precision": "int8", "int8_tool": "onnxruntime.quantization QDQ, per-channel",
-                           "int8_reduce_range": reduce_range})
-        onnx.save_model(q, os.fspath(tmp))
-        _replace_all([(tmp, dst)])
+        with atomic_path(dst, suffix=".onnx") as tmp:
+            quantize_static(os.fspath(named), os.fspath(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=keep_float,
+                            op_types_to_quantize=list(ONNX_QUANTIZED_OPS), extra_options={"ActivationSymmetric": False})
+            q = onnx.load(os.fspath(tmp))
+            _set_onnx_meta(q, {"precision": "int8", "int8_tool": "onnxruntime.quantization QDQ, per-channel",
+                               "int8_reduce_range": reduce_range})
+            onnx.save_model(q, os.fspath(tmp))
     finally:
-        for p in (named, tmp):
-            if p.exists():
-                p.unlink()
+        named.unlink(missing_ok=True)
     log.info("wrote %s (INT8 QDQ, %d nodes kept in float)", dst, len(keep_float))
     return dst
 
@@ -207,7 +175,7 @@ def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str =
     src, dst = Path(src), Path(dst)
     if dst.suffix.lower() != ".xml":
         raise ValueError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin), got {dst}")
-    _check_free([dst, dst.with_suffix(".bin")], overwrite)
+    refuse_existing([dst, dst.with_suffix(".bin")], overwrite)
     meta = read_metadata(src)
     model = ov.convert_model(os.fspath(src))
     stored = dict(meta)
@@ -238,7 +206,7 @@ def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str =
     tmp_xml = dst.with_name(f"{dst.stem}.tmp{os.getpid()}.xml")
     try:
         ov.save_model(model, os.fspath(tmp_xml), compress_to_fp16=False)
-        _replace_all([(tmp_xml.with_suffix(".bin"), dst.with_suffix(".bin")), (tmp_xml, dst)])
+        replace_together([(tmp_xml.with_suffix(".bin"), dst.with_suffix(".bin")), (tmp_xml, dst)])
     finally:
         for p in (tmp_xml, tmp_xml.with_suffix(".bin")):
             if p.exists():

@@ -11,12 +11,12 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..files import atomic_path
 from .config import ModelConfig
 from .detector import GFL
 from .mmdet import convert_mmdet_state_dict, mmdet_state_dict, model_from_mmdet
@@ -59,41 +59,12 @@ def first_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _current_umask() -> int:
-    """The process's umask. Linux shows it in /proc/self/status; elsewhere the only way to read it is to set it
-    and set it back (``os.umask`` is process-wide: for that instant, files other threads create would get the
-    umask 0), which is why /proc is tried first."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0)
-    os.umask(old)
-    return old
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a half-written ``path``: write a sibling temp file, then rename.
-    The file gets mode ``0o666 & ~umask`` (umask read at each call), as any other file the process writes,
-    not the 0600 of the temp file; an existing ``path``'s mode is not kept."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` that never leaves a half-written ``path`` (:func:`gfldet.files.atomic_path`: a sibling temp
+    file, flushed, renamed). The file gets mode ``0o666 & ~umask``, as any other file the process writes; an
+    existing ``path``'s mode is not kept."""
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
