@@ -170,6 +170,17 @@ def forest_plot(results: list[dict], tables: list, path: Path, title: str) -> Pa
         axes.scatter([p.mean * 100], [y], marker="D", s=30, color=colour, edgecolor="black", zorder=4,
                      label=v)
     axes.axvline(0.0, color="black", linewidth=0.8)
+    # the axis spans the seeds' differences: a 2-seed interval (t(1) = 12.7) can be 100 points wide and would
+    # squeeze every other row to a dot, so wider bars run off the edge (clipped, marked with an arrow)
+    dots = [0.0] + [d * 100 for *_, p, _ in rows if p is not None for d in p.diffs]
+    lo, hi = min(dots), max(dots)
+    pad = 0.1 * (hi - lo) + 0.5
+    axes.set_xlim(lo - pad, hi + pad)
+    for y, (_, _, p, _) in enumerate(reversed(rows)):
+        if p is not None and p.n >= 2:
+            for end, edge, marker in ((p.low * 100, lo - pad, "<"), (p.high * 100, hi + pad, ">")):
+                if (end < edge) if marker == "<" else (end > edge):
+                    axes.scatter([edge], [y], marker=marker, s=30, color="#80868b", clip_on=False, zorder=5)
     axes.set_yticks(ticks, labels, fontsize=8)
     for i in bold:
         axes.get_yticklabels()[i].set_fontweight("bold")
