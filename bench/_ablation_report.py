@@ -19,7 +19,8 @@ _T1A_DIST = ("Table 1(a): quality representation, general-distribution box (n=16
              [("none (focal loss)", "none_dist", "gfl", -1), ("centerness branch", "ctr_dist", "gfl", -1),
               ("IoU branch", "iou_dist", "gfl", -1), ("joint, QFL (GFL)", "gfl", "gfl", 0)])
 _T1B = ("Table 1(b): box representation, QFL, ATSS assignment",
-        [("Dirac delta", "qfl_dirac", "gfl", -1), ("Gaussian", "qfl_gauss", "gfl", -1),
+        [("Dirac delta", "qfl_dirac", "gfl", -1), ("Gaussian (KL-Loss)", "qfl_gauss", "gfl", -1),
+         ("Gaussian (plain NLL)", "qfl_gauss_nll", "gfl", -1),
          ("general, n=8, delta=1", "n8", "gfl", 0), ("general, n=16, delta=1 (GFL)", "gfl", "gfl", 0)])
 _T1C = ("Table 1(c): the ATSS baseline against GFL",
         [("ATSS (FL + centerness, Dirac)", "atss", "gfl", -1), ("ATSS + QFL + DFL (GFL)", "gfl", "gfl", 0)])

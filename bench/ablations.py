@@ -54,7 +54,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "none_dist": ("FL, no quality, distribution + DFL", dict(quality="none")),
     "ctr_dist": ("FL + centerness branch, distribution + DFL", dict(quality="centerness")),
     "iou_dist": ("FL + IoU branch, distribution + DFL", dict(quality="iou")),
-    "qfl_gauss": ("QFL, Gaussian (NLL + GIoU)", dict(box="gaussian")),
+    "qfl_gauss": ("QFL, Gaussian (KL-Loss: NLL with a smooth-L1 error, + GIoU)", dict(box="gaussian")),
+    "qfl_gauss_nll": ("QFL, Gaussian (plain NLL + GIoU; box='gaussian' until 2026-12-01)", dict(box="gaussian_nll")),
     "n4": ("GFL, n=4", dict(reg_max=4)),
     "n8": ("GFL, n=8", dict(reg_max=8)),
     "d05": ("GFL, n=16, delta=0.5", dict(bin_width=0.5)),
@@ -80,8 +81,8 @@ RECIPES: dict[str, dict] = {
 }
 # Which variants a recipe's study runs by default, most telling first (Table 1(c), QFL and DFL alone, GFLV2).
 STUDIES = {
-    "demo": ["gfl", "atss", "qfl_dirac", "none_dist", "gflv2", "ctr_dist", "iou_dist", "qfl_gauss", "n8"],
-    "tiny": [v for v in VARIANTS if v != "gflv2"],
+    "demo": ["gfl", "atss", "qfl_dirac", "none_dist", "gflv2", "ctr_dist", "iou_dist", "qfl_gauss", "n8", "qfl_gauss_nll"],
+    "tiny": [v for v in VARIANTS if v not in ("gflv2", "qfl_gauss_nll")],
 }
 
 

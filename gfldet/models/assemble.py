@@ -7,7 +7,8 @@ GFL is the default assembly; the representations the paper compares in its ablat
   ``"none"`` a
   plain focal-loss classifier; ``"centerness"`` / ``"iou"`` that classifier plus a branch (gfldet.models.quality);
 * ``box``: ``"distribution"`` the general distribution over ``n + 1`` bins of width ``bin_width`` (GFL);
-  ``"dirac"`` direct distances; ``"gaussian"`` mean and log-variance (gfldet.models.box_coders);
+  ``"dirac"`` direct distances; ``"gaussian"`` mean and log-variance trained with KL-Loss, ``"gaussian_nll"`` the
+  same with the plain NLL (gfldet.models.box_coders);
 * ``assigner``: ``"atss"``, ``"fcos"`` or ``"retina"`` (gfldet.models.assigners), and the anchors per location
   (``anchor_ratios`` x ``scales_per_octave``; RetinaNet uses 3 x 3).
 
@@ -21,7 +22,7 @@ from typing import Any
 from .config import ModelConfig
 from .assigners import ATSSAssigner, FCOSAssigner, MaxIoUAssigner
 from .backbone import FPN, ResNetBackbone
-from .box_coders import DiracBox, DistributionBox, GaussianBox
+from .box_coders import DiracBox, DistributionBox, GaussianBox, GaussianNLLBox
 from .criterion import Criterion
 from .head import GFLHead
 from .postprocess import Postprocessor
@@ -54,7 +55,7 @@ def box_part(cfg: ModelConfig):
     """The box representation of ``cfg.box``."""
     if cfg.box == "distribution":
         return DistributionBox(cfg.reg_max, cfg.bin_width, cfg.loss_dfl_weight)
-    return {"dirac": DiracBox, "gaussian": GaussianBox}[cfg.box](cfg.loss_dfl_weight)
+    return {"dirac": DiracBox, "gaussian": GaussianBox, "gaussian_nll": GaussianNLLBox}[cfg.box](cfg.loss_dfl_weight)
 
 
 def quality_part(cfg: ModelConfig):

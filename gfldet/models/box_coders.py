@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from ..ops.boxes import box_to_distance
 from ..ops.integral import Integral, edge_distributions
-from ..ops.losses import EPS32, dfl_targets, dfl_unchecked, gaussian_nll
+from ..ops.losses import EPS32, dfl_targets, dfl_unchecked, gaussian_kl_loss, gaussian_nll
 from ..ops.uncertainty import edge_uncertainty
 
-__all__ = ["DistributionBox", "DiracBox", "GaussianBox", "MAX_LOG_DIST", "LOGVAR_RANGE"]
+__all__ = ["DistributionBox", "DiracBox", "GaussianBox", "GaussianNLLBox", "MAX_LOG_DIST", "LOGVAR_RANGE"]
 
 # exp() of a scaled output larger than this (1e4 strides) is clamped: the distance is already absurd and the
 # clamp keeps float32 finite.
@@ -83,20 +83,31 @@ class DiracBox(nn.Module):
 
 
 class GaussianBox(DiracBox):
-    """A mean (as Dirac) and a log-variance per edge, trained with the Gaussian negative log-likelihood of the GT
-    distance; 8 channels. Detections carry ``edge_std (D, 4)`` pixels from the variance."""
+    """A mean (as Dirac) and a log-variance per edge, trained with KL-Loss (He et al. 2019, the Gaussian box the GFL
+    paper compares against): the Gaussian negative log-likelihood of the GT distance with a smooth-L1 error, linear
+    beyond 1 stride (gfldet.ops.losses.gaussian_kl_loss); 8 channels. Detections carry ``edge_std (D, 4)`` pixels
+    from the variance. :class:`GaussianNLLBox` is the same box with the plain squared-error NLL."""
 
     loss_key = "loss_nll"
     channels = 8
+    nll = staticmethod(gaussian_kl_loss)
 
     def __init__(self, loss_weight: float = 0.25):
         super().__init__(loss_weight)
 
     def loss(self, logits: Tensor, centers: Tensor, target_boxes: Tensor, weight: Tensor) -> Tensor:
-        """NLL of the GT distances, weighted per positive, summed and divided by 4 (edges) as DFL."""
+        """The NLL of the GT distances, weighted per positive, summed and divided by 4 (edges) as DFL."""
         log_var = logits[:, 4:].clamp(*LOGVAR_RANGE)
-        nll = gaussian_nll(self.distances(logits), log_var, box_to_distance(centers, target_boxes), reduction="none")
+        nll = self.nll(self.distances(logits), log_var, box_to_distance(centers, target_boxes), reduction="none")
         return (nll * weight[:, None]).sum() / (4.0 + EPS32)
 
     def extras(self, logits: Tensor, strides: Tensor) -> dict[str, Tensor]:
         return {"edge_std": torch.exp(0.5 * logits[:, 4:].clamp(*LOGVAR_RANGE)) * strides[:, None]}
+
+
+class GaussianNLLBox(GaussianBox):
+    """:class:`GaussianBox` trained with the plain Gaussian NLL, ``0.5 log_var + 0.5 (y - mean)^2 / var``
+    (``box="gaussian_nll"``; gfldet's Gaussian box until 2026-12-01). Its pull grows with the squared error: in the
+    ablation study at the demo's recipe one seed of three diverged in its first epoch (docs/ablations.md)."""
+
+    nll = staticmethod(gaussian_nll)

@@ -22,7 +22,7 @@ class FieldError(ConfigError):
 
 
 QUALITIES = ("qfl", "dgqp", "none", "centerness", "iou")
-BOXES = ("distribution", "dirac", "gaussian")
+BOXES = ("distribution", "dirac", "gaussian", "gaussian_nll")
 ASSIGNERS = ("atss", "fcos", "retina")
 
 
@@ -79,7 +79,7 @@ class ModelConfig:
     qfl_beta: float = 2.0
     loss_qfl_weight: float = 1.0
     loss_bbox_weight: float = 2.0
-    loss_dfl_weight: float = 0.25  # also the weight of the Gaussian NLL when box="gaussian"
+    loss_dfl_weight: float = 0.25  # also the weight of the Gaussian NLL when box="gaussian" or "gaussian_nll"
     # test
     score_thr: float = 0.05
     nms_pre: int = 1000
@@ -94,7 +94,8 @@ class ModelConfig:
     reg_topk: int = 4
     reg_channels: int = 64
     add_mean: bool = True
-    box: str = "distribution"  # distribution (DFL) | dirac (direct distances, GIoU) | gaussian (mean, log-var, NLL)
+    # distribution (DFL) | dirac (direct distances, GIoU) | gaussian (mean, log-var, KL-Loss) | gaussian_nll (plain NLL)
+    box: str = "distribution"
     bin_width: float = 1.0  # delta: bins at 0, delta, ..., n * delta strides (box="distribution")
     assigner: str = "atss"  # atss | fcos | retina
     anchor_ratios: tuple[float, ...] = (1.0,)  # h / w of the anchors of a location (RetinaNet: 0.5, 1, 2)

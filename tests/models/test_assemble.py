@@ -10,11 +10,11 @@ import gfldet
 from gfldet import ModelConfig
 from gfldet.config import Config
 from gfldet.models.assemble import atss_config
-from gfldet.models.box_coders import DistributionBox
+from gfldet.models.box_coders import DistributionBox, GaussianBox, GaussianNLLBox
 from gfldet.models.head import GFLHead
 from gfldet.models.quality import CenternessBranch
 from gfldet.ops.boxes import box_centers, box_giou_aligned, centerness_target, distance_to_box
-from gfldet.ops.losses import dfl_targets, dfl_unchecked
+from gfldet.ops.losses import dfl_targets, dfl_unchecked, gaussian_kl_loss, gaussian_nll
 
 RETINA = dict(assigner="retina", octave_base_scale=4.0, scales_per_octave=3, anchor_ratios=(0.5, 1.0, 2.0))
 
@@ -43,6 +43,7 @@ VARIANTS = {
     "iou": (dict(quality="iou"), {"loss_cls", "loss_bbox", "loss_dfl", "loss_quality"}),
     "dirac": (dict(box="dirac"), {"loss_qfl", "loss_bbox"}),
     "gaussian": (dict(box="gaussian"), {"loss_qfl", "loss_bbox", "loss_nll"}),
+    "gaussian_nll": (dict(box="gaussian_nll"), {"loss_qfl", "loss_bbox", "loss_nll"}),
     "delta2": (dict(bin_width=2.0, reg_max=8), {"loss_qfl", "loss_bbox", "loss_dfl"}),
     "fcos": (dict(assigner="fcos"), {"loss_qfl", "loss_bbox", "loss_dfl"}),
     "fcos_base": (dict(assigner="fcos", quality="centerness", box="dirac"), {"loss_cls", "loss_bbox", "loss_quality"}),
@@ -143,6 +144,25 @@ def test_decode_score_plain_classifier():
     all_scores = cls[0].sigmoid().reshape(-1)
     for s in d["scores"]:
         assert torch.isclose(all_scores, s, rtol=0, atol=1e-7).any()
+
+
+@pytest.mark.parametrize("box, part, nll", [("gaussian", GaussianBox, gaussian_kl_loss),
+                                           ("gaussian_nll", GaussianNLLBox, gaussian_nll)])
+def test_gaussian_boxes_loss(box, part, nll):
+    """box="gaussian" is trained with KL-Loss, "gaussian_nll" with the plain NLL: the weighted sum over the four
+    edges of the positives, divided by 4, of the loss of the GT distances (strides) under N(exp(x[:4]), exp(x[4:]))."""
+    m = small(box=box)
+    assert type(m.box) is part and m.box.channels == 8
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 8, generator=g)
+    centers = torch.rand(6, 2, generator=g) * 10
+    gt = torch.cat([centers - torch.rand(6, 2, generator=g) * 6, centers + torch.rand(6, 2, generator=g) * 6], 1)
+    w = torch.rand(6, generator=g)
+    got = m.box.loss(logits, centers, gt, w)
+    target = torch.cat([centers - gt[:, :2], gt[:, 2:] - centers], 1)
+    expected = (nll(logits[:, :4].exp(), logits[:, 4:], target, reduction="none") * w[:, None]).sum() / 4
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (target - logits[:, :4].exp()).abs().max() > 1  # some errors in the linear part: the two losses differ
 
 
 def test_atss_baseline_config_and_centerness_weighted_giou():

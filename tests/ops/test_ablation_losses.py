@@ -1,4 +1,4 @@
-"""The losses of the paper's ablation baselines (gfldet.ops.losses): sigmoid focal loss and the Gaussian NLL."""
+"""The losses of the paper's ablation baselines (gfldet.ops.losses): sigmoid focal loss, the Gaussian NLL and KL-Loss."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gfldet.ops.losses import gaussian_nll, sigmoid_focal_loss
+from gfldet.ops.losses import gaussian_kl_loss, gaussian_nll, sigmoid_focal_loss
 
 
 def test_gaussian_nll_closed_form():
@@ -24,6 +24,33 @@ def test_gaussian_nll_closed_form():
     torch.testing.assert_close(v0.grad, torch.zeros(1, dtype=torch.float64))  # (y - mean)^2 = 0.25 = variance
     assert float(m0.grad) < 0  # pulls the mean up towards y
     assert torch.autograd.gradcheck(lambda a, b: gaussian_nll(a, b, y, reduction="sum"), (mean, log_var))
+
+
+def test_gaussian_kl_loss_is_the_nll_near_the_target_and_linear_beyond():
+    g = torch.Generator().manual_seed(1)
+    mean = torch.randn(50, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    log_var = torch.randn(50, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = mean.detach() + torch.randn(50, 4, generator=g, dtype=torch.float64) * 2  # errors on both sides of 1
+    d = (y - mean).abs()
+    kl = gaussian_kl_loss(mean, log_var, y, reduction="none")
+    near = d < 1
+    assert near.any() and (~near).any()
+    torch.testing.assert_close(kl[near], gaussian_nll(mean, log_var, y, reduction="none")[near])
+    # beyond beta: 0.5 log(2 pi) + 0.5 log_var + (|d| - 0.5) exp(-log_var) (He et al. 2019, eq. 10)
+    far = 0.5 * math.log(2 * math.pi) + 0.5 * log_var + (d - 0.5) * torch.exp(-log_var)
+    torch.testing.assert_close(kl[~near], far[~near])
+    assert torch.autograd.gradcheck(lambda a, b: gaussian_kl_loss(a, b, y, reduction="sum"), (mean, log_var))
+    # the pull on the mean is bounded by 1 / var however far the target, where the NLL's grows with the error
+    m = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    lv = torch.zeros(3, dtype=torch.float64)
+    far_targets = torch.tensor([2.0, 20.0, 200.0], dtype=torch.float64)
+    gaussian_kl_loss(m, lv, far_targets, reduction="sum").backward()
+    torch.testing.assert_close(m.grad, torch.full((3,), -1.0, dtype=torch.float64))
+    # continuous at |d| = beta, for another beta too
+    at = gaussian_kl_loss(torch.zeros(2), torch.zeros(2), torch.tensor([0.5 - 1e-6, 0.5 + 1e-6]), reduction="none", beta=0.5)
+    assert float((at[1] - at[0]).abs()) < 1e-5
+    with pytest.raises(ValueError, match="beta"):
+        gaussian_kl_loss(m, lv, far_targets, beta=0.0)
 
 
 def test_sigmoid_focal_loss():
