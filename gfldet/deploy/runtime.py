@@ -89,6 +89,10 @@ def read_metadata(path_or_model: str | os.PathLike | Any) -> dict[str, Any]:
     OpenVINO model, decoded (prefix removed; ``precision`` is ``fp32`` where the file does not say)."""
     if hasattr(path_or_model, "metadata_props"):
         proto = path_or_model
+        # an error names the model by its graph, not by the printed proto (which holds every weight)
+        graph = getattr(getattr(proto, "graph", None), "name", "") or "unnamed"
+        raw = {p.key[len("gfldet."):]: p.value for p in proto.metadata_props if p.key.startswith("gfldet.")}
+        return _decode_meta(raw, f"the ONNX model passed in (graph {graph!r})", kind="a model")
     elif hasattr(path_or_model, "get_rt_info"):
         return _openvino_meta(path_or_model, "model")
     else:

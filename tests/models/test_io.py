@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,6 +141,23 @@ def test_checkpoint_given_as_an_onnx_file(tmp_path):
     garbage.write_bytes(b"\xff\xff\xff\xff not protobuf")
     with pytest.raises(ValueError, match=r"garbage.onnx: not a readable ONNX file: \S"):
         read_metadata(garbage)
+
+
+def test_metadata_of_a_foreign_onnx_model_is_refused_by_name():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((256, 256), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "someone_elses",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])], [weight])
+    model = helper.make_model(graph)
+    onnx.checker.check_model(model)
+    with pytest.raises(ValueError) as info:
+        read_metadata(model)
+    # names the graph; the proto (with its 65536 weights) is not printed into the message
+    assert str(info.value) == ("the ONNX model passed in (graph 'someone_elses'): not a model exported by gfldet "
+                               "(no gfldet.* metadata)")
 
 
 def test_the_kind_of_a_file_is_decided_by_its_content(tmp_path):
