@@ -83,10 +83,13 @@ class DiracBox(nn.Module):
 
 
 class GaussianBox(DiracBox):
-    """A mean (as Dirac) and a log-variance per edge, trained with KL-Loss (He et al. 2019, the Gaussian box the GFL
-    paper compares against): the Gaussian negative log-likelihood of the GT distance with a smooth-L1 error, linear
-    beyond 1 stride (gfldet.ops.losses.gaussian_kl_loss); 8 channels. Detections carry ``edge_std (D, 4)`` pixels
-    from the variance. :class:`GaussianNLLBox` is the same box with the plain squared-error NLL."""
+    """A mean (as Dirac) and a log-variance per edge, trained with KL-Loss (He et al. 2019): the Gaussian negative
+    log-likelihood of the GT distance with a smooth-L1 error, linear beyond 1 stride
+    (gfldet.ops.losses.gaussian_kl_loss); 8 channels. Detections carry ``edge_std (D, 4)`` pixels from the variance.
+
+    The GFL paper's Gaussian row cites Gaussian YOLOv3 and KL-Loss for the representation but publishes no code for
+    it; gfldet follows KL-Loss, whose linear tail keeps a far-off box from spiking the gradient.
+    :class:`GaussianNLLBox` is the same box with the plain squared-error NLL."""
 
     loss_key = "loss_nll"
     channels = 8
