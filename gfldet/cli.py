@@ -156,9 +156,8 @@ def _eval_out(args: argparse.Namespace):
 
     if not args.out:
         return None
-    from .data.folders import check_output_folder
     from .engine.evaluate import EVAL_FILES
-    from .files import refuse_existing
+    from .files import check_output_folder, refuse_existing
 
     out = Path(args.out)
     if out.suffix == ".json":

@@ -1,6 +1,7 @@
 """Writing result files without losing what a user had: the one rule every writer in gfldet goes through.
 
-- :func:`refuse_existing`: outputs that exist are replaced only when asked (``--force`` / ``overwrite=True``).
+- :func:`refuse_existing`: outputs that exist are replaced only when asked (``--force`` / ``overwrite=True``);
+  :func:`check_output_folder` the same for the files a command writes into a results folder.
 - :func:`atomic_path`: a file is written under a temporary sibling name and renamed onto its own name only once
   it is complete, so an earlier file is replaced whole or not at all and a crash leaves no half-written file; the
   temporary file is removed on failure.
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["refuse_existing", "atomic_path", "write_json", "write_text", "replace_together"]
+__all__ = ["refuse_existing", "check_output_folder", "atomic_path", "write_json", "write_text", "replace_together"]
 
 
 def refuse_existing(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
@@ -31,6 +32,22 @@ def refuse_existing(paths: Sequence[str | os.PathLike], overwrite: bool) -> None
     for p in paths:
         if os.path.exists(p):
             raise FileExistsError(f"{os.fspath(p)} exists (pass --force, or overwrite=True in Python, to replace it)")
+
+
+def check_output_folder(folder: str | os.PathLike, names: Sequence[str], overwrite: bool = False,
+                        what: str = "--out") -> Path:
+    """The one rule of the commands that write results into a folder (eval, predict, inspect-data): ``folder`` must
+    not be a file, and must not hold any of ``names`` unless ``overwrite``. Checked before the work, so that its
+    result is never lost and nothing a user had is replaced unasked. Raises FileExistsError naming the folder and
+    every file it holds (where :func:`refuse_existing` names the first file)."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{what} {out}: exists and is not a folder (the results are written into a folder)")
+    taken = [n for n in names if (out / n).exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{what} {out}: already holds {', '.join(taken)}; pass --force to replace "
+                              f"{'it' if len(taken) == 1 else 'them'}, or choose another folder")
+    return out
 
 
 def _current_umask() -> int:

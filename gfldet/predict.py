@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data.folders import check_output_folder
 from .data.image_files import IMAGE_EXTENSIONS, collect_images, read_image
 from .deploy import BACKENDS, load
 from .engine.evaluate import detections_to_coco
-from .files import write_json
+from .files import check_output_folder, write_json
 from .models.coco_classes import coco_category_ids
 from .models.io import load_checkpoint, load_model
 from .models.pretrained import load_pretrained

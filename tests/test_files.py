@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gfldet.files import atomic_path, refuse_existing, replace_together, write_json
+from gfldet.files import atomic_path, check_output_folder, refuse_existing, replace_together, write_json
 
 
 def test_refuse_existing_names_the_file_unless_overwrite(tmp_path):
@@ -15,6 +15,25 @@ def test_refuse_existing_names_the_file_unless_overwrite(tmp_path):
         refuse_existing([a, b], overwrite=False)
     refuse_existing([a, b], overwrite=True)
     assert b.read_text() == "weights"
+
+
+def test_check_output_folder_names_the_folder_and_every_taken_file(tmp_path):
+    out = tmp_path / "results"
+    assert check_output_folder(out, ("metrics.json", "pr_curve.png")) == out  # a new folder: fine, not created
+    assert not out.exists()
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    (out / "pr_curve.png").write_bytes(b"png")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError) as info:
+        check_output_folder(out, ("metrics.json", "pr_curve.png", "per_class_ap.md"))
+    assert str(info.value) == (f"--out {out}: already holds metrics.json, pr_curve.png; pass --force to replace them, "
+                               "or choose another folder")
+    assert check_output_folder(out, ("metrics.json",), overwrite=True) == out
+    assert check_output_folder(out, ("other.json",)) == out  # files it does not write are no obstacle
+    with pytest.raises(FileExistsError, match=r"--out .*notes.txt: exists and is not a folder"):
+        check_output_folder(out / "notes.txt", ("metrics.json",))
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):

@@ -1,7 +1,8 @@
 """Folders: the cache of generated data sets, and run folders that never overwrite an earlier run.
 
 One implementation for the demo's data (:func:`gfldet.demo.demo_data`), the benchmark scenes
-(:func:`gfldet.data.synthetic_scenes.scenes_data`) and every results folder that must not be reused.
+(:func:`gfldet.data.synthetic_scenes.scenes_data`) and run folders that must not be reused (results folders:
+:func:`gfldet.files.check_output_folder`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_root", "cached_splits", "claim_dir", "generation_workers", "check_output_folder"]
+__all__ = ["cache_root", "cached_splits", "claim_dir", "generation_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,3 @@ def claim_dir(path: str | os.PathLike) -> Path:
             return cand
         except FileExistsError:
             k += 1
-
-
-def check_output_folder(folder: str | os.PathLike, names: tuple[str, ...], force: bool = False, what: str = "--out") -> Path:
-    """The one rule of the commands that write results into a folder (eval, predict, inspect-data): ``folder`` must
-    not be a file, and must not hold any of ``names`` unless ``force``. Checked before the work, so that its result
-    is never lost and nothing a user had is replaced unasked. Raises FileExistsError naming the folder and files."""
-    out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{what} {out}: exists and is not a folder (the results are written into a folder)")
-    taken = [n for n in names if (out / n).exists()]
-    if taken and not force:
-        raise FileExistsError(f"{what} {out}: already holds {', '.join(taken)}; pass --force to replace "
-                              f"{'it' if len(taken) == 1 else 'them'}, or choose another folder")
-    return out

@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..files import write_json
+from ..files import check_output_folder, write_json
 from . import inspect_stats as stats
 from .coco import CocoDetection
-from .folders import check_output_folder
 from .inspect_plot import plot_sizes
 from .inspect_stats import CANDIDATE_MIN_SIZES, REG_MAX_CHOICES
 
