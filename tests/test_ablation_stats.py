@@ -1,4 +1,4 @@
-"""The ablation study's statistics and resumable runner (bench/ablations.py): the numbers docs/ablations.md is made of."""
+"""The ablation study's statistics, resumable runner and gradient replay (bench/ablations.py, bench/grad_replay.py): the numbers docs/ablations.md is made of."""
 import json
 import math
 import statistics
@@ -79,3 +79,18 @@ def test_forest_plot_draws_every_compared_row(tmp_path):
     height, width, _ = matplotlib.image.imread(path).shape
     # one line per table and per compared row (matplotlib rounds the pixel size either way)
     assert width == 880 and abs(height - (0.32 * rows + 1.2) * 110) <= 1
+
+
+def test_grad_replay_summary_finds_the_spike(tmp_path):
+    import matplotlib.image
+
+    import grad_replay
+
+    norms = [2.0, 3.0, 1.0, 500.0, 1.5, 40.0, 2.5]
+    recs = [{"iter": i + 1, "grad_norm": g, "loss_bbox": 1.0 + i / 10} for i, g in enumerate(norms)]
+    row = grad_replay.summary("x seed 1", recs)
+    # max 500 at iteration 4, median 2.5, two iterations above 25, loss_bbox averaged over the (at most) last 50
+    assert row == ["x seed 1", 7, "500.0", 4, "2.50", 2, f"{statistics.mean(1.0 + i / 10 for i in range(7)):.3f}"]
+    path = tmp_path / "img" / "g.png"
+    grad_replay.plot({"x seed 1": recs}, path, "t")
+    assert matplotlib.image.imread(path).shape[:2] == (572, 880)
