@@ -1,4 +1,5 @@
-"""The ablation study's statistics, resumable runner and gradient replay (bench/ablations.py, bench/grad_replay.py): the numbers docs/ablations.md is made of."""
+"""The ablation study's statistics, resumable runner and gradient replay (bench/ablations.py, bench/grad_replay.py):
+the numbers docs/ablations.md is made of."""
 import json
 import math
 import statistics
