@@ -64,44 +64,5 @@ def test_fixture_exercises_offsets_and_mask(model, fx):
     assert max((a - b).abs().max().item() for a, b in zip(cls, fx["cls_scores"])) <= 1e-4
 
 
-def test_preprocess_matches(model, fx):
-    checks.check_preprocess(model, fx)
-
-
-def test_raw_outputs(model, fx):
-    checks.check_raw_outputs(model, fx)
-
-
-def test_anchors_and_valid_flags(model, fx):
-    checks.check_anchors_and_valid_flags(model, fx)
-
-
-def test_atss_targets(model, fx):
-    checks.check_atss_targets(model, fx)
-
-
-def test_losses(model, fx):
-    checks.check_losses(model, fx)
-
-
-def test_detections_from_outputs(model, fx):
-    checks.check_detections_from_outputs(model, fx)
-
-
-def test_end_to_end_eval(model, fx):
-    """Images in -> detections out. The raw outputs from images are within the fixture's 1e-4 of mmdetection's
-    (test_raw_outputs; convolution rounding differs by CPU). A box edge is ``stride * sum_j P_j * j`` over the
-    softmaxed logits ``z``, and ``d(edge) / d(z_j) = stride * P_j * (j - edge / stride)``, so a logit error of at most
-    ``e`` moves the edge by at most ``stride * e * sum_j P_j |j - mean|`` (the distribution's mean absolute
-    deviation, MAD). The tolerance is that bound with e = 1e-4, the coarsest stride and the largest MAD among the
-    detections (plus the fixture's 1e-4 px for decoding itself)."""
-    with torch.no_grad():
-        dets = model(checks.rgb(fx))
-    bins = torch.arange(model.config.reg_max + 1, dtype=torch.float32)
-    mad = max((d * (bins - (d * bins).sum(-1, keepdim=True)).abs()).sum(-1).max().item()
-              for d in (det["distributions"] for det in dets))
-    checks.check_end_to_end_eval(model, fx, box_atol=max(model.config.strides) * 1e-4 * mad + 1e-4)
-
-
-def test_end_to_end_train(model, fx):
-    checks.check_end_to_end_train(model, fx)
+class TestGFLDCNParity(checks.ParitySuite):
+    """The shared checks (tests/models/parity_checks.py) on the GFL-with-DCNv2 fixture."""
