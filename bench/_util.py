@@ -8,6 +8,7 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -211,7 +212,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], lef
 
 
 def cpu_model() -> str:
-    """The CPU's model name as lscpu / /proc/cpuinfo give it."""
+    """``lscpu``'s "Model name" (``/proc/cpuinfo``'s "model name" where lscpu is missing)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

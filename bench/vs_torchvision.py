@@ -40,14 +40,13 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import load_average, markdown_table  # noqa: E402
+from _util import cpu_model, load_average, markdown_table  # noqa: E402
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -63,25 +62,6 @@ from gfldet.data.synthetic_scenes import scenes_data  # noqa: E402
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 # torchvision's reference FCOS schedule: 26 epochs, lr x0.1 at epochs 16 and 22
 REF_EPOCHS, REF_MILESTONES = 26, (16, 22)
-
-
-def cpu_model() -> str:
-    """``lscpu``'s "Model name" (``/proc/cpuinfo``'s "model name" when lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def shapes_data(cache_dir: str | None, train_images: int, val_images: int, image_size: int, seed: int,
