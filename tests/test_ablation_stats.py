@@ -45,6 +45,12 @@ def test_runner_resumes_extends_and_refuses_another_recipe(tmp_path):
     # atss: -0.05, -0.01 -> mean -0.03, se 0.02: within 2 SE -> more seeds; n8: 0.0, 0.0 -> se 0 -> clear, none
     extra = ablations.plan(done, ["gfl", "atss", "n8"], [0, 1], 4)
     assert extra == [("gfl", 2), ("atss", 2), ("gfl", 3), ("atss", 3)]
+    # 3 seeds, -1.3 -3.1 -3.7: mean -2.7 is 3.7 SE from 0, but t(2) = 4.3 leaves the interval over 0 -> more seeds
+    diffs = (-0.013, -0.031, -0.037)
+    three = [_run("gfl", s, 0.60) for s in range(3)] + [_run("atss", s, 0.60 + d) for s, d in enumerate(diffs)]
+    p = paired({s: 0.60 + d for s, d in enumerate(diffs)}, {s: 0.60 for s in range(3)})
+    assert abs(p.mean) > 2 * p.se and p.low < 0 < p.high
+    assert ablations.plan(three, ["gfl", "atss"], [0, 1, 2], 4) == [("gfl", 3), ("atss", 3)]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in done))
     assert len(ablations.load_results(path, "demo")) == 6
