@@ -91,17 +91,16 @@ def read_metadata(path_or_model: str | os.PathLike | Any) -> dict[str, Any]:
         proto = path_or_model
         # an error names the model by its graph, not by the printed proto (which holds every weight)
         graph = getattr(getattr(proto, "graph", None), "name", "") or "unnamed"
-        raw = {p.key[len("gfldet."):]: p.value for p in proto.metadata_props if p.key.startswith("gfldet.")}
-        return _decode_meta(raw, f"the ONNX model passed in (graph {graph!r})", kind="a model")
+        source, kind = f"the ONNX model passed in (graph {graph!r})", "a model"
     elif hasattr(path_or_model, "get_rt_info"):
         return _openvino_meta(path_or_model, "model")
     else:
         path = os.fspath(path_or_model)
         if path.lower().endswith(".xml"):
             return _openvino_meta(_read_openvino(path), path)
-        proto = _load_onnx(path)
+        proto, source, kind = _load_onnx(path), path, "an ONNX file"
     raw = {p.key[len("gfldet."):]: p.value for p in proto.metadata_props if p.key.startswith("gfldet.")}
-    return _decode_meta(raw, path_or_model)
+    return _decode_meta(raw, source, kind)
 
 
 def _read_openvino(path: str) -> Any:
