@@ -92,7 +92,9 @@ def header(results: list[dict], recipe_name: str, results_file: str) -> str:
         f"{min(walls) / 60:.1f}-{max(walls) / 60:.1f} min.",
         "- AP columns: mean ± sample std over the seeds, in percent. Δ: the variant minus its reference, per seed "
         "(same initialisation and data order), with the mean and its 95% t interval. Verdict: *reproduced* / *reversed* "
-        "when the AP interval excludes 0 on the paper's / the other side, *unresolved* when it contains 0.",
+        "when the AP interval excludes 0 on the paper's / the other side, *unresolved* when it contains 0; for the "
+        "paper's *about equal* rows, *reproduced* when the whole interval lies within ±1 AP, *differs* when it "
+        "excludes 0, else *unresolved*.",
     ])
 
 

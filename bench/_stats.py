@@ -98,9 +98,13 @@ def paired(variant: dict[int, float], reference: dict[int, float], level: float 
     return Paired(d, mean, se, mean - half, mean + half)
 
 
-def verdict(p: Paired | None, paper_sign: int) -> str:
+def verdict(p: Paired | None, paper_sign: int, margin: float = 0.01) -> str:
     """Whether the interval reproduces the paper's direction (``paper_sign`` = +1: the variant above the
-    reference, -1: below, 0: the paper reports no clear difference)."""
+    reference, -1: below, 0: the paper reports no clear difference).
+
+    "About equal" is a claim of equivalence, which an interval containing 0 does not show by itself (a
+    [-8, +7] AP interval contains 0 and shows nothing): it is *reproduced* only when the whole interval lies
+    within ``±margin`` (1 AP point by default, in the AP's units), and *unresolved* while it reaches beyond."""
     if p is None or p.n < 2:
         return "too few seeds"
     if p.low > 0 or p.high < 0:
@@ -108,4 +112,6 @@ def verdict(p: Paired | None, paper_sign: int) -> str:
         if paper_sign == 0:
             return "differs (paper: about equal)"
         return "reproduced" if sign == paper_sign else "reversed"
+    if paper_sign == 0 and -margin <= p.low and p.high <= margin:
+        return "reproduced"
     return "unresolved"

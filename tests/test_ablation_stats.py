@@ -32,6 +32,17 @@ def test_paired_interval_and_verdicts():
     assert verdict(paired({0: 0.5}, {0: 0.4}), -1) == "too few seeds" and paired({0: 1.0}, {1: 1.0}) is None
 
 
+def test_about_equal_needs_a_narrow_interval():
+    """The paper's "about equal" rows (n = 8 vs 16) are reproduced only by an interval inside ±1 AP, not by any
+    interval that happens to contain 0."""
+    ref = {0: 0.60, 1: 0.60, 2: 0.60}
+    narrow = paired({0: 0.602, 1: 0.599, 2: 0.601}, ref)
+    assert -0.01 < narrow.low < 0 < narrow.high < 0.01 and verdict(narrow, 0) == "reproduced"
+    wide = paired({0: 0.609, 1: 0.562, 2: 0.621}, ref)  # contains 0, reaches far beyond ±1 AP
+    assert wide.low < 0 < wide.high and verdict(wide, 0) == "unresolved"
+    assert verdict(narrow, 0, margin=0.001) == "unresolved"  # the margin is the caller's to set
+
+
 def _run(variant, seed, ap):
     return {"recipe": "demo", "recipe_settings": ablations.RECIPES["demo"], "variant": variant, "seed": seed,
             "eval": {"AP": ap, "AP50": ap + 0.2, "AP75": ap + 0.05}, "wall_s": 480.0, "cpu": "cpu", "commit": "abc",
