@@ -90,12 +90,25 @@ def header(results: list[dict], recipe_name: str, results_file: str) -> str:
         + " (CPU, `lscpu` model name).",
         f"- gfldet commits: {', '.join(commits)}; dates {dates[0]} to {dates[-1]}; wall time per run "
         f"{min(walls) / 60:.1f}-{max(walls) / 60:.1f} min.",
-        "- AP columns: mean ± sample std over the seeds, in percent. Δ: the variant minus its reference, per seed "
-        "(same initialisation and data order), with the mean and its 95% t interval. Verdict: *reproduced* / *reversed* "
+        "- Commit of each run (seeds in brackets): " + _commits_by_variant(results) + ".",
+        "- AP columns: mean ± sample std over the row's own seeds, in percent (rows with more seeds average over "
+        "more; compare rows through Δ). Δ: the variant minus its reference on the seeds both have (same "
+        "initialisation and data order), with the mean and its 95% t interval. Verdict: *reproduced* / *reversed* "
         "when the AP interval excludes 0 on the paper's / the other side, *unresolved* when it contains 0; for the "
         "paper's *about equal* rows, *reproduced* when the whole interval lies within ±1 AP, *differs* when it "
-        "excludes 0, else *unresolved*.",
+        "excludes 0, else *unresolved*. Rows still unresolved at 3 seeds got more seeds (`--extend`), rows that "
+        "resolved did not: each interval is a 95% interval at its row's final seed count, not a guarantee for the "
+        "table as a whole.",
     ])
+
+
+def _commits_by_variant(results: list[dict]) -> str:
+    """``gfl 2fbd0eb (0), e1a1c1d (1 2); atss ...``: which code each run of each variant came from."""
+    by: dict[str, dict[str, list[int]]] = {}
+    for r in results:
+        by.setdefault(r["variant"], {}).setdefault(r.get("commit", "unknown"), []).append(r["seed"])
+    return "; ".join(f"{v} " + ", ".join(f"{c} ({' '.join(map(str, sorted(seeds)))})" for c, seeds in commits.items())
+                     for v, commits in by.items())
 
 
 def report(results: list[dict], tables: list) -> str:
@@ -106,7 +119,7 @@ def report(results: list[dict], tables: list) -> str:
         for label, name, ref, sign in rows:
             seeds = sorted(ap.get(name, {}))
             vals = [ap[name][s] for s in seeds]
-            row = [label, len(seeds), _mean_std(vals), _mean_std([ap50[name][s] for s in seeds]),
+            row = [label, " ".join(map(str, seeds)) or "-", _mean_std(vals), _mean_std([ap50[name][s] for s in seeds]),
                    _mean_std([ap75[name][s] for s in seeds]), " ".join(f"{v * 100:.1f}" for v in vals) or "-"]
             if name == ref:
                 out.append(row + ["(reference)", "", "", "", ""])

@@ -104,14 +104,15 @@ def verdict(p: Paired | None, paper_sign: int, margin: float = 0.01) -> str:
 
     "About equal" is a claim of equivalence, which an interval containing 0 does not show by itself (a
     [-8, +7] AP interval contains 0 and shows nothing): it is *reproduced* only when the whole interval lies
-    within ``±margin`` (1 AP point by default, in the AP's units), and *unresolved* while it reaches beyond."""
+    within ``±margin`` (1 AP point by default, in the AP's units), even if it excludes 0; *differs* when it excludes
+    0 and reaches beyond the margin; *unresolved* otherwise."""
     if p is None or p.n < 2:
         return "too few seeds"
+    if paper_sign == 0 and -margin <= p.low and p.high <= margin:
+        return "reproduced"  # checked first: [+0.1, +0.4] AP excludes 0 and is still "about equal"
     if p.low > 0 or p.high < 0:
         sign = 1 if p.low > 0 else -1
         if paper_sign == 0:
             return "differs (paper: about equal)"
         return "reproduced" if sign == paper_sign else "reversed"
-    if paper_sign == 0 and -margin <= p.low and p.high <= margin:
-        return "reproduced"
     return "unresolved"

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import ablations  # noqa: E402
-from _ablation_report import forest_plot, report, write_docs  # noqa: E402
+from _ablation_report import forest_plot, header, report, write_docs  # noqa: E402
 from _stats import paired, t_cdf, t_quantile, verdict  # noqa: E402
 
 
@@ -41,6 +41,10 @@ def test_about_equal_needs_a_narrow_interval():
     wide = paired({0: 0.609, 1: 0.562, 2: 0.621}, ref)  # contains 0, reaches far beyond ±1 AP
     assert wide.low < 0 < wide.high and verdict(wide, 0) == "unresolved"
     assert verdict(narrow, 0, margin=0.001) == "unresolved"  # the margin is the caller's to set
+    small = paired({0: 0.602, 1: 0.603, 2: 0.6025}, ref)  # excludes 0, yet well inside ±1 AP
+    assert small.low > 0 and small.high < 0.01 and verdict(small, 0) == "reproduced"
+    big = paired({0: 0.63, 1: 0.64, 2: 0.635}, ref)
+    assert verdict(big, 0) == "differs (paper: about equal)"
 
 
 def _run(variant, seed, ap):
@@ -53,7 +57,7 @@ def test_runner_resumes_extends_and_refuses_another_recipe(tmp_path):
     done = [_run("gfl", 0, 0.60), _run("atss", 0, 0.55), _run("gfl", 1, 0.61), _run("atss", 1, 0.60),
             _run("n8", 0, 0.60), _run("n8", 1, 0.61)]
     assert ablations.plan(done, ["gfl", "atss", "n8"], [0, 1, 2], None) == [("gfl", 2), ("atss", 2), ("n8", 2)]
-    # atss: -0.05, -0.01 -> mean -0.03, se 0.02: within 2 SE -> more seeds; n8: 0.0, 0.0 -> se 0 -> clear, none
+    # atss: -0.05, -0.01 -> interval over 0 -> more seeds (and GFL's); n8: 0.0, 0.0 -> inside ±1 AP, equal -> none
     extra = ablations.plan(done, ["gfl", "atss", "n8"], [0, 1], 4)
     assert extra == [("gfl", 2), ("atss", 2), ("gfl", 3), ("atss", 3)]
     # 3 seeds, -1.3 -3.1 -3.7: mean -2.7 is 3.7 SE from 0, but t(2) = 4.3 leaves the interval over 0 -> more seeds
@@ -62,6 +66,12 @@ def test_runner_resumes_extends_and_refuses_another_recipe(tmp_path):
     p = paired({s: 0.60 + d for s, d in enumerate(diffs)}, {s: 0.60 for s in range(3)})
     assert abs(p.mean) > 2 * p.se and p.low < 0 < p.high
     assert ablations.plan(three, ["gfl", "atss"], [0, 1, 2], 4) == [("gfl", 3), ("atss", 3)]
+    # no open row: no reference seeds are added either
+    resolved = [_run("gfl", s, 0.60) for s in range(3)] + [_run("atss", s, 0.50 + s * 0.001) for s in range(3)]
+    assert ablations.plan(resolved, ["gfl", "atss"], [0, 1, 2], 6) == []
+    # the tiny recipe pairs RetinaNet with RetinaNet + QFL + DFL, not with GFL: that reference is extended
+    retina = [_run(n, s, ap) for s in range(2) for n, ap in (("gfl", 0.6), ("retina_gfl", 0.5), ("retina", 0.5 + s * 0.01))]
+    assert ablations.plan(retina, ["retina"], [0, 1], 3, ablations.TABLES["tiny"]) == [("retina_gfl", 2), ("retina", 2)]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in done))
     assert len(ablations.load_results(path, "demo")) == 6
@@ -82,6 +92,9 @@ def test_docs_block_is_regenerated_in_place(tmp_path):
     new = doc.read_text()
     assert new.startswith("intro\n") and new.endswith("after\n") and "old" not in new and "(4 runs)" in new
     assert "](img/a.png)" in new
+    runs.append(dict(_run("gfl", 2, 0.61), commit="def"))
+    assert "gfl abc (0 1), def (2); atss abc (0 1)" in header(runs, "demo", "x")  # which code each pair came from
+    assert "| 0 1 2 |" in report(runs, ablations.TABLES["demo"]).replace("  ", " ")  # the seeds, named
     with pytest.raises(SystemExit, match="no generated block for recipe 'tiny'"):
         write_docs(doc, "tiny", text, runs, "x")
 
