@@ -61,7 +61,7 @@ def _interval(p) -> str:
     return f"{p.mean * 100:+.1f} [{p.low * 100:+.1f}, {p.high * 100:+.1f}]"
 
 
-def _by_variant(results: list[dict], metric: str) -> dict[str, dict[int, float]]:
+def by_variant(results: list[dict], metric: str) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     for r in results:
         if r.get("eval") and r["eval"].get(metric) is not None:
@@ -112,7 +112,7 @@ def _commits_by_variant(results: list[dict]) -> str:
 
 
 def report(results: list[dict], tables: list) -> str:
-    ap, ap50, ap75 = (_by_variant(results, m) for m in ("AP", "AP50", "AP75"))
+    ap, ap50, ap75 = (by_variant(results, m) for m in ("AP", "AP50", "AP75"))
     parts = []
     for title, rows in tables:
         out = []
@@ -159,7 +159,7 @@ def forest_plot(results: list[dict], tables: list, path: Path, title: str) -> Pa
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    ap = _by_variant(results, "AP")
+    ap = by_variant(results, "AP")
     rows = []  # (table title or None, label, Paired | None, paper sign)
     for table_title, table_rows in tables:
         rows.append((table_title, None, None, 0))

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ablation_report import TABLES, _by_variant, forest_plot, header, report, write_docs  # noqa: E402
+from _ablation_report import TABLES, by_variant, forest_plot, header, report, write_docs  # noqa: E402
 from _stats import paired, verdict  # noqa: E402
 from _util import cpu_model, load_average, machine_info  # noqa: E402
 
@@ -166,7 +166,7 @@ def plan(results: list[dict], variants: list[str], seeds: list[int], extend: int
     done = {(r["variant"], r["seed"]) for r in results}
     want = [(n, s) for s in seeds for n in variants]
     if extend:
-        ap = _by_variant(results, "AP")
+        ap = by_variant(results, "AP")
         open_rows = []
         for _, table_rows in (rows if rows is not None else TABLES["demo"]):
             for _, name, ref, sign in table_rows:
