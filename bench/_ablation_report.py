@@ -62,6 +62,7 @@ def _interval(p) -> str:
 
 
 def by_variant(results: list[dict], metric: str) -> dict[str, dict[int, float]]:
+    """``{variant: {seed: metric}}`` over the recorded runs that have an evaluation with ``metric``."""
     out: dict[str, dict[int, float]] = {}
     for r in results:
         if r.get("eval") and r["eval"].get(metric) is not None:
