@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .models.config import REGIME_FIELDS, REGIMES, ConfigError, FieldError, ModelConfig, Regime, backbone_regime
-from .models.zoo import ARCH_FIELDS, ARCHS, arch_config, check_imagenet_width
+from .models.zoo import ARCH_DEFAULT_FIELDS, ARCH_FIELDS, ARCHS, arch_config, arch_defaults, check_imagenet_width
 
 __all__ = ["Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
            "ModelConfig", "load_config", "apply_override", "validate_config", "format_config", "read_yaml", "load_yaml",
@@ -28,13 +28,16 @@ log = logging.getLogger(__name__)
 # The model section: the run's own settings, then every ModelConfig field but those that come from elsewhere
 # (the builder named by arch fixes the ResNet's depth and groups; the class count comes from the annotation
 # file; the input sizes from the input section). Generated from ModelConfig, so a new detector setting is a
-# config key at once. frozen_stages / norm_eval take null: the regime's (REGIMES) for this run's weights.
+# config key at once. frozen_stages / norm_eval take null: the regime's (REGIMES) for this run's weights;
+# fpn_channels, head_channels, stacked_convs, head_conv take null: the architecture's (GFL's 256 / 256 / 4 / conv
+# for ResNets, a light 96 / 96 / 2 / dwsep head for the small torchvision backbones; gfldet.models.zoo.arch_defaults).
 NOT_IN_MODEL_SECTION = frozenset({*ARCH_FIELDS, "num_classes", "min_size", "max_size", "train_min_sizes"})
 RUN_SETTINGS = [
-    # a builder: gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn
+    # a builder: gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn, and the light
+    # gfl_mobilenet_v2_fpn, gfl_mobilenet_v3_large_fpn, gfl_shufflenet_v2_x1_0_fpn, gfl_efficientnet_b0_fpn
     ("arch", str, field(default="gfl_resnet50_fpn")),
-    # torchvision ImageNet weights, e.g. IMAGENET1K_V1 (torchvision downloads them), or the path of a local state
-    # dict with torchvision's ResNet parameter names
+    # torchvision ImageNet weights of the arch's backbone, e.g. IMAGENET1K_V1 (fetched by torch hub, SHA-256
+    # checked), or the path of a local state dict with torchvision's parameter names
     ("weights_backbone", typing.Optional[str], field(default=None)),
     # a gfldet or mmdetection checkpoint to start from (fine-tuning): every tensor whose name and shape fit is
     # loaded, the others (e.g. the classifier of another class count) keep their initialisation; the log names them
@@ -45,8 +48,9 @@ RUN_SETTINGS = [
 
 def _model_setting(f: dataclasses.Field, tp: Any) -> tuple[str, Any, dataclasses.Field]:
     """A model-section field for ModelConfig field ``f`` of type ``tp``: tuples become lists (YAML has no
-    tuples), the regime's fields become Optional with None by default, the rest keep ModelConfig's default."""
-    if f.name in REGIME_FIELDS:
+    tuples), the regime's fields and the neck/head sizes that follow from the architecture (zoo.arch_defaults)
+    become Optional with None by default, the rest keep ModelConfig's default."""
+    if f.name in REGIME_FIELDS or f.name in ARCH_DEFAULT_FIELDS:
         return f.name, typing.Optional[tp], field(default=None)
     if typing.get_origin(tp) is tuple:
         return f.name, list[typing.get_args(tp)[0]], field(default_factory=functools.partial(list, f.default))
@@ -413,8 +417,9 @@ def validate_config(cfg: Config) -> None:
     m = cfg.model
     try:  # the detector's own rules (gfldet.models.config), named as this file's keys
         fixed = ARCHS[m.arch][0] if m.arch in ARCHS else {}  # the depth decides e.g. whether DCN fits
-        ModelConfig(**fixed, **{k: v for k, v in model_fields(m).items() if v is not None})
-        if m.weights_backbone:
+        sizes = arch_defaults(m.arch) if m.arch in ARCHS else {}
+        ModelConfig(**fixed, **(sizes | {k: v for k, v in model_fields(m).items() if v is not None}))
+        if m.weights_backbone and fixed.get("backbone") == "resnet":
             check_imagenet_width(m.base_channels)
     except FieldError as e:
         raise ConfigError(f"model.{e.key}: {e.value!r} {e.why}") from None

@@ -14,15 +14,33 @@ Imports nothing else of gfldet (rank 0 of the layer map in tests/test_layers.py)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["refuse_existing", "check_output_folder", "atomic_path", "write_json", "write_text", "replace_together"]
+__all__ = ["sha256_file", "hash_prefix", "refuse_existing", "check_output_folder", "atomic_path", "write_json", "write_text", "replace_together"]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_prefix(file_name: str) -> str | None:
+    """The SHA-256 prefix a published weights file carries in its name (``resnet50-0676ba61.pth`` -> ``0676ba61``),
+    read as torch hub's ``check_hash`` reads it; None where the name has none."""
+    m = re.search(r"-([a-f0-9]+)\.", os.path.basename(file_name))
+    return m.group(1) if m else None
 
 
 def refuse_existing(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:

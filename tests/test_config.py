@@ -253,7 +253,7 @@ def test_the_model_section_is_every_model_config_field_but_those_set_elsewhere()
     from gfldet.models.config import ModelConfig
 
     settings = {f.name for f in dataclasses.fields(C.ModelSettings)}
-    elsewhere = {"depth", "groups", "width_per_group", "num_classes", "min_size", "max_size", "train_min_sizes"}
+    elsewhere = {"backbone", "depth", "groups", "width_per_group", "num_classes", "min_size", "max_size", "train_min_sizes"}
     assert settings == {f.name for f in dataclasses.fields(ModelConfig)} - elsewhere | {"arch", "weights_backbone", "init",
                                                                                        "init_strict"}
     mc = load_config(None, ["model.gn_groups=8", "model.pixel_std=[1, 1, 1]", "model.strides=[8, 16, 32, 64, 128]"]).model_config(3)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import Config, TrainConfig
 from ..models.config import backbone_regime
+from ..models.zoo import arch_defaults
 
 __all__ = ["resolve_training", "lr_factor", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION"]
 
@@ -53,6 +54,9 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
 
     total_batch = t.batch_size * world_size
     total_iters = t.epochs * iters_per_epoch if t.max_iters is None else min(t.max_iters, t.epochs * iters_per_epoch)
+    for key, value in arch_defaults(m.arch).items():  # the neck and head sizes of the architecture
+        if getattr(m, key) is None:
+            setattr(m, key, value)
     pick(m, "frozen_stages", regime.frozen_stages, "model.frozen_stages")
     pick(m, "norm_eval", regime.norm_eval, "model.norm_eval")
     pick(t, "lr", round(regime.lr_per_16 * total_batch / 16, 10), "train.lr")

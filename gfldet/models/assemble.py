@@ -24,11 +24,12 @@ from .assigners import ATSSAssigner, FCOSAssigner, MaxIoUAssigner
 from .backbone import FPN, ResNetBackbone
 from .box_coders import DiracBox, DistributionBox, GaussianBox, GaussianNLLBox
 from .criterion import Criterion
-from .head import GFLHead
+from .head import TOWER_LAYERS, GFLHead
 from .postprocess import Postprocessor
 from .priors import AnchorGenerator
 from .quality import CenternessBranch, FocalClassifier, IoUBranch, JointDGQP, JointQFL
 from .transform import DetectionTransform
+from .tv_backbone import TorchvisionBackbone
 
 __all__ = ["PARTS", "assemble", "atss_config", "box_part", "quality_part", "assigner_part"]
 
@@ -89,6 +90,8 @@ def _build(name: str, cfg: ModelConfig, p: dict[str, Any]):
     if name == "assigner":
         return assigner_part(cfg)
     if name == "backbone":
+        if cfg.backbone != "resnet":
+            return TorchvisionBackbone(cfg.backbone, cfg.frozen_stages, cfg.norm_eval)
         return ResNetBackbone(cfg.depth, cfg.groups, cfg.width_per_group, cfg.frozen_stages, cfg.norm_eval,
                               base_channels=cfg.base_channels, stage_with_dcn=cfg.stage_with_dcn,
                               deform_groups=cfg.deform_groups, dcn_modulated=cfg.dcn_modulated)
@@ -98,7 +101,7 @@ def _build(name: str, cfg: ModelConfig, p: dict[str, Any]):
         return GFLHead(cfg.num_classes, cfg.fpn_channels, cfg.head_channels, cfg.stacked_convs, cfg.reg_max,
                        len(cfg.strides), cfg.gn_groups, box_channels=p["box"].channels,
                        num_anchors=p["prior_generator"].num_anchors, quality_channels=p["quality"].channels,
-                       quality_branch=p["quality"].branch)
+                       quality_branch=p["quality"].branch, tower_layer=TOWER_LAYERS[cfg.head_conv])
     if name == "criterion":
         return Criterion(cfg.num_classes, p["assigner"], p["box"], p["quality"], cfg.loss_bbox_weight)
     return Postprocessor(p["box"], p["quality"], cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ModelConfig", "ConfigError", "FieldError", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "REGIME_FIELDS",
+__all__ = ["ModelConfig", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "REGIME_FIELDS",
            "backbone_regime"]
 
 
@@ -21,6 +21,8 @@ class FieldError(ConfigError):
         super().__init__(f"model config {key}={value!r} {why}")
 
 
+BACKBONES = ("resnet", "mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x1_0", "efficientnet_b0")
+HEAD_CONVS = ("conv", "dwsep")
 QUALITIES = ("qfl", "dgqp", "none", "centerness", "iou")
 BOXES = ("distribution", "dirac", "gaussian", "gaussian_nll")
 ASSIGNERS = ("atss", "fcos", "retina")
@@ -33,7 +35,10 @@ class ModelConfig:
     Defaults are the paper's / reference's GFL R-50-FPN 1x on COCO.
     """
 
-    # backbone: torchvision ResNet / ResNeXt
+    # backbone: "resnet" (torchvision's ResNet / ResNeXt, sized by depth, groups, width_per_group, base_channels) or
+    # one of torchvision's lightweight ImageNet networks (gfldet.models.tv_backbone): mobilenet_v2,
+    # mobilenet_v3_large, shufflenet_v2_x1_0, efficientnet_b0. The builder (model.arch) fixes it.
+    backbone: str = "resnet"
     depth: int = 50
     groups: int = 1
     width_per_group: int = 64
@@ -58,6 +63,9 @@ class ModelConfig:
     fpn_channels: int = 256
     head_channels: int = 256
     stacked_convs: int = 4
+    # the layer of the head's towers: "conv" (3x3 conv, GroupNorm, ReLU: GFL's) or "dwsep" (depthwise 3x3 and
+    # pointwise 1x1, GroupNorm, ReLU: a light head for small backbones, as NanoDet's)
+    head_conv: str = "conv"
     gn_groups: int = 32
     num_classes: int = 80
     reg_max: int = 16  # n: each edge is a distribution over the n + 1 bins 0..n (in strides)
@@ -110,7 +118,7 @@ class ModelConfig:
     loss_quality_weight: float = 1.0  # the centerness / IoU branch's BCE
 
     def __post_init__(self) -> None:
-        choices = {"quality": QUALITIES, "box": BOXES, "assigner": ASSIGNERS}
+        choices = {"backbone": BACKBONES, "head_conv": HEAD_CONVS, "quality": QUALITIES, "box": BOXES, "assigner": ASSIGNERS}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -120,6 +128,8 @@ class ModelConfig:
         checks = [
             (len(dcn) == 4 and all(isinstance(b, bool) for b in dcn), "stage_with_dcn", dcn,
              "must be 4 booleans (layer1..layer4)"),
+            (not any(dcn) or self.backbone == "resnet", "stage_with_dcn", dcn,
+             f"is for ResNet backbones; {self.backbone} has no deformable variant"),
             (not any(dcn) or self.depth not in (18, 34), "stage_with_dcn", dcn,
              f"needs bottleneck blocks (depth 50, 101 or 152); ResNet-{self.depth} has basic blocks"),
             (isinstance(self.deform_groups, int) and self.deform_groups >= 1, "deform_groups", self.deform_groups,

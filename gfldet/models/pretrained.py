@@ -13,7 +13,6 @@ fallback to other weights.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..files import sha256_file
 from .coco_classes import COCO_NAMES
 from .detector import GFL
 from .io import from_mmdet
@@ -130,14 +130,6 @@ def cache_folder() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pretrained_file(name: str, *, progress: bool = True) -> str:
     """The local path of published weights ``name``: from torch hub's cache, or downloaded into it first (with
     a progress bar, SHA-256 checked; a partial or mismatching download is never kept)."""
@@ -186,7 +178,7 @@ def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, t
     try:
         model = from_mmdet(path, trusted=trusted, **(w.test.overrides() | overrides))
     except ValueError as e:
-        if w.sha256 and not _sha256(path).startswith(w.sha256):
+        if w.sha256 and not sha256_file(path).startswith(w.sha256):
             raise PretrainedError(f"{path}: the cached file of {text} is damaged (its SHA-256 does not start with "
                                   f"{w.sha256}): delete it to download it again, or replace it with a good copy of "
                                   f"{w.url}") from e

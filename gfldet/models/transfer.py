@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 # of a ResNet-101's tensors (and the reverse uses ~55% of the file), another FPN or head width far less.
 MIN_SHARE = 0.9
 # the model_config fields named when a file of another architecture is refused
-ARCH_DEFINING = ("depth", "groups", "width_per_group", "base_channels", "stage_with_dcn", "deform_groups", "dcn_modulated", "fpn_channels",
-                 "head_channels", "stacked_convs", "strides")
+ARCH_DEFINING = ("backbone", "depth", "groups", "width_per_group", "base_channels", "stage_with_dcn", "deform_groups", "dcn_modulated", "fpn_channels",
+                 "head_channels", "stacked_convs", "head_conv", "strides")
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:

@@ -10,32 +10,55 @@ Passing ``frozen_stages`` / ``norm_eval`` explicitly overrides this (:data:`gfld
 """
 from __future__ import annotations
 
+import http.client
+import logging
 import os
 import urllib.parse
 from typing import Any
 
 import torch
 
+from ..files import hash_prefix, sha256_file
 from .config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, backbone_regime
 from .detector import GFL
 from .io import load_weights_into
+from .tv_backbone import TV_BACKBONES
+
+log = logging.getLogger(__name__)
 
 __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "gflv2_resnet50_fpn",
            "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "build_model",
            "build_from_config", "arch_config", "check_arch", "check_imagenet_width", "backbone_state_dict",
-           "torchvision_weights", "looks_like_path", "ARCHS", "ARCH_FIELDS"]
+           "torchvision_weights", "looks_like_path", "arch_defaults", "ARCHS", "ARCH_FIELDS", "ARCH_DEFAULT_FIELDS",
+           "LIGHT_HEAD"]
 
 # builder name -> architecture fields and torchvision's name of the matching ImageNet classifier
-ARCHS: dict[str, tuple[dict[str, int], str]] = {
-    "gfl_resnet18_fpn": (dict(depth=18), "resnet18"),
-    "gfl_resnet50_fpn": (dict(depth=50), "resnet50"),
-    "gfl_resnet101_fpn": (dict(depth=101), "resnet101"),
-    "gfl_resnext101_32x4d_fpn": (dict(depth=101, groups=32, width_per_group=4), ""),
+ARCHS: dict[str, tuple[dict[str, Any], str]] = {
+    "gfl_resnet18_fpn": (dict(backbone="resnet", depth=18), "resnet18"),
+    "gfl_resnet50_fpn": (dict(backbone="resnet", depth=50), "resnet50"),
+    "gfl_resnet101_fpn": (dict(backbone="resnet", depth=101), "resnet101"),
+    "gfl_resnext101_32x4d_fpn": (dict(backbone="resnet", depth=101, groups=32, width_per_group=4), ""),
+    **{f"gfl_{name}_fpn": (dict(backbone=name), name) for name in TV_BACKBONES},
 }
-
 
 # the ModelConfig fields a builder fixes (the run config has no keys for them: model.arch chooses them)
 ARCH_FIELDS = tuple(sorted(set().union(*(fixed for fixed, _ in ARCHS.values()))))
+
+# Neck and head sizes that follow from the backbone when not set (None in a run config). GFL's 256-channel FPN and
+# 4-conv towers are sized for ResNet-50: on a 2-3 M parameter MobileNet they would be ~3x the backbone's parameters
+# and ~10x its work at 320 px (docs/light.md). The light backbones get a 96-channel FPN and two depthwise-separable
+# tower layers per branch (NanoDet's head widths are 96-128).
+LIGHT_HEAD: dict[str, Any] = dict(fpn_channels=96, head_channels=96, stacked_convs=2, head_conv="dwsep")
+ARCH_DEFAULT_FIELDS = tuple(LIGHT_HEAD)
+
+
+def arch_defaults(arch: str) -> dict[str, Any]:
+    """The neck/head settings of ``arch`` that apply where none is given: ModelConfig's (GFL's) for ResNets,
+    :data:`LIGHT_HEAD` for the lightweight torchvision backbones."""
+    check_arch(arch)
+    if ARCHS[arch][0]["backbone"] == "resnet":
+        return {k: ModelConfig.__dataclass_fields__[k].default for k in ARCH_DEFAULT_FIELDS}
+    return dict(LIGHT_HEAD)
 
 
 def check_arch(arch: str) -> None:
@@ -65,6 +88,9 @@ def arch_config(arch: str, *, pretrained: bool, **fields: Any) -> ModelConfig:
     for key in REGIME_FIELDS:
         if fields.get(key) is None:
             fields[key] = getattr(regime, key)
+    for key, value in arch_defaults(arch).items():
+        if fields.get(key) is None:
+            fields[key] = value
     return ModelConfig(**fixed, **fields)
 
 
@@ -72,7 +98,7 @@ def build_from_config(arch: str, cfg: ModelConfig, *, weights: str | os.PathLike
                       weights_backbone: Any = None, class_names: list[str] | None = None) -> GFL:
     """The :class:`GFL` of ``cfg`` (from :func:`arch_config`), with ``arch``'s ImageNet backbone weights
     ``weights_backbone`` and this model's checkpoint ``weights`` loaded when given."""
-    if weights_backbone is not None:
+    if weights_backbone is not None and cfg.backbone == "resnet":
         check_imagenet_width(cfg.base_channels)
     model = GFL(cfg, class_names=class_names)
     if weights_backbone is not None:
@@ -90,14 +116,14 @@ def build_model(arch: str, *, num_classes: int = 80, weights: str | os.PathLike 
 
 
 def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Tensor]:
-    """The ImageNet state dict ``weights_backbone`` names for ``arch``'s backbone (torchvision's ResNet names): a
+    """The ImageNet state dict ``weights_backbone`` names for ``arch``'s backbone (torchvision's parameter names): a
     local file, or torchvision weights (a ``WeightsEnum`` member or its name, e.g. ``IMAGENET1K_V1``) from torch
     hub's cache or downloaded into it. ``gfldet train`` calls it before reading any data, so that a missing file
     or no network stops a run at once."""
     check_arch(arch)
     tv_name = ARCHS[arch][1]
     if isinstance(weights_backbone, (str, os.PathLike)) and os.path.isfile(weights_backbone):
-        # a local ImageNet state dict with torchvision's ResNet names (an "fc.*" head is ignored)
+        # a local ImageNet state dict with torchvision's parameter names (its classifier is ignored)
         try:
             sd = torch.load(weights_backbone, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -105,7 +131,7 @@ def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Ten
         return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if isinstance(weights_backbone, (str, os.PathLike)) and looks_like_path(os.fspath(weights_backbone)):
         raise FileNotFoundError(f"backbone weights file not found: {weights_backbone} (model.weights_backbone; a state dict "
-                                "with torchvision's ResNet names, or a torchvision weights name such as IMAGENET1K_V1)")
+                                "with torchvision's parameter names, or a torchvision weights name such as IMAGENET1K_V1)")
     if not tv_name:
         raise ValueError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
                          "model.backbone.load_torchvision_weights(state_dict)")
@@ -127,10 +153,10 @@ def torchvision_weights(arch: str, name: str, tv_name: str) -> Any:
     key = f"model.weights_backbone={name!r}"
     if not tv_name:
         raise ConfigError(f"{key}: torchvision publishes no ImageNet weights for {arch}'s backbone; set it to the path "
-                          "of a state dict with torchvision's ResNet parameter names, or to null to train from scratch")
+                          "of a state dict with torchvision's parameter names, or to null to train from scratch")
     from torchvision.models import get_model_weights, get_weight
 
-    enum_name = f"{tv_name.replace('resnet', 'ResNet')}_Weights"
+    enum_name = get_model_weights(tv_name).__name__  # e.g. ResNet50_Weights, MobileNet_V2_Weights
     choices = ", ".join(w.name for w in get_model_weights(tv_name))
     try:
         weights = get_weight(name if "." in name else f"{enum_name}.{name}")
@@ -143,27 +169,39 @@ def torchvision_weights(arch: str, name: str, tv_name: str) -> Any:
     return weights
 
 
-def imagenet_state_dict(weights: Any) -> dict[str, torch.Tensor]:
+def imagenet_state_dict(weights: Any, *, progress: bool = True) -> dict[str, torch.Tensor]:
     """The state dict of torchvision ImageNet ``weights`` (a ``WeightsEnum`` member): from torch hub's cache, or
-    downloaded into it. Where it can be neither (offline, a damaged file), the error names the file, where to
-    place it and the alternatives; it never falls back to a random backbone."""
+    downloaded into it (the file torchvision itself would fetch, under the same name). The file's SHA-256 must
+    start with the hex digits that end its name (torch hub's ``check_hash`` rule), for a download and for a file
+    found in the cache alike. Where the file can be neither fetched nor read, the error names it, where to place it
+    and the alternatives; it never falls back to a random backbone."""
     fname = os.path.basename(urllib.parse.urlparse(weights.url).path)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     cached = os.path.join(folder, fname)
-    alternatives = ("or set model.weights_backbone to the path of a local state dict with torchvision's ResNet names, "
+    prefix = hash_prefix(fname)
+    alternatives = ("or set model.weights_backbone to the path of a local state dict with torchvision's parameter names, "
                     "or to null to train from scratch")
+    if not os.path.isfile(cached):
+        log.info("downloading the ImageNet backbone weights %s from %s to %s", weights, weights.url, cached)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, cached, hash_prefix=prefix, progress=progress)
+        except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, an unwritable folder
+            raise ValueError(f"cannot fetch the ImageNet backbone weights {weights} from {weights.url} ({type(e).__name__}: "
+                             f"{e}). Download {fname} on a machine with network access and place it in {folder} (torch "
+                             f"hub's cache; $TORCH_HOME moves it), {alternatives}") from e
+        except RuntimeError as e:  # torch hub's "invalid hash value"; it keeps no partial file
+            raise ValueError(f"{fname} from {weights.url} failed its SHA-256 check ({e}); it was not kept. Try again "
+                             f"later, or place a good copy in {folder}, {alternatives}") from e
+    damaged = (f"delete it to download it again, or replace it with a good copy of {weights.url}, {alternatives}")
+    if prefix and not sha256_file(cached).startswith(prefix):
+        raise ValueError(f"{cached}: the cached ImageNet backbone weights {weights} are damaged or another file (its "
+                         f"SHA-256 does not start with {prefix}, as its name says it must): {damaged}")
     try:
-        return weights.get_state_dict(progress=True)
-    except OSError as e:  # urllib's URLError / HTTPError, socket errors, an unwritable cache folder
-        raise ValueError(f"cannot fetch the ImageNet backbone weights {weights} from {weights.url} ({type(e).__name__}: {e}). "
-                         f"Download {fname} on a machine with network access and place it in {folder} (torch hub's "
-                         f"cache; $TORCH_HOME moves it), {alternatives}") from e
-    except RuntimeError as e:
-        if not os.path.isfile(cached):
-            raise
-        raise ValueError(f"{cached}: the cached ImageNet backbone weights {weights} cannot be read ({e}); the file is "
-                         f"damaged: delete it to download it again, or replace it with a good copy of {weights.url}, "
-                         f"{alternatives}") from e
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"{cached}: the cached ImageNet backbone weights {weights} cannot be read "
+                         f"({type(e).__name__}: {e}): {damaged}") from e
 
 
 def gfl_resnet18_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:

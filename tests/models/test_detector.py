@@ -73,7 +73,7 @@ def test_missing_backbone_weights_are_an_error_not_a_random_backbone(tmp_path, m
     def offline(url, *a, **k):  # what torch hub raises without a network (tests never download)
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(ValueError) as e:
         gfldet.gfl_resnet18_fpn(num_classes=2, weights_backbone="IMAGENET1K_V1")
