@@ -26,6 +26,10 @@ _EXPORTS = {
     "gflv2_resnet50_fpn": "gfldet.models",
     "gflv2_resnet101_fpn": "gfldet.models",
     "gflv2_resnext101_32x4d_fpn": "gfldet.models",
+    "gfl_mobilenet_v2_fpn": "gfldet.models",
+    "gfl_mobilenet_v3_large_fpn": "gfldet.models",
+    "gfl_shufflenet_v2_x1_0_fpn": "gfldet.models",
+    "gfl_efficientnet_b0_fpn": "gfldet.models",
     "from_mmdet": "gfldet.models",
     "load_model": "gfldet.models.io",
     "load_pretrained": "gfldet.models.pretrained",
@@ -49,7 +53,8 @@ _SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine",
 
 __all__ = [
     "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
-    "gflv2_resnet50_fpn", "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "from_mmdet", "load_model",
+    "gflv2_resnet50_fpn", "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "gfl_mobilenet_v2_fpn",
+    "gfl_mobilenet_v3_large_fpn", "gfl_shufflenet_v2_x1_0_fpn", "gfl_efficientnet_b0_fpn", "from_mmdet", "load_model",
     "load_pretrained", "ModelConfig", "Config", "quality_focal_loss", "quality_focal_loss_sparse",
     "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign", "__version__",
 ]  # = _EXPORTS' names
@@ -60,7 +65,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at ru
     from .models.io import load_model
     from .models.pretrained import load_pretrained
     from .models import (GFL, build_model, from_mmdet, gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn,
-                         gfl_resnext101_32x4d_fpn, gflv2_resnet50_fpn, gflv2_resnet101_fpn, gflv2_resnext101_32x4d_fpn)
+                         gfl_resnext101_32x4d_fpn, gflv2_resnet50_fpn, gflv2_resnet101_fpn, gflv2_resnext101_32x4d_fpn,
+                         gfl_mobilenet_v2_fpn, gfl_mobilenet_v3_large_fpn, gfl_shufflenet_v2_x1_0_fpn,
+                         gfl_efficientnet_b0_fpn)
     from .ops import (atss_assign, distribution_focal_loss, generalized_focal_loss, giou_loss, quality_focal_loss,
                       quality_focal_loss_sparse)
 

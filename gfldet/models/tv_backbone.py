@@ -118,7 +118,10 @@ class TorchvisionBackbone(nn.Module):
         n = len(self._prefix)
         sd = {k[n:]: v for k, v in state_dict.items() if k.startswith(self._prefix)
               and k[n:].split(".", 1)[0] in self.body._modules}
-        missing, unexpected = self.load_state_dict({f"body.{k}": v for k, v in sd.items()}, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict({f"body.{k}": v for k, v in sd.items()}, strict=False)
+        except RuntimeError as e:  # shapes that differ: another network's weights
+            raise ValueError(f"backbone weights do not fit torchvision's {self.name}: {e}") from None
         if missing or unexpected or not sd:
             raise ValueError(f"backbone weights do not fit torchvision's {self.name}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")

@@ -27,7 +27,8 @@ from .tv_backbone import TV_BACKBONES
 log = logging.getLogger(__name__)
 
 __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "gflv2_resnet50_fpn",
-           "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "build_model",
+           "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "gfl_mobilenet_v2_fpn", "gfl_mobilenet_v3_large_fpn",
+           "gfl_shufflenet_v2_x1_0_fpn", "gfl_efficientnet_b0_fpn", "build_model",
            "build_from_config", "arch_config", "check_arch", "check_imagenet_width", "backbone_state_dict",
            "torchvision_weights", "looks_like_path", "arch_defaults", "ARCHS", "ARCH_FIELDS", "ARCH_DEFAULT_FIELDS",
            "LIGHT_HEAD"]
@@ -245,3 +246,25 @@ def gflv2_resnet101_fpn(*, num_classes: int = 80, weights=None, weights_backbone
 def gflv2_resnext101_32x4d_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:
     """GFLV2 X-101-32x4d-FPN."""
     return _gflv2("gfl_resnext101_32x4d_fpn", num_classes, weights, weights_backbone, kwargs)
+
+
+# The lightweight torchvision backbones (gfldet.models.tv_backbone), with the light neck and head (LIGHT_HEAD) unless
+# fpn_channels / head_channels / stacked_convs / head_conv are given.
+def gfl_mobilenet_v2_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:
+    """GFL on torchvision's MobileNetV2 (ImageNet: ``weights_backbone="IMAGENET1K_V1"``) with the light head."""
+    return build_model("gfl_mobilenet_v2_fpn", num_classes=num_classes, weights=weights, weights_backbone=weights_backbone, **kwargs)
+
+
+def gfl_mobilenet_v3_large_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:
+    """GFL on torchvision's MobileNetV3-Large (ImageNet: ``IMAGENET1K_V1``) with the light head."""
+    return build_model("gfl_mobilenet_v3_large_fpn", num_classes=num_classes, weights=weights, weights_backbone=weights_backbone, **kwargs)
+
+
+def gfl_shufflenet_v2_x1_0_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:
+    """GFL on torchvision's ShuffleNetV2 1.0x (ImageNet: ``IMAGENET1K_V1``) with the light head."""
+    return build_model("gfl_shufflenet_v2_x1_0_fpn", num_classes=num_classes, weights=weights, weights_backbone=weights_backbone, **kwargs)
+
+
+def gfl_efficientnet_b0_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:
+    """GFL on torchvision's EfficientNet-B0 (ImageNet: ``IMAGENET1K_V1``) with the light head."""
+    return build_model("gfl_efficientnet_b0_fpn", num_classes=num_classes, weights=weights, weights_backbone=weights_backbone, **kwargs)
