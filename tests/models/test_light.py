@@ -162,3 +162,41 @@ def test_onnx_export_matches_eager(arch, tmp_path):
         torch.testing.assert_close(torch.as_tensor(g["boxes"]), w["boxes"], atol=1e-3, rtol=0)
         torch.testing.assert_close(torch.as_tensor(g["scores"]), w["scores"], atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.as_tensor(g["edge_std"]), w["edge_std"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", PRESETS)
+def test_checkpoint_export_openvino_int8_and_predict_by_the_cli(arch, tmp_path, capsys):
+    """What a user runs after training: ``gfldet predict`` on the checkpoint, ``gfldet export --format openvino
+    --int8`` and ``gfldet predict`` on the IR; both give boxes with their edge uncertainty."""
+    import json
+    import os
+
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    if "ONEDNN_MAX_CPU_ISA" in os.environ:
+        pytest.skip("OpenVINO does not run with ONEDNN_MAX_CPU_ISA set (tests/test_deploy.py)")
+    from gfldet.cli import main
+    from gfldet.data.synthetic import write_coco
+    from gfldet.engine.norm_init import init_backbone_norms
+    from gfldet.models.io import save_checkpoint
+    from gfldet.predict import collect_images, read_image
+
+    write_coco(tmp_path / "data", 8, 3, (128, 128), 3)
+    images = tmp_path / "data" / "images"
+    torch.manual_seed(0)
+    m = build_model(arch, num_classes=3, min_size=128, max_size=128)
+    init_backbone_norms(m, [[read_image(p) for p in collect_images([str(images)])]])
+    torch.nn.init.constant_(m.head.gfl_cls.bias, 0.0)  # scores near 0.5: every backend keeps boxes at --score-thr 0.3
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, m.eval(), cat_ids=[1, 2, 3])
+    ir = tmp_path / "model.xml"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(ir), "--format", "openvino", "--int8", "--calib",
+                 str(images), "--example-size", "256", "256", "--no-progress"]) == 0
+    for src, backend in ((ckpt, "torch"), (ir, "openvino")):
+        out = tmp_path / f"pred-{backend}"
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", str(src), "--backend", backend, str(images), "--out", str(out),
+                     "--score-thr", "0.3", "--no-draw", "--no-progress"]) == 0
+        preds = json.loads((out / "predictions.json").read_text())
+        assert preds and {"bbox", "score", "edge_std", "loc_conf", "category_id"} <= set(preds[0]), backend
+        assert {p["category_id"] for p in preds} <= {1, 2, 3}
