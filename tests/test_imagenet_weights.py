@@ -56,8 +56,8 @@ def test_builder_loads_imagenet_weights_by_torchvisions_name(hub):
     for k, v in own.items():
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(v, ref["features." + k.removeprefix("body.")]), k
-    # the pretrained regime, as for ResNet: stem and stride-4 layers frozen, BatchNorm statistics kept
-    assert (m.config.frozen_stages, m.config.norm_eval) == (1, True)
+    # the light backbones' pretrained regime: stem and stride-4 layers frozen, BatchNorm trained (docs/light.md)
+    assert (m.config.frozen_stages, m.config.norm_eval) == (1, False)
     assert not any(p.requires_grad for p in m.backbone.body[0].parameters())
 
 

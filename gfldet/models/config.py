@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ModelConfig", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "REGIME_FIELDS",
+__all__ = ["ModelConfig", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
            "backbone_regime"]
 
 
@@ -215,9 +215,17 @@ REGIMES = {
     True: Regime("pretrained", frozen_stages=1, norm_eval=True, lr_per_16=0.01, grad_clip=0.0),
     False: Regime("from scratch", frozen_stages=0, norm_eval=False, lr_per_16=0.02, grad_clip=35.0),
 }
+# The lightweight torchvision backbones (MobileNet, ShuffleNet, EfficientNet) fine-tuned from ImageNet: the same
+# frozen stem + stride-4 layers and rate, but BatchNorm trained (batch statistics, running ones updated), as
+# NanoDet and YOLO train theirs. Frozen ImageNet statistics cost these networks accuracy in gfldet's fine-tuning
+# runs (docs/light.md: 3x less AP on the cluttered scenes, about equal on the demo's shapes); ResNets keep the paper's.
+LIGHT_PRETRAINED = Regime("pretrained, light backbone", frozen_stages=1, norm_eval=False, lr_per_16=0.01, grad_clip=0.0)
 REGIME_FIELDS = ("frozen_stages", "norm_eval")  # the ModelConfig fields a regime chooses when they are not set
 
 
-def backbone_regime(pretrained: bool) -> Regime:
-    """The regime of a model that starts from pretrained weights (``True``) or from random ones."""
+def backbone_regime(pretrained: bool, backbone: str = "resnet") -> Regime:
+    """The regime of a model that starts from pretrained weights (``True``) or from random ones, for its
+    ``backbone`` family (``ModelConfig.backbone``: ``resnet`` or a lightweight torchvision network)."""
+    if pretrained and backbone != "resnet":
+        return LIGHT_PRETRAINED
     return REGIMES[bool(pretrained)]

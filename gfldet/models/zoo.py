@@ -85,7 +85,7 @@ def arch_config(arch: str, *, pretrained: bool, **fields: Any) -> ModelConfig:
     clash = sorted(set(fields) & set(fixed))
     if clash:
         raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
-    regime = backbone_regime(pretrained)
+    regime = backbone_regime(pretrained, fixed["backbone"])
     for key in REGIME_FIELDS:
         if fields.get(key) is None:
             fields[key] = getattr(regime, key)

@@ -17,6 +17,21 @@ def test_defaults_are_the_paper_with_pretrained_weights():
     assert c.model.norm_eval is None and c.train.lr is None  # the input is left as it was
 
 
+def test_light_backbones_fine_tune_with_trained_batchnorm_and_their_own_head_sizes():
+    c = load_config(None, ["model.arch=gfl_mobilenet_v2_fpn", "model.weights_backbone=IMAGENET1K_V1",
+                           "train.batch_size=8", "train.epochs=16"])
+    r, notes = resolve_training(c, iters_per_epoch=20)  # 156 images
+    assert (r.model.frozen_stages, r.model.norm_eval) == (1, False)
+    assert (r.model.fpn_channels, r.model.head_channels, r.model.stacked_convs, r.model.head_conv) == (96, 96, 2, "dwsep")
+    assert (r.train.lr, r.train.grad_clip) == (0.005, 0.0)
+    assert "pretrained, light backbone" in notes[0]
+    mc = c.model_config(num_classes=1)  # the unresolved config gives the same model
+    assert (mc.frozen_stages, mc.norm_eval, mc.fpn_channels) == (1, False, 96)
+    # from scratch, a light backbone takes the from-scratch regime as a ResNet does
+    s, notes = resolve_training(load_config(None, ["model.arch=gfl_mobilenet_v2_fpn"]), iters_per_epoch=20)
+    assert (s.model.frozen_stages, s.model.norm_eval, s.train.grad_clip) == (0, False, 35.0) and "from scratch" in notes[0]
+
+
 def test_from_scratch_regime_when_no_weights_are_named():
     c = load_config(None, ["train.epochs=6", "train.batch_size=8"])
     r, notes = resolve_training(c, iters_per_epoch=75)  # 600 images: 450 iterations in all
