@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from .engine.amp import cpu_has_native_bf16
 from .engine.train import train
 from .files import write_json
 from .models.io import load_model
-from .models.zoo import ARCHS, check_arch, torchvision_weights
+from .models.zoo import ARCHS, check_arch, imagenet_cache_path, torchvision_weights
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions
 
@@ -111,10 +110,10 @@ def cached_imagenet_weights(arch: str, name: str = "IMAGENET1K_V1") -> str | Non
         log.info("demo: torchvision has no ImageNet weights for %s; training from scratch", arch)
         return None
     weights = torchvision_weights(arch, name, tv_name)
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    fname = os.path.basename(urllib.parse.urlparse(weights.url).path)
-    if os.path.isfile(os.path.join(folder, fname)):
-        log.info("demo: %s starts from the ImageNet weights %s (%s)", arch, weights, os.path.join(folder, fname))
+    path = imagenet_cache_path(weights)
+    folder, fname = os.path.split(path)
+    if os.path.isfile(path):
+        log.info("demo: %s starts from the ImageNet weights %s (%s)", arch, weights, path)
         return name
     log.warning("demo: %s not found in %s, so %s trains from scratch (the demo downloads nothing); place torchvision's "
                 "%s there (%s) to fine-tune from ImageNet", fname, folder, arch, fname, weights.url)

@@ -30,7 +30,7 @@ __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_res
            "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "gfl_mobilenet_v2_fpn", "gfl_mobilenet_v3_large_fpn",
            "gfl_shufflenet_v2_x1_0_fpn", "gfl_efficientnet_b0_fpn", "build_model",
            "build_from_config", "arch_config", "check_arch", "check_imagenet_width", "backbone_state_dict",
-           "torchvision_weights", "looks_like_path", "arch_defaults", "ARCHS", "ARCH_FIELDS", "ARCH_DEFAULT_FIELDS",
+           "torchvision_weights", "imagenet_cache_path", "looks_like_path", "arch_defaults", "ARCHS", "ARCH_FIELDS", "ARCH_DEFAULT_FIELDS",
            "LIGHT_HEAD"]
 
 # builder name -> architecture fields and torchvision's name of the matching ImageNet classifier
@@ -170,15 +170,21 @@ def torchvision_weights(arch: str, name: str, tv_name: str) -> Any:
     return weights
 
 
+def imagenet_cache_path(weights: Any) -> str:
+    """Where torch hub keeps torchvision ImageNet ``weights`` (a ``WeightsEnum`` member): its cache folder
+    (``$TORCH_HOME/hub/checkpoints``) and torchvision's file name."""
+    fname = os.path.basename(urllib.parse.urlparse(weights.url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+
+
 def imagenet_state_dict(weights: Any, *, progress: bool = True) -> dict[str, torch.Tensor]:
     """The state dict of torchvision ImageNet ``weights`` (a ``WeightsEnum`` member): from torch hub's cache, or
     downloaded into it (the file torchvision itself would fetch, under the same name). The file's SHA-256 must
     start with the hex digits that end its name (torch hub's ``check_hash`` rule), for a download and for a file
     found in the cache alike. Where the file can be neither fetched nor read, the error names it, where to place it
     and the alternatives; it never falls back to a random backbone."""
-    fname = os.path.basename(urllib.parse.urlparse(weights.url).path)
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    cached = os.path.join(folder, fname)
+    cached = imagenet_cache_path(weights)
+    folder, fname = os.path.split(cached)
     prefix = hash_prefix(fname)
     alternatives = ("or set model.weights_backbone to the path of a local state dict with torchvision's parameter names, "
                     "or to null to train from scratch")
