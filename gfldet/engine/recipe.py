@@ -8,8 +8,7 @@ import math
 from typing import Any
 
 from ..config import Config, TrainConfig
-from ..models.config import backbone_regime
-from ..models.zoo import ARCHS, arch_defaults
+from ..models.zoo import arch_defaults, arch_regime
 
 __all__ = ["resolve_training", "lr_factor", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION"]
 
@@ -40,7 +39,7 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
     out = copy.deepcopy(cfg)
     m, t = out.model, out.train
     pretrained = bool(m.weights_backbone or m.init)
-    regime = backbone_regime(pretrained, ARCHS[m.arch][0]["backbone"] if m.arch in ARCHS else "resnet")
+    regime = arch_regime(m.arch, pretrained)
     why = (f"model.weights_backbone={m.weights_backbone}" if m.weights_backbone else f"model.init={m.init}") if pretrained \
         else "no model.weights_backbone or model.init"
     chosen, explicit = [], []

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..files import hash_prefix, sha256_file
-from .config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, backbone_regime
+from .config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, Regime, backbone_regime
 from .detector import GFL
 from .io import load_weights_into
 from .tv_backbone import TV_BACKBONES
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn", "gflv2_resnet50_fpn",
            "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "gfl_mobilenet_v2_fpn", "gfl_mobilenet_v3_large_fpn",
            "gfl_shufflenet_v2_x1_0_fpn", "gfl_efficientnet_b0_fpn", "build_model",
-           "build_from_config", "arch_config", "check_arch", "check_imagenet_width", "backbone_state_dict",
+           "build_from_config", "arch_config", "arch_regime", "check_arch", "check_imagenet_width", "backbone_state_dict",
            "torchvision_weights", "imagenet_cache_path", "looks_like_path", "arch_defaults", "ARCHS", "ARCH_FIELDS", "ARCH_DEFAULT_FIELDS",
            "LIGHT_HEAD"]
 
@@ -46,8 +46,8 @@ ARCHS: dict[str, tuple[dict[str, Any], str]] = {
 ARCH_FIELDS = tuple(sorted(set().union(*(fixed for fixed, _ in ARCHS.values()))))
 
 # Neck and head sizes that follow from the backbone when not set (None in a run config). GFL's 256-channel FPN and
-# 4-conv towers are sized for ResNet-50: on a 2-3 M parameter MobileNet they would be ~3x the backbone's parameters
-# and ~10x its work at 320 px (docs/light.md). The light backbones get a 96-channel FPN and two depthwise-separable
+# 4-conv towers are sized for ResNet-50: on a 2-3 M parameter MobileNet they would be over 3x the backbone's
+# parameters and about 20x its work at 320 px (docs/light.md: 23.5 against 1.2 GFLOPs). The light backbones get a 96-channel FPN and two depthwise-separable
 # tower layers per branch (NanoDet's head widths are 96-128).
 LIGHT_HEAD: dict[str, Any] = dict(fpn_channels=96, head_channels=96, stacked_convs=2, head_conv="dwsep")
 ARCH_DEFAULT_FIELDS = tuple(LIGHT_HEAD)
@@ -77,6 +77,13 @@ def check_imagenet_width(base_channels: int) -> None:
                          "is not the standard width: ImageNet weights (model.weights_backbone) fit base_channels=64 only")
 
 
+def arch_regime(arch: str, pretrained: bool) -> Regime:
+    """The training regime of builder ``arch`` started from pretrained weights or from random ones (the backbone
+    family decides between the ResNets' and the light backbones' pretrained regimes)."""
+    check_arch(arch)
+    return backbone_regime(pretrained, ARCHS[arch][0]["backbone"])
+
+
 def arch_config(arch: str, *, pretrained: bool, **fields: Any) -> ModelConfig:
     """The :class:`ModelConfig` of builder ``arch`` with ``fields`` set; ``frozen_stages`` / ``norm_eval`` left
     unset (or None) come from the regime of a ``pretrained`` model or of one trained from scratch."""
@@ -85,7 +92,7 @@ def arch_config(arch: str, *, pretrained: bool, **fields: Any) -> ModelConfig:
     clash = sorted(set(fields) & set(fixed))
     if clash:
         raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
-    regime = backbone_regime(pretrained, fixed["backbone"])
+    regime = arch_regime(arch, pretrained)
     for key in REGIME_FIELDS:
         if fields.get(key) is None:
             fields[key] = getattr(regime, key)
