@@ -102,6 +102,10 @@ def demo_epochs(device: str = "cpu") -> int:
     return 9 if device.startswith("cuda") or (device in ("cpu", "auto") and cpu_has_native_bf16()) else 6
 
 
+# the demo's own model: a narrow ResNet-18 trained from scratch with the settings of demo_config
+DEMO_ARCH = "gfl_resnet18_fpn"
+
+
 def cached_imagenet_weights(arch: str, name: str = "IMAGENET1K_V1") -> str | None:
     """``name`` where torch hub's cache holds ``arch``'s torchvision ImageNet file (nothing is downloaded), else
     None; the log says which and, where absent, where to place the file."""
@@ -122,7 +126,7 @@ def cached_imagenet_weights(arch: str, name: str = "IMAGENET1K_V1") -> str | Non
 
 def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 5, batch_size: int = 8,
                 lr: float | None = 0.06, seed: int = 0, device: str = "cpu", image_size: int = 256,
-                arch: str = "gfl_resnet18_fpn", weights_backbone: str | None = None) -> Config:
+                arch: str = DEMO_ARCH, weights_backbone: str | None = None) -> Config:
     """The demo's training configuration (a :class:`gfldet.config.Config`, as ``gfldet train`` takes).
 
     Chosen for AP per second of a 2-core CPU, from scratch (docs/demo.md has the runs behind it). On this data
@@ -139,7 +143,7 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
     cfg = Config()
     cfg.out_dir = os.fspath(out_dir)
     cfg.model.arch = arch
-    if arch == "gfl_resnet18_fpn":
+    if arch == DEMO_ARCH:
         cfg.model.base_channels = 24
         cfg.model.norm_eval = False
         cfg.model.frozen_stages = 0
@@ -167,7 +171,7 @@ def demo_config(data: dict[str, str], out_dir: str | os.PathLike, epochs: int = 
 def _describe_model(cfg: Config) -> str:
     m = cfg.model
     start = f"from ImageNet weights {m.weights_backbone}" if m.weights_backbone else "from scratch"
-    if m.arch != "gfl_resnet18_fpn":
+    if m.arch != DEMO_ARCH:
         return f"{m.arch}, {start}"
     return (f"{m.arch}(base_channels={m.base_channels}, norm_eval={m.norm_eval}, frozen_stages={m.frozen_stages}, "
             f"fpn_channels={m.fpn_channels}, head_channels={m.head_channels}, stacked_convs={m.stacked_convs}), {start}")
@@ -243,7 +247,7 @@ def run_demo(
     lr: float | None = None,
     num_pictures: int = 4,
     progress: bool = True,
-    arch: str = "gfl_resnet18_fpn",
+    arch: str = DEMO_ARCH,
 ) -> dict[str, Any]:
     """Generate (or reuse) the demo data, train a small GFL from scratch, evaluate it, draw pictures.
 
@@ -257,8 +261,8 @@ def run_demo(
     if epochs is None:
         epochs = demo_epochs(device)
     check_arch(arch)
-    weights_backbone = None if arch == "gfl_resnet18_fpn" else cached_imagenet_weights(arch)
-    if lr is None and arch == "gfl_resnet18_fpn":
+    weights_backbone = None if arch == DEMO_ARCH else cached_imagenet_weights(arch)
+    if lr is None and arch == DEMO_ARCH:
         lr = 0.06
 
     if epochs < 1 or batch_size < 1 or image_size < 64 or train_images < batch_size or val_images < 1:
