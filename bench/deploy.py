@@ -33,7 +33,7 @@ from _util import Timing, cpu_model, fmt_ms, load_average, machine_info, markdow
 import gfldet  # noqa: E402
 from gfldet.data.coco import CocoDetection  # noqa: E402
 from gfldet.demo import demo_data  # noqa: E402
-from gfldet.deploy import load  # noqa: E402
+from gfldet.deploy import load, postprocess, preprocess  # noqa: E402
 from gfldet.deploy.runtime import openvino_capabilities  # noqa: E402
 from gfldet.engine.evaluate import evaluate  # noqa: E402
 from gfldet.models.io import load_model  # noqa: E402
@@ -104,6 +104,26 @@ def child(args) -> None:
         call(images[k % len(images)])
         samples.append(time.perf_counter() - t0)
     print(json.dumps({"peak_mib": peak, "min_s": min(samples), "median_s": statistics.median(samples)}))
+
+
+def breakdown(det, images: list, calls: int) -> dict[str, float]:
+    """Where an exported cell's time goes: median ms per image of the runtime's three steps, run one after another
+    as ``det(images)`` runs them (NumPy resize and pad; the graph on the backend; NumPy selection, NMS and mapping
+    back to the image)."""
+    t = {"pre": [], "graph": [], "post": []}
+    for k in range(calls):
+        img = images[k % len(images)]
+        t0 = time.perf_counter()
+        batch, sizes, scales, originals = preprocess([img], det.meta)
+        t1 = time.perf_counter()
+        outputs = det.backend.run(batch)
+        t2 = time.perf_counter()
+        postprocess(outputs, sizes, det.meta, scales, originals)
+        t3 = time.perf_counter()
+        t["pre"].append(t1 - t0)
+        t["graph"].append(t2 - t1)
+        t["post"].append(t3 - t2)
+    return {k: statistics.median(v) * 1e3 for k, v in t.items()}
 
 
 def bench_images(data: dict, size: int) -> list[torch.Tensor]:
@@ -181,6 +201,16 @@ def bench_model(name: str, size: int, args, out: Path, data: dict) -> list[list]
                      *([f"{ap['AP'] * 100:.1f}", f"{ap['AP50'] * 100:.1f}", f"{ap['AP75'] * 100:.1f}",
                         f"{(ap['AP'] - ap_ref) * 100:+.1f}"] if ap else ["-"] * 4)])
         print(f"{name} {label}: {t!r}, {load_average()}", flush=True)
+    split = []
+    for label, path, backend in cells:  # in-process, each cell on its own (no interleaving), after the rounds
+        if path:
+            b = breakdown(load(path, backend=backend, threads=args.threads), images, args.isolated_calls)
+            total = sum(b.values())
+            split.append([label, f"{b['pre']:.2f}", f"{b['graph']:.2f}", f"{b['post']:.2f}", f"{total:.2f}",
+                          f"{(b['pre'] + b['post']) / total * 100:.0f}%"])
+    print(f"\n**{name}: where an exported call's time goes** (median ms per image over {args.isolated_calls} calls)\n")
+    print(markdown_table(["backend", "pre (resize, pad)", "graph", "post (select, NMS, map back)", "sum",
+                          "pre + post share"], split), flush=True)
     return rows
 
 

@@ -7,13 +7,16 @@ multiple of the size divisor happen inside the graph, exactly as :meth:`gfldet.G
 Two modes:
 
 * ``decoded`` (default): ``boxes (N, A, 4)`` xyxy pixels of the input, unclipped; ``scores (N, A, C)`` sigmoid
-  class-quality scores (GFLV2: the joint score, class score x DGQP quality); ``distributions (N, A, 4, n+1)`` the edge distributions; ``edge_std (N, A, 4)`` pixels;
-  ``loc_conf (N, A)``; ``priors (A, 3)`` ``(cx, cy, stride)`` of every prior (all levels, row-major per level).
-  Everything before score threshold and NMS.
+  class-quality scores (GFLV2: the joint score, class score x DGQP quality); ``priors (A, 3)`` ``(cx, cy, stride)`` of
+  every prior (all levels, row-major per level); then the box representation's extras of every prior:
+  ``distributions (N, A, 4, n+1)``, ``edge_peak``, ``edge_entropy``, ``edge_std`` (pixels) ``(N, A, 4)`` and
+  ``loc_conf (N, A)``. Everything before score threshold and NMS (format 2; format 1 had no ``edge_peak`` and
+  ``edge_entropy``).
 * ``raw``: per level ``cls_p3..cls_p7`` ``(N, C, H_l, W_l)`` logits (GFLV2: of the joint score), then ``reg_p3..reg_p7``
   ``(N, 4(n+1), H_l, W_l)`` distribution logits (already multiplied by the level's learned scale).
 
-:func:`gfldet.deploy.postprocess` turns either into final detections, the same as the PyTorch model's.
+:func:`gfldet.deploy.postprocess` turns the decoded outputs into final detections, the same as the PyTorch model's;
+``raw`` is for one's own decoding (gfldet's runtime refuses it).
 The model's settings (strides, classes, bins, test thresholds, input sizes) are stored in the file's
 ``metadata_props`` under ``gfldet.*`` keys so that a runtime needs nothing else.
 """
@@ -32,13 +35,16 @@ from torch import Tensor, nn
 from .files import atomic_path, refuse_existing
 from .models.box_coders import DistributionBox
 from .models.quality import JointQFL
-from .ops.boxes import box_centers, distance_to_box
+from .ops.boxes import box_centers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "ExportModule", "is_gfl_assembly", "MODES", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
+__all__ = ["export_onnx", "ExportModule", "is_gfl_assembly", "MODES", "FORMAT", "DECODED_OUTPUTS", "output_names", "quiet_exporter_logs", "EXPORTER_LOGGERS"]
 
 MODES = ("decoded", "raw")
+FORMAT = 2  # gfldet.format: 2 = decoded outputs with every uncertainty summary (the runtime needs >= 2)
+# a decoded graph's outputs: the frame (boxes, scores, priors), then the distribution box's extras per prior
+DECODED_OUTPUTS = ("boxes", "scores", "priors", "distributions", "edge_peak", "edge_entropy", "edge_std", "loc_conf")
 DCN_OPSET = 19  # the first opset with DeformConv (torchvision's deform_conv2d exports to it)
 _LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7", "p8", "p9")
 
@@ -73,7 +79,7 @@ def quiet_exporter_logs(names: tuple[str, ...] = EXPORTER_LOGGERS, level: int = 
 
 def output_names(mode: str, num_levels: int) -> list[str]:
     if mode == "decoded":
-        return ["boxes", "scores", "distributions", "edge_std", "loc_conf", "priors"]
+        return list(DECODED_OUTPUTS)
     if mode == "raw":
         levels = _LEVEL_NAMES[:num_levels]
         return [f"cls_{l}" for l in levels] + [f"reg_{l}" for l in levels]
@@ -113,17 +119,17 @@ class ExportModule(nn.Module):
         centers, strides = box_centers(torch.cat(per_level)), m.prior_generator.anchor_strides(per_level)  # (A, 2), (A,)
         cls, box, quality = m.head.split(cls_logits, reg_logits)
         scores = m.quality.joint(cls, None if quality is None else quality[..., None]).sigmoid()  # GFLV2: joint
-        boxes = distance_to_box(centers, m.box.distances(box) * strides[:, None])
-        u = m.box.extras(box, strides)
+        boxes = m.box.decode(box, centers, strides[:, None])
+        extras = m.box.extras(box, strides)
         priors = torch.cat([centers, strides[:, None]], dim=-1)
-        return boxes, scores, u["distributions"], u["edge_std"], u["loc_conf"], priors
+        return (boxes, scores, priors, *(extras[k] for k in DECODED_OUTPUTS[3:]))
 
 
 def _metadata(model: nn.Module, mode: str, class_names: list[str] | None, cat_ids: list[int] | None) -> dict[str, str]:
     cfg = model.config
     names = class_names or model.class_names or [str(i) for i in range(cfg.num_classes)]
     return {
-        "gfldet.format": "1",
+        "gfldet.format": str(FORMAT),
         "gfldet.mode": json.dumps(mode),
         "gfldet.num_classes": str(cfg.num_classes),
         "gfldet.reg_max": str(cfg.reg_max),

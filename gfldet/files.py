@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sha256_file", "hash_prefix", "refuse_existing", "check_output_folder", "atomic_path", "write_json", "write_text", "replace_together"]
+__all__ = ["sha256_file", "hash_prefix", "refuse_existing", "check_output_folder", "atomic_path", "write_json", "write_text", "replace_together",
+           "file_kind", "first_line", "TORCH_SUFFIXES"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -144,3 +145,32 @@ def replace_together(pairs: Sequence[tuple[Path, Path]]) -> None:
         raise
     for bak, _ in backups:
         bak.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ file kinds
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6; an ONNX file is a bare protobuf, never a zip
+PICKLE_MAGIC = b"\x80"  # torch.save's legacy format: a pickle (protocol >= 2)
+ONNX_MAGIC = b"\x08"  # an ONNX ModelProto starts with its field 1, ir_version (a varint)
+TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """``"torch"`` (a file torch.save wrote), ``"onnx"``, ``"empty"`` or ``"unknown"``; the content decides, the
+    name only where the content cannot (an ONNX protobuf has no magic number of its own). A missing file raises
+    FileNotFoundError."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty"
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC):
+        return "torch"
+    if head.startswith(ONNX_MAGIC) or path.lower().endswith(".onnx"):
+        return "onnx"
+    return "unknown"
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line of text (its type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -10,7 +10,7 @@ from torchvision.ops import batched_nms as tv_batched_nms
 
 import gfldet
 from gfldet.cli import main
-from gfldet.deploy import OnnxDetector, batched_nms, edge_uncertainty_np, postprocess, preprocess, read_metadata
+from gfldet.deploy import OnnxDetector, batched_nms, postprocess, preprocess, read_metadata, resize_bilinear
 from gfldet.models.io import save_checkpoint
 from gfldet.export import EXPORTER_LOGGERS, ExportModule, export_onnx, output_names, quiet_exporter_logs
 from gfldet.models.dcn import ModulatedDeformConv2d as DeformConv
@@ -137,15 +137,15 @@ def test_decoded_outputs_match_pytorch(model, exported):
     ref_boxes = torch.cat([centres - dist[..., :2], centres + dist[..., 2:]], -1)
     np.testing.assert_allclose(outs["boxes"], ref_boxes.numpy(), rtol=1e-5, atol=1e-3)
     u = edge_uncertainty(probs.reshape(-1, 4, 17), torch.arange(17.0), torch.from_numpy(outs["priors"][:, 2]).repeat(n))
-    np.testing.assert_allclose(outs["edge_std"].reshape(-1, 4), u["edge_std"].numpy(), rtol=1e-4, atol=1e-4)
+    for k in ("edge_std", "edge_peak", "edge_entropy", "loc_conf"):  # every summary, per prior, in the graph
+        np.testing.assert_allclose(outs[k].reshape(u[k].shape), u[k].numpy(), rtol=1e-4, atol=1e-4, err_msg=k)
 
 
-@pytest.mark.parametrize("mode", ["decoded", "raw"])
-def test_final_detections_identical_to_pytorch(model, exported, mode):
+def test_final_detections_identical_to_pytorch(model, exported):
     imgs = _images()
     with torch.no_grad():
         ref = model(imgs)
-    dets = OnnxDetector(exported[mode])([im.numpy() for im in imgs])
+    dets = OnnxDetector(exported["decoded"])([im.numpy() for im in imgs])
     for d, r in zip(dets, ref):
         assert d["boxes"].shape[0] == r["boxes"].shape[0] > 10
         np.testing.assert_array_equal(d["labels"], r["labels"].numpy())
@@ -153,6 +153,20 @@ def test_final_detections_identical_to_pytorch(model, exported, mode):
         np.testing.assert_allclose(d["scores"], r["scores"].numpy(), rtol=0, atol=1e-5)
         for k in ("edge_std", "edge_entropy", "edge_peak", "loc_conf", "distributions", "strides"):
             np.testing.assert_allclose(d[k], r[k].numpy(), rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_runtime_refuses_raw_and_old_decoded_files_saying_how_to_re_export(model, exported, tmp_path):
+    with pytest.raises(ValueError, match=r"'raw' export .*gfldet export --checkpoint CKPT --out raw.onnx"):
+        OnnxDetector(exported["raw"])
+    import onnx
+
+    proto = onnx.load(str(exported["decoded"]))
+    for p in proto.metadata_props:
+        if p.key == "gfldet.format":
+            p.value = "1"
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    with pytest.raises(ValueError, match=r"old.onnx was exported by an earlier gfldet \(format 1.*re-export"):
+        OnnxDetector(tmp_path / "old.onnx")
 
 
 def test_numpy_nms_matches_torchvision():
@@ -167,13 +181,31 @@ def test_numpy_nms_matches_torchvision():
     np.testing.assert_array_equal(ours, ref)
 
 
-def test_numpy_uncertainty_matches_torch():
-    p = torch.rand(7, 4, 9).softmax(-1)
-    s = torch.tensor([8.0, 8, 16, 16, 32, 64, 128])
-    ref = edge_uncertainty(p, torch.arange(9.0), s)
-    ours = edge_uncertainty_np(p.numpy(), s.numpy())
-    for k, v in ref.items():
-        np.testing.assert_allclose(ours[k], v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+@pytest.mark.parametrize("size,new", [((480, 640), (240, 320)), ((100, 137), (320, 438)), ((333, 500), (320, 481)),
+                                      ((7, 9), (5, 3)), ((1, 5), (3, 7)), ((64, 64), (64, 70))])
+def test_numpy_resize_matches_the_models(size, new):
+    """The runtime's resize computes the model's bilinear interpolation (weights and source pixels as ATen's). The
+    bound: weights one float32 rounding of the source coordinate apart (2**-24 x the input side, were torch to round
+    twice) times the largest pixel step (255), twice over (both axes)."""
+    x = torch.randint(0, 256, (3, *size), generator=torch.Generator().manual_seed(sum(size)), dtype=torch.uint8)
+    ref = torch.nn.functional.interpolate(x.float()[None], size=new, mode="bilinear", align_corners=False)[0].numpy()
+    ours = resize_bilinear(x.numpy().astype(np.float32), new)
+    assert ours.shape == ref.shape == (3, *new)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2 * 255 * max(size) * 2.0**-24 + 1e-4)
+
+
+def test_runtime_preprocess_is_the_models():
+    """Keep-ratio size, pixels and padding of a batch as the model's own transform makes them."""
+    model = _model()
+    meta = {"min_size": 160, "max_size": 256, "pixel_mean": list(model.config.pixel_mean)}
+    imgs = _images()
+    batch, sizes, scales, originals = preprocess([im.numpy() for im in imgs], meta)
+    with torch.no_grad():
+        x, m = model.preprocess(imgs)
+    assert sizes == m.image_sizes and scales == m.scales and originals == m.original_sizes
+    for k, (h, w) in enumerate(sizes):
+        ours = (torch.from_numpy(batch[k, :, :h, :w]) - model.transform.pixel_mean) / model.transform.pixel_std
+        np.testing.assert_allclose(ours.numpy(), x[k, :, :h, :w].numpy(), rtol=0, atol=2 * 255 * 300 * 2.0**-24 / 57 + 1e-5)
 
 
 def test_empty_image_gives_no_detection(model, exported):

@@ -1,11 +1,12 @@
 """GFLV2 through ONNX: the joint score (class score x DGQP quality) takes the place of GFL's class score in both
-export modes, so the one NumPy post-processing (gfldet.deploy) gives the eager model's detections."""
+export modes: the one NumPy post-processing (gfldet.deploy) gives the eager model's detections from the decoded
+file, and the raw file's score maps are the eager joint score's logits."""
 import numpy as np
 import pytest
 import torch
 
 import gfldet
-from gfldet.deploy import OnnxDetector
+from gfldet.deploy import OnnxDetector, preprocess, read_metadata
 from gfldet.export import export_onnx
 
 pytest.importorskip("onnxruntime")
@@ -22,8 +23,7 @@ def _model():
     return m.eval()
 
 
-@pytest.mark.parametrize("mode", ["decoded", "raw"])
-def test_gflv2_exports_with_the_eager_detections(tmp_path, mode):
+def test_gflv2_exports_with_the_eager_detections(tmp_path, mode="decoded"):
     model = _model()
     g = torch.Generator().manual_seed(1)
     imgs = [torch.randint(0, 256, (3, 200, 240), generator=g, dtype=torch.uint8),
@@ -39,3 +39,23 @@ def test_gflv2_exports_with_the_eager_detections(tmp_path, mode):
         np.testing.assert_array_equal(d["labels"], r["labels"].numpy())
         np.testing.assert_allclose(d["boxes"], r["boxes"].numpy(), rtol=0, atol=1e-3)
         np.testing.assert_allclose(d["scores"], r["scores"].numpy(), rtol=0, atol=1e-5)
+
+
+def test_gflv2_raw_export_gives_the_joint_score_logits(tmp_path):
+    import onnxruntime as ort
+
+    model = _model()
+    g = torch.Generator().manual_seed(2)
+    imgs = [torch.randint(0, 256, (3, 200, 240), generator=g, dtype=torch.uint8)]
+    path = export_onnx(model, tmp_path / "raw.onnx", mode="raw", example_size=(256, 256))
+    batch, _, _, _ = preprocess([im.numpy() for im in imgs], read_metadata(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": batch})))
+    with torch.no_grad():
+        x, _ = model.preprocess(imgs)
+        cls, reg = model.forward_features(x)
+        n = model.head.box_channels
+        joint = [model.quality.joint(c, r[:, n:]) for c, r in zip(cls, reg)]
+    for lvl, (j, r) in enumerate(zip(joint, reg)):
+        np.testing.assert_allclose(outs[f"cls_p{lvl + 3}"], j.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(outs[f"reg_p{lvl + 3}"], r[:, :n].numpy(), rtol=0, atol=1e-4)

@@ -262,3 +262,28 @@ def test_cli_inspects_for_a_light_preset(tmp_path, capsys, arch):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "GT boxes without a positive: 1 of 3" in text and "recommendations:" in text
+
+
+def test_the_runs_strides_and_assigner_are_the_reports(tmp_path):
+    """The report assigns with the run's own prior generator and assigner (not the class defaults): strides from
+    16, a size divisor of 64, FCOS's assigner; its positives are those the criterion's assigner makes."""
+    from gfldet.models.assemble import assigner_part, prior_part
+
+    boxes = [[(100, 100, 64, 64), (300, 200, 150, 120), (20, 300, 12, 12)], [(10, 10, 300, 200), (400, 50, 30, 90)]]
+    ann, images = write_coco(tmp_path, boxes)
+    sets = IDENTITY + ["model.strides=[16,32,64,128,256]", "model.size_divisor=64", "model.assigner=fcos"]
+    cfg = load_config(None, sets)
+    r = inspect_dataset(ann, images, cfg)
+    assert r["model"]["strides"] == [16, 32, 64, 128, 256] and r["input"]["size_divisor"] == 64
+    assert [lv["stride"] for lv in r["levels"]] == [16, 32, 64, 128, 256]
+    assert r["assignment"]["assigner"] == "fcos" and "FCOS positives" in format_report(r)
+    # the same count from the model's own parts on the same anchors (640x480 padded to 640x512 by 64)
+    mc = cfg.model_config(num_classes=1)
+    fm = [(math.ceil(512 / s), math.ceil(640 / s)) for s in mc.strides]
+    priors = prior_part(mc)(fm, torch.device("cpu"))
+    valid = prior_part(mc).valid(fm, [(512, 640)] * 2, torch.device("cpu"))
+    gts = [torch.tensor([[x, y, x + w, y + h] for x, y, w, h in b], dtype=torch.float32) for b in boxes]
+    res = assigner_part(mc)(priors, valid, gts, None)
+    assert r["assignment"]["positives"] == int(res.positive.sum())
+    atss = inspect_dataset(ann, images, load_config(None, sets[:-1]))
+    assert atss["assignment"]["assigner"] == "atss" and atss["assignment"]["positives"] != r["assignment"]["positives"]

@@ -12,8 +12,9 @@ scale ``min(min_size / short side, max_size / long side)``, padding to a multipl
 * counts: images, annotations, images without annotations, instances per category;
 * box sizes after the resize: quantiles of ``sqrt(w * h)`` and of the aspect ratio ``h / w``, and per FPN level
   the boxes whose size is nearest to that level's ATSS anchor (``octave_base_scale * stride``);
-* the real ATSS assignment (:func:`gfldet.ops.assign.atss_assign`, the configured ``topk``, crowd boxes as
-  ignore regions) on each image's own anchors: ground truths (GTs) that get no positive anchor never train;
+* the real assignment: the run's own prior generator and assigner (``gfldet.models.assemble``; ATSS with the
+  configured ``topk`` for GFL, crowd boxes as ignore regions) on each image's own anchors, at the run's strides and
+  size divisor: ground truths (GTs) that get no positive anchor never train;
 * for each positive anchor the distances to the GT's four edges in strides of its level: those beyond
   ``reg_max - 0.1`` bins are clamped by the DFL targets, i.e. the box cannot be represented;
 * recommendations: an input size and a ``reg_max``, each with its reason.
@@ -80,14 +81,12 @@ def inspect_dataset(ann_file: str | os.PathLike, images_dir: str | os.PathLike, 
     data = stats.Data(ds)
     s = ds.summary
     notes: list[str] = []
-    if cfg.model.assigner != "atss":
-        notes.append(f"model.assigner is {cfg.model.assigner!r}: positives below are ATSS's, not that assigner's")
     if cfg.model.box != "distribution":
         notes.append(f"model.box is {cfg.model.box!r}: reg_max does not bound its boxes; the reg_max figures apply "
                      f"to box='distribution' only")
     if list(cfg.model.anchor_ratios) != [1.0] or cfg.model.scales_per_octave != 1:
-        notes.append("the model has several anchors per location; this report places one square anchor per location "
-                     "(GFL's priors)")
+        notes.append("the model has several anchors per location: the assignment uses all of them; the per-level "
+                     "anchor size below is the base one (octave_base_scale x stride)")
     if cfg.input.multiscale:
         notes.append(f"training draws short sides from {list(cfg.input.multiscale)}; this report is at "
                      f"input.min_size={geo.min_size}")
@@ -143,7 +142,7 @@ def inspect_dataset(ann_file: str | os.PathLike, images_dir: str | os.PathLike, 
               for k, b in zip(np.flatnonzero(degenerate)[:_EXAMPLES], data.gt[degenerate][:_EXAMPLES])]
     sizes["degenerate_examples"] = ex_deg
 
-    # ---- 3. ATSS at the input size (on a sample of images when capped)
+    # ---- 3. the assignment at the input size (on a sample of images when capped)
     if max_images is not None and data.num_images > max_images:
         sample = np.sort(np.random.default_rng(seed).choice(data.num_images, size=max_images, replace=False))
     else:
@@ -166,6 +165,7 @@ def inspect_dataset(ann_file: str | os.PathLike, images_dir: str | os.PathLike, 
     assignment = {
         "min_size": geo.min_size,
         "max_size": geo.max_size,
+        "assigner": geo.assigner_name,
         "topk": geo.topk,
         "images": int(sample.size),
         "images_total": data.num_images,
@@ -262,7 +262,7 @@ def train_warnings(report: dict[str, Any]) -> list[str]:
     f = a["fraction_without_positive"]
     if f is not None and f > WARN_NO_POSITIVE:
         sample = f" (sample of {a['images']} images)" if a["sampled"] else ""
-        out.append(f"{a['without_positive']} of {a['ground_truths']} GT boxes ({stats.pct(f)}) get no ATSS positive at "
+        out.append(f"{a['without_positive']} of {a['ground_truths']} GT boxes ({stats.pct(f)}) get no {_assigner(a)} positive at "
                    f"{size}{sample}: they are never learned")
     f = r["fraction_edges_beyond"]
     if r.get("applies", True) and f is not None and f > WARN_BEYOND_REG_MAX:
@@ -286,6 +286,12 @@ def train_warnings(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _assigner(assignment: dict[str, Any]) -> str:
+    """The assigner's name as the report prints it (reports written before it was recorded: ATSS)."""
+    return {"atss": "ATSS", "fcos": "FCOS", "retina": "max-IoU"}.get(assignment.get("assigner", "atss"),
+                                                                       str(assignment.get("assigner")))
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """One line: counts, sizes, ATSS coverage, reg_max coverage and the advice."""
     d, a, r, s = report["dataset"], report["assignment"], report["reg_max"], report["sizes"]
@@ -296,7 +302,7 @@ def summary_line(report: dict[str, Any]) -> str:
     return (f"data: {d['images']} images ({d['images_without_annotations']} without annotations), "
             f"{d['ground_truths']} boxes, {d['categories']} classes; at {report['input']['min_size']}x"
             f"{report['input']['max_size']}: median object {'n/a' if med is None else f'{med:.0f} px'}, "
-            f"{stats.pct(a['fraction_without_positive'])} of GTs without ATSS positive{sample}, "
+            f"{stats.pct(a['fraction_without_positive'])} of GTs without {_assigner(a)} positive{sample}, "
             f"{stats.pct(r['fraction_edges_beyond'], 2)} of edges beyond reg_max={r['reg_max']}; "
             + (f"advice: input {ri['min_size']}x{ri['max_size']}{'' if ri['change'] else ' (keep)'}, "
                if ri.get("searched", True) else "advice: ")
@@ -333,13 +339,14 @@ def format_report(report: dict[str, Any]) -> str:
               f"{s['below_finest_stride']}"]
     if s.get("degenerate_examples"):
         lines.append(f"    e.g. {'; '.join(s['degenerate_examples'][:3])}")
-    lines.append("  level  stride  anchor  nearest boxes  ATSS positives")
+    lines.append(f"  level  stride  anchor  nearest boxes  {_assigner(a) + ' positives':>14}")
     for lv in report["levels"]:
         lines.append(f"  {lv['level']:<5}  {lv['stride']:>6}  {lv['anchor_size']:>6.0f}  {lv['nearest_boxes']:>13}  "
                      f"{lv['positives']:>14}")
     sample = (f"a random sample of {a['images']} of {a['images_total']} images" if a["sampled"]
               else f"all {a['images']} images")
-    lines += [f"ATSS (topk {a['topk']}) at {size}, {sample}:",
+    how = f"ATSS (topk {a['topk']})" if _assigner(a) == "ATSS" else f"the {_assigner(a)} assigner"
+    lines += [f"{how} at {size}, {sample}:",
               f"  GT boxes without a positive: {a['without_positive']} of {a['ground_truths']} "
               f"({stats.pct(a['fraction_without_positive'], 2)}); positives per GT {a['mean_positives_per_gt'] or 0:.1f}"]
     if a["examples"]:

@@ -8,10 +8,9 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..models.config import ModelConfig
-from ..ops.assign import atss_assign
+from ..models.assemble import assigner_part, prior_part
 from ..ops.boxes import box_centers, box_to_distance
-from ..ops.priors import grid_anchors, level_index
+from ..ops.priors import level_index
 from ..ops.resize import keep_ratio_size, padded_size
 from .coco import CocoDetection
 
@@ -100,19 +99,26 @@ class Data:
 
 
 class Geometry:
+    """The run's detector geometry, from its own :class:`ModelConfig` (``cfg.model_config``): strides, size divisor,
+    and the model's prior generator and assigner themselves (``gfldet.models.assemble``), so that the report's
+    positives are the ones training will make."""
+
     def __init__(self, cfg: Config) -> None:
-        m = cfg.model
-        self.strides = tuple(int(s) for s in ModelConfig.strides)
-        self.divisor = int(ModelConfig.size_divisor)
-        self.octave = float(m.octave_base_scale)
-        self.anchor_sizes = tuple(self.octave * s for s in self.strides)
-        self.topk = int(m.atss_topk)
-        self.ignore_iof_thr = float(m.ignore_iof_thr)
-        self.reg_max = int(m.reg_max)
-        self.bin_width = float(m.bin_width) if m.box == "distribution" else 1.0
         if cfg.input.min_size is None or cfg.input.max_size is None:
             raise ValueError(f"the report is at the configured input size: set input.min_size and input.max_size (now "
                              f"{cfg.input.min_size} and {cfg.input.max_size}; null keeps every image at its own size)")
+        mc = cfg.model_config(num_classes=1)  # the classes change neither priors nor assignment
+        self.strides = tuple(int(s) for s in mc.strides)
+        self.divisor = int(mc.size_divisor)
+        self.octave = float(mc.octave_base_scale)
+        self.anchor_sizes = tuple(self.octave * s for s in self.strides)
+        self.prior_generator = prior_part(mc)
+        self.assigner = assigner_part(mc)
+        self.assigner_name = mc.assigner
+        self.topk = int(mc.atss_topk)
+        self.ignore_iof_thr = float(mc.ignore_iof_thr)
+        self.reg_max = int(mc.reg_max)
+        self.bin_width = float(mc.bin_width) if mc.box == "distribution" else 1.0
         self.min_size = int(cfg.input.min_size)
         self.max_size = int(cfg.input.max_size)
 
@@ -136,13 +142,11 @@ def assign_sample(data: Data, boxes_r: torch.Tensor, pads: np.ndarray, images: n
     for si, (ph, pw, _) in enumerate(groups.tolist()):
         members = images[inverse == si]
         fm = [(int(math.ceil(ph / s)), int(math.ceil(pw / s))) for s in geo.strides]
-        per_level = grid_anchors(fm, geo.strides, geo.octave)
-        nla = [int(a.shape[0]) for a in per_level]
-        anchors = torch.cat(per_level)
-        lvl = level_index(nla)
-        stride_of = torch.tensor(geo.strides, dtype=torch.float32)[lvl]  # (A,)
-        centres = box_centers(anchors)
-        step = max(1, _ANCHOR_BUDGET // max(1, anchors.shape[0]))
+        priors = geo.prior_generator(fm, torch.device("cpu"))  # the model's own priors and assigner
+        lvl = level_index(priors.num_level_anchors)
+        stride_of = priors.strides  # (A,)
+        centres = box_centers(priors.anchors)
+        step = max(1, _ANCHOR_BUDGET // max(1, priors.anchors.shape[0]))
         for c0 in range(0, members.size, step):
             chunk = members[c0: c0 + step]
             ids = [data.gt[data.gt_split[i]: data.gt_split[i + 1]] for i in chunk]
@@ -156,8 +160,8 @@ def assign_sample(data: Data, boxes_r: torch.Tensor, pads: np.ndarray, images: n
             if flat_ids.size == 0:
                 npos_all.append(np.zeros(0, np.int64))
                 continue
-            res = atss_assign(anchors, nla, gt_boxes, gt_ignore=gt_ignore, topk=geo.topk,
-                              ignore_iof_thr=geo.ignore_iof_thr)
+            valid = geo.prior_generator.valid(fm, [(ph, pw)] * len(chunk), torch.device("cpu"))
+            res = geo.assigner(priors, valid, gt_boxes, gt_ignore)
             pn, pa = res.positive.nonzero(as_tuple=True)
             local = res.gt_index[pn, pa].numpy()
             g = flat_ids[first[pn.numpy()] + local]

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data.image_files import collect_images, read_image
 from ..files import atomic_path, refuse_existing, replace_together
-from .postprocess import preprocess
+from .preprocess import preprocess
 from .runtime import cpu_has_vnni, read_metadata
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,7 @@
 """Run an exported GFL (``gfldet export``) with ONNX Runtime or OpenVINO, through the one NumPy post-processing.
 
+No torch here or below (NumPy, and the runtime's own package): a runtime-only install runs exported files.
+
 :func:`load` opens a file (``.onnx``: ONNX Runtime by default; ``.xml``: an OpenVINO IR with its ``.bin`` beside)
 and returns a :class:`Detector`: ``detector(images)`` resizes the images as the model does
 (:func:`gfldet.deploy.preprocess`), runs the graph on the backend, post-processes
@@ -11,21 +13,19 @@ in the file: an ONNX file's ``metadata_props``, an OpenVINO IR's ``rt_info`` und
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..models.io import TORCH_SUFFIXES, file_kind, first_line
-from .postprocess import postprocess, preprocess
+from ..files import TORCH_SUFFIXES, file_kind, first_line
+from .postprocess import postprocess
+from .preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ def backend_for(path: str | os.PathLike) -> str:
     return "openvino" if os.fspath(path).lower().endswith(".xml") else "onnxruntime"
 
 
+# gfldet.format of a decoded graph: 2 adds the per-prior edge_peak and edge_entropy outputs (format 1 had the
+# runtime compute them again, a second copy of the uncertainty maths). What the runtime runs:
+RUNTIME_FORMAT = 2
+
+
 def _decode_meta(raw: dict[str, str], source: Any, kind: str = "an ONNX file") -> dict[str, Any]:
     if "mode" not in raw:
         raise ValueError(f"{source}: not {kind} exported by gfldet (no gfldet.* metadata)")
@@ -64,16 +69,40 @@ def _decode_meta(raw: dict[str, str], source: Any, kind: str = "an ONNX file") -
     return meta
 
 
-def _load_onnx(path: str) -> Any:
-    """``onnx.load`` (graph only, no external data) with errors that name the file."""
-    import onnx
-    from google.protobuf.message import DecodeError  # onnx's own dependency
+def _onnx_props(props: dict[str, str]) -> dict[str, str]:
+    """An ONNX file's ``gfldet.*`` metadata entries, prefix removed."""
+    return {k[len("gfldet."):]: v for k, v in props.items() if k.startswith("gfldet.")}
 
-    _check_exported_path(path)
+
+def _ort_session(path: str, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 optimize: bool = True) -> Any:
+    """An ONNX Runtime session of ``path`` (``threads`` intra-op threads; ``optimize=False``: only parse the file),
+    with errors that name the file."""
     try:
-        return onnx.load(path, load_external_data=False)
-    except DecodeError as e:
+        import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ModuleNotFoundError("running or reading an ONNX file needs `pip install onnxruntime`",
+                                  name="onnxruntime") from e
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(path, options, providers=list(providers))
+    except ort_errors.InvalidProtobuf as e:  # onnxruntime's own types, derived from Exception only
         raise ValueError(f"{path}: not a readable ONNX file: {first_line(e)}") from e
+    except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidArgument, ort_errors.NotImplemented) as e:
+        raise ValueError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from e
+
+
+def _onnx_file_meta(path: str) -> dict[str, Any]:
+    """The gfldet settings of an ONNX file, read by ONNX Runtime (the runtime install has no ``onnx`` package):
+    a session with graph optimisations off, which parses the file and does nothing else."""
+    _check_exported_path(path)
+    session = _ort_session(path, optimize=False)
+    return _decode_meta(_onnx_props(session.get_modelmeta().custom_metadata_map), path)
 
 
 def _openvino_meta(model: Any, source: Any) -> dict[str, Any]:
@@ -91,16 +120,26 @@ def read_metadata(path_or_model: str | os.PathLike | Any) -> dict[str, Any]:
         proto = path_or_model
         # an error names the model by its graph, not by the printed proto (which holds every weight)
         graph = getattr(getattr(proto, "graph", None), "name", "") or "unnamed"
-        source, kind = f"the ONNX model passed in (graph {graph!r})", "a model"
-    elif hasattr(path_or_model, "get_rt_info"):
+        raw = _onnx_props({p.key: p.value for p in proto.metadata_props})
+        return _decode_meta(raw, f"the ONNX model passed in (graph {graph!r})", "a model")
+    if hasattr(path_or_model, "get_rt_info"):
         return _openvino_meta(path_or_model, "model")
-    else:
-        path = os.fspath(path_or_model)
-        if path.lower().endswith(".xml"):
-            return _openvino_meta(_read_openvino(path), path)
-        proto, source, kind = _load_onnx(path), path, "an ONNX file"
-    raw = {p.key[len("gfldet."):]: p.value for p in proto.metadata_props if p.key.startswith("gfldet.")}
-    return _decode_meta(raw, source, kind)
+    path = os.fspath(path_or_model)
+    if path.lower().endswith(".xml"):
+        return _openvino_meta(_read_openvino(path), path)
+    return _onnx_file_meta(path)
+
+
+def check_runnable(meta: dict[str, Any], path: str) -> None:
+    """Refuse, saying how to re-export, a file the runtime does not run: a ``raw`` export (per-level maps for one's
+    own decoding) or a decoded file of an earlier format."""
+    how = f"re-export it from its checkpoint: gfldet export --checkpoint CKPT --out {Path(path).name}"
+    if meta.get("mode") != "decoded":
+        raise ValueError(f"{path} is a {meta.get('mode')!r} export (per-level maps for your own decoding, docs/onnx.md); "
+                         f"gfldet's runtime runs decoded exports: {how} (mode decoded is the default)")
+    if int(meta.get("format", 1)) < RUNTIME_FORMAT:
+        raise ValueError(f"{path} was exported by an earlier gfldet (format {meta.get('format', 1)}, without the "
+                         f"per-prior uncertainty outputs the runtime reads now): {how}")
 
 
 def _read_openvino(path: str) -> Any:
@@ -146,26 +185,15 @@ class OnnxRuntimeBackend:
         _check_exported_path(self.path)  # before the import: a wrong file gets its advice without onnxruntime too
         if self.path.lower().endswith(".xml"):
             raise ValueError(f"{self.path} is an OpenVINO IR: run it with the openvino backend (--backend openvino)")
-        try:
-            import onnxruntime as ort
-            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ModuleNotFoundError("the onnxruntime backend needs `pip install onnxruntime`", name="onnxruntime") from e
-        self.meta = read_metadata(self.path)
+        self.session = _ort_session(self.path, threads, providers)
+        self.meta = _decode_meta(_onnx_props(self.session.get_modelmeta().custom_metadata_map), self.path)
+        check_runnable(self.meta, self.path)
         if precision not in (None, self.meta["precision"]):
             raise ValueError(f"{self.path}: ONNX Runtime runs the file as it was exported ({self.meta['precision']}); "
                              f"precision {precision!r} is an OpenVINO setting (--backend openvino)")
         if self.meta.get("int8_reduce_range") is False and not cpu_has_vnni():
             log.warning("%s was quantised on a CPU with VNNI (8-bit weights); on this CPU without VNNI, ONNX Runtime's "
                         "int8 kernels can saturate and lose accuracy: re-export it here, or use OpenVINO", self.path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
-        except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
-                ort_errors.NotImplemented) as e:  # onnxruntime's own types, derived from Exception only
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {first_line(e)}") from e
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -189,6 +217,7 @@ class OpenVINOBackend:
 
         model = _read_openvino(self.path)
         self.meta = _openvino_meta(model, self.path) if self.path.lower().endswith(".xml") else read_metadata(self.path)
+        check_runnable(self.meta, self.path)
         file_precision = self.meta["precision"]
         if file_precision == "int8":  # the float parts of an INT8 model: as stored at export (fp32 by default)
             file_precision = self.meta.get("int8_float_precision", "fp32")
@@ -235,44 +264,18 @@ class Detector:
         self.cat_ids = self.meta.get("cat_ids")
 
     def __call__(self, images: Sequence[Any], score_thr: float | None = None) -> list[dict[str, np.ndarray]]:
+        batch, sizes, scales, originals = preprocess(images, self.meta)
         with self._lock:
-            with _torch_single_threaded():
-                batch, sizes, scales, originals = preprocess(images, self.meta)
             outputs = self.backend.run(batch)
         return postprocess(outputs, sizes, self.meta, scales, originals, score_thr=score_thr)
 
-    def as_module(self) -> nn.Module:
-        """A module whose forward is this detector's, with tensors in and out (what ``gfldet.engine.evaluate``
-        runs): the metrics of an exported file are computed by the same code as a checkpoint's."""
-        return _DetectorModule(self)
+    def as_module(self) -> Any:
+        """A ``torch.nn.Module`` whose forward is this detector's, with tensors in and out (what
+        ``gfldet.engine.evaluate`` runs): the metrics of an exported file are computed by the same code as a
+        checkpoint's. Needs torch (the one method here that does)."""
+        from .torch_module import DetectorModule
 
-
-@contextlib.contextmanager
-def _torch_single_threaded() -> Iterator[None]:
-    """Run the few torch ops of the pre-processing (the model's own resize) on the calling thread only.
-
-    Otherwise torch's OpenMP workers wake for them and then spin-wait, on a small CPU taking the cores the runtime
-    needs next: on the project's 2-core machine that made an OpenVINO INT8 call of the demo's model ~1.5x slower.
-    ``torch.set_num_threads`` is process-wide: torch work on other threads runs single-threaded meanwhile."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class _DetectorModule(nn.Module):
-    def __init__(self, detector: Detector):
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        dets = self.detector([img.cpu().numpy() for img in images])
-        return [{k: torch.from_numpy(v) for k, v in d.items()} for d in dets]
+        return DetectorModule(self)
 
 
 def load(path: str | os.PathLike, backend: str | None = None, threads: int | None = None,

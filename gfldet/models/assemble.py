@@ -31,7 +31,7 @@ from .quality import CenternessBranch, FocalClassifier, IoUBranch, JointDGQP, Jo
 from .transform import DetectionTransform
 from .tv_backbone import TorchvisionBackbone
 
-__all__ = ["PARTS", "assemble", "atss_config", "box_part", "quality_part", "assigner_part"]
+__all__ = ["PARTS", "assemble", "atss_config", "box_part", "quality_part", "assigner_part", "prior_part"]
 
 # The parts of a detector, in the order they are built (the RNG draws of a fresh initialisation depend on it).
 PARTS = ("transform", "prior_generator", "box", "quality", "assigner", "backbone", "neck", "head", "criterion",
@@ -69,6 +69,11 @@ def quality_part(cfg: ModelConfig):
     return kind(cfg.focal_alpha, cfg.focal_gamma, cfg.loss_qfl_weight, cfg.loss_quality_weight)
 
 
+def prior_part(cfg: ModelConfig) -> AnchorGenerator:
+    """The prior generator of ``cfg`` (strides, anchor scale and ratios)."""
+    return AnchorGenerator(cfg.strides, cfg.octave_base_scale, cfg.scales_per_octave, cfg.anchor_ratios)
+
+
 def assigner_part(cfg: ModelConfig):
     """The assigner of ``cfg.assigner``."""
     if cfg.assigner == "atss":
@@ -82,7 +87,7 @@ def _build(name: str, cfg: ModelConfig, p: dict[str, Any]):
     if name == "transform":
         return DetectionTransform(cfg)
     if name == "prior_generator":
-        return AnchorGenerator(cfg.strides, cfg.octave_base_scale, cfg.scales_per_octave, cfg.anchor_ratios)
+        return prior_part(cfg)
     if name == "box":
         return box_part(cfg)
     if name == "quality":

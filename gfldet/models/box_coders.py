@@ -13,12 +13,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.boxes import box_to_distance
+from ..ops.boxes import box_to_distance, distance_to_box
 from ..ops.integral import Integral, edge_distributions
 from ..ops.losses import EPS32, dfl_targets, dfl_unchecked, gaussian_kl_loss, gaussian_nll
 from ..ops.uncertainty import edge_uncertainty
 
-__all__ = ["DistributionBox", "DiracBox", "GaussianBox", "GaussianNLLBox", "MAX_LOG_DIST", "LOGVAR_RANGE"]
+__all__ = ["BoxRepresentation", "DistributionBox", "DiracBox", "GaussianBox", "GaussianNLLBox", "MAX_LOG_DIST", "LOGVAR_RANGE"]
 
 # exp() of a scaled output larger than this (1e4 strides) is clamped: the distance is already absurd and the
 # clamp keeps float32 finite.
@@ -27,7 +27,22 @@ MAX_LOG_DIST = math.log(1e4)
 LOGVAR_RANGE = (-10.0, 10.0)
 
 
-class DistributionBox(nn.Module):
+class BoxRepresentation(nn.Module):
+    """What every box representation shares: decoding its outputs into boxes, the one rule that training (the GIoU
+    term), the eager postprocess and the exported graph all call. A representation defines ``distances``."""
+
+    def distances(self, logits: Tensor) -> Tensor:  # pragma: no cover - each representation defines it
+        raise NotImplementedError
+
+    def decode(self, logits: Tensor, centers: Tensor, strides: Tensor | float | None = None) -> Tensor:
+        """``(..., K)`` outputs at ``(..., 2)`` prior centres -> ``(..., 4)`` xyxy boxes, unclipped: centre -/+ the
+        expected distances times ``strides`` (the level's stride, a number or a tensor that broadcasts against the
+        distances; None: centres and boxes in strides)."""
+        d = self.distances(logits)
+        return distance_to_box(centers, d if strides is None else d * strides)
+
+
+class DistributionBox(BoxRepresentation):
     """GFL's general distribution: each edge is a discrete distribution over the bins ``0, delta, ..., n delta``
     (strides), its distance the expectation (paper eq. 5), trained with DFL (eq. 6); ``4 (n + 1)`` channels.
     Detections carry the ``distributions (D, 4, B)`` and their uncertainty summaries (gfldet.ops.uncertainty)."""
@@ -62,7 +77,7 @@ class DistributionBox(nn.Module):
         return {"distributions": probs, **edge_uncertainty(probs, self.bins, strides)}
 
 
-class DiracBox(nn.Module):
+class DiracBox(BoxRepresentation):
     """Four distances regressed directly (``exp`` of the scaled output, in strides), GIoU only; 4 channels."""
 
     loss_key: str | None = None

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..ops.assign import AssignResult
-from ..ops.boxes import box_centers, box_iou_aligned, distance_to_box
+from ..ops.boxes import box_centers, box_iou_aligned
 from ..ops.losses import EPS32, giou_loss, reduce_mean
 from .priors import Priors
 
@@ -100,7 +100,7 @@ class Criterion:
             stride = priors.strides[a_idx][:, None]  # (P, 1)
             centers = box_centers(priors.anchors[a_idx]) / stride  # (P, 2), in strides
             pos_box = box[n_idx, a_idx].float()  # (P, K)
-            pred_boxes = distance_to_box(centers, self.box.distances(pos_box))
+            pred_boxes = self.box.decode(pos_box, centers)
             target_boxes = targets.boxes[n_idx, a_idx] / stride
             with torch.no_grad():
                 iou = box_iou_aligned(pred_boxes.detach(), target_boxes)

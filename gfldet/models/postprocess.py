@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from ..ops.boxes import box_centers, distance_to_box
+from ..ops.boxes import box_centers, clip_boxes
 from .priors import Priors
 
 __all__ = ["Postprocessor", "decode_image"]
@@ -60,8 +60,7 @@ def decode_image(
         a_idx, labels = idxs.unbind(dim=1)
         flat_scores = quality.rescore(flat_scores, None if q is None else q[a_idx])
         logits = reg[a_idx].float()
-        dists = box.distances(logits) * stride
-        boxes = distance_to_box(box_centers(anc[a_idx]), dists, max_shape=image_size)
+        boxes = clip_boxes(box.decode(logits, box_centers(anc[a_idx]), stride), image_size)
         all_boxes.append(boxes)
         all_scores.append(flat_scores)
         all_labels.append(labels)

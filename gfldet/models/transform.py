@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.resize import keep_ratio_size, padded_size
+from ..ops.resize import check_image, keep_ratio_size, padded_size
 
 __all__ = ["BatchMeta", "DetectionTransform"]
 
@@ -35,21 +35,19 @@ class BatchMeta:
 
 
 def image_as_float(i: int, img: Tensor, device: torch.device | str | None = None) -> Tensor:
-    """Checks image ``i`` (a ``(3, H, W)`` RGB tensor, uint8 or float in [0, 1]) and returns it as float32 0..255."""
-    if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
-        shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
-        raise ValueError(f"image {i}: expected a (3, H, W) RGB tensor, got {shape}")
-    if img.dtype == torch.uint8:
-        return img.to(device, torch.float32)
-    if img.is_floating_point():
-        x = img.to(device, torch.float32)
-        if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-            raise ValueError(
-                f"image {i}: float images must hold values in [0, 1], got range "
-                f"[{float(x.min()):g}, {float(x.max()):g}] (pass uint8 for 0-255 data)"
-            )
-        return x * 255.0
-    raise ValueError(f"image {i}: dtype {img.dtype} is not supported (use uint8 or float in [0, 1])")
+    """Checks image ``i`` (:func:`gfldet.ops.resize.check_image`: a ``(3, H, W)`` RGB tensor, uint8 or float in
+    [0, 1]) and returns it as float32 0..255."""
+    if not isinstance(img, Tensor):
+        raise ValueError(f"image {i}: expected a (3, H, W) RGB tensor, got {type(img).__name__}")
+    x = img.to(device, torch.float32)
+
+    def value_range() -> tuple[bool, float, float]:
+        if not x.numel():
+            return True, 0.0, 0.0
+        return bool(torch.isfinite(x).all()), float(x.min()), float(x.max())
+
+    check_image(i, tuple(img.shape), img.dtype, img.dtype == torch.uint8, img.is_floating_point(), value_range)
+    return x if img.dtype == torch.uint8 else x * 255.0
 
 
 def resize_image(x: Tensor, min_size: int | None, max_size: int | None) -> Tensor:

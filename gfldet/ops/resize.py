@@ -1,13 +1,35 @@
-"""The keep-ratio resize rule, in one place: the detector's preprocessing, the NumPy deployment path, the data
-transforms and ``gfldet inspect-data`` all call :func:`keep_ratio_size` and :func:`padded_size`.
+"""The input-image rules, in one place: what an image may be (:func:`check_image`) and its keep-ratio size. The
+detector's preprocessing, the NumPy deployment path, the data transforms and ``gfldet inspect-data`` all call
+:func:`keep_ratio_size` and :func:`padded_size`; the detector and the deployment runtime call :func:`check_image`.
 
-Plain Python integers in and out (no tensors), so that every path computes the same sizes bit for bit.
+Plain Python in and out (no tensors, no torch), so that every path computes the same sizes bit for bit and the
+torch-free runtime can import it.
 """
 from __future__ import annotations
 
 import math
 
-__all__ = ["keep_ratio_size", "padded_size"]
+from collections.abc import Callable, Sequence
+
+__all__ = ["check_image", "keep_ratio_size", "padded_size"]
+
+
+def check_image(i: int, shape: Sequence[int], dtype: object, is_uint8: bool, is_float: bool,
+                value_range: Callable[[], tuple[bool, float, float]], kind: str = "tensor") -> None:
+    """Raise ValueError, naming image ``i``, unless it is a ``(3, H, W)`` RGB image of uint8, or of floats in [0, 1].
+
+    ``value_range()`` -> ``(all finite, min, max)``: called for float images only (it reads every pixel)."""
+    if len(shape) != 3 or shape[0] != 3 or shape[1] < 1 or shape[2] < 1:
+        raise ValueError(f"image {i}: expected a (3, H, W) RGB {kind}, got {tuple(shape)}")
+    if is_uint8:
+        return
+    if is_float:
+        finite, lo, hi = value_range()
+        if not finite or lo < 0 or hi > 1:
+            raise ValueError(f"image {i}: float images must hold values in [0, 1], got range [{lo:g}, {hi:g}] "
+                             "(pass uint8 for 0-255 data)")
+        return
+    raise ValueError(f"image {i}: dtype {dtype} is not supported (use uint8 or float in [0, 1])")
 
 
 def keep_ratio_size(h: int, w: int, min_size: float | None, max_size: float | None) -> tuple[int, int]:
