@@ -169,16 +169,20 @@ def test_runtime_refuses_raw_and_old_decoded_files_saying_how_to_re_export(model
         OnnxDetector(tmp_path / "old.onnx")
 
 
-def test_numpy_nms_matches_torchvision():
-    g = torch.Generator().manual_seed(3)
-    xy = torch.rand(300, 2, generator=g) * 200
-    wh = torch.rand(300, 2, generator=g) * 60 + 1
+@pytest.mark.parametrize("n", [1, 60, 300, 512, 513, 1200])
+def test_numpy_nms_matches_torchvision(n):
+    """Both of the NumPy NMS's paths (IoU matrix up to 512 candidates, per kept box above; per class above 1,000
+    boxes) keep torchvision's boxes in torchvision's order; ``max_keep`` is the first ``max_keep`` of that."""
+    g = torch.Generator().manual_seed(n)
+    xy = torch.rand(n, 2, generator=g) * 200
+    wh = torch.rand(n, 2, generator=g) * 60 + 1
     boxes = torch.cat([xy, xy + wh], 1)
-    scores = torch.rand(300, generator=g)
-    labels = torch.randint(0, 4, (300,), generator=g)
+    scores = torch.rand(n, generator=g)
+    labels = torch.randint(0, 4, (n,), generator=g)
     ref = tv_batched_nms(boxes, scores, labels, 0.5).numpy()
     ours = batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), 0.5)
     np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_array_equal(batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), 0.5, max_keep=7), ref[:7])
 
 
 @pytest.mark.parametrize("size,new", [((480, 640), (240, 320)), ((100, 137), (320, 438)), ((333, 500), (320, 481)),

@@ -21,32 +21,50 @@ FRAME_OUTPUTS = ("boxes", "scores", "priors")
 
 
 # ------------------------------------------------------------------------------------------------ NMS
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Greedy NMS: indices of the kept boxes, best score first. A box is suppressed by a kept one when their
-    IoU (areas ``(x2 - x1) * (y2 - y1)``, no +1) is greater than ``iou_thr``."""
+# Up to this many candidates NMS computes their IoU matrix at once (n x n float32: 1 MiB at 512) and then only walks
+# it; above, it computes the IoUs of each kept box with the rest (fewer operations, more Python per box).
+_MATRIX_NMS_MAX = 512
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy NMS: indices of the kept boxes, best score first (at most ``max_keep``: the first ``max_keep`` of the
+    full result). A box is suppressed by a kept one when their IoU (areas ``(x2 - x1) * (y2 - y1)``, no +1;
+    ``inter / (area_i + area_j - inter)`` in float32, as torchvision's kernel) is greater than ``iou_thr``."""
     order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    b = boxes[order]
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
     areas = (x2 - x1) * (y2 - y1)
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    for pos, i in enumerate(order):
-        if suppressed[i]:
-            continue
+    n, limit = len(order), len(order) if max_keep is None else max_keep
+    keep: list[int] = []
+    if n <= _MATRIX_NMS_MAX:
+        w = np.clip(np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]), 0, None)
+        h = np.clip(np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]), 0, None)
+        inter = w * h
+        over = inter / (areas[:, None] + areas[None, :] - inter) > iou_thr  # (n, n), symmetric
+        suppressed = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            if len(keep) == limit:
+                break
+            suppressed |= over[i]
+        return order[np.asarray(keep, dtype=np.int64)]
+    alive = np.arange(n)
+    while alive.size and len(keep) < limit:
+        i, rest = alive[0], alive[1:]
         keep.append(i)
-        rest = order[pos + 1 :]
-        rest = rest[~suppressed[rest]]
-        if rest.size == 0:
-            continue
         w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
         h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
         inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest[iou > iou_thr]] = True
-    return np.asarray(keep, dtype=np.int64)
+        alive = rest[~(inter / (areas[i] + areas[rest] - inter) > iou_thr)]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Class-aware NMS (boxes of different labels never suppress each other); kept indices, best first.
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thr: float,
+                max_keep: int | None = None) -> np.ndarray:
+    """Class-aware NMS (boxes of different labels never suppress each other); kept indices, best first, at most
+    ``max_keep``.
 
     As torchvision's ``batched_nms`` on the CPU (which the PyTorch model uses, as the reference's mmcv does):
     up to 1,000 boxes, one NMS over boxes shifted apart per class by ``label * (max coordinate + 1)`` in
@@ -59,10 +77,11 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
     boxes = boxes.astype(np.float32)
     if boxes.size <= 4000:
         offset = labels.astype(np.float32) * (boxes.max() + np.float32(1))
-        return nms(boxes + offset[:, None], scores, iou_thr)
-    keep = [idx[nms(boxes[idx], scores[idx], iou_thr)] for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
+        return nms(boxes + offset[:, None], scores, iou_thr, max_keep)
+    keep = [idx[nms(boxes[idx], scores[idx], iou_thr, max_keep)]
+            for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
     keep = np.sort(np.concatenate(keep))
-    return keep[np.argsort(-scores[keep], kind="stable")]
+    return keep[np.argsort(-scores[keep], kind="stable")][:max_keep]
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -123,7 +142,7 @@ def postprocess(
         boxes = np.minimum(np.maximum(boxes, np.float32(0)), np.array([w, h, w, h], np.float32))  # clip to the image
         ok = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
         boxes, scores, labels, priors = boxes[ok], scores[ok], labels[ok], priors[ok]
-        keep = batched_nms(boxes, scores, labels, nms_iou)[:max_det]
+        keep = batched_nms(boxes, scores, labels, nms_iou, max_det)
         priors = priors[keep]
         det = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep],
                "strides": prior_strides[priors].astype(np.float32)}
