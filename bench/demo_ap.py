@@ -30,7 +30,7 @@ def main() -> None:
     rows, results = [], []
     print(machine_info())
     with tempfile.TemporaryDirectory() as tmp:
-        for i, seed in enumerate(args.seeds):
+        for seed in args.seeds:
             kw = {} if args.epochs is None else {"epochs": args.epochs}
             t0 = time.perf_counter()
             # the first run generates the data (counted in its time), the others reuse it as a user's second run would

@@ -125,7 +125,10 @@ def test_decoded_outputs_match_pytorch(model, exported):
     assert outs["boxes"].shape == (n, a, 4) and outs["scores"].shape == (n, a, 3)
     assert outs["distributions"].shape == (n, a, 4, 17) and outs["edge_std"].shape == (n, a, 4)
     assert outs["loc_conf"].shape == (n, a) and outs["priors"].shape == (a, 3)
-    flat = lambda ms: torch.cat([m.permute(0, 2, 3, 1).reshape(n, -1, m.shape[1]) for m in ms], 1)
+
+    def flat(ms):
+        return torch.cat([m.permute(0, 2, 3, 1).reshape(n, -1, m.shape[1]) for m in ms], 1)
+
     np.testing.assert_allclose(outs["scores"], flat(cls).sigmoid().numpy(), rtol=0, atol=1e-5)
     probs = flat(reg).reshape(n, a, 4, 17).softmax(-1)
     np.testing.assert_allclose(outs["distributions"], probs.numpy(), rtol=0, atol=1e-5)

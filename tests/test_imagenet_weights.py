@@ -4,7 +4,6 @@ it), loaded through the path a user's download takes (torch hub's cache, found b
 fine-tuning run that shows what the weights are for: at equal iterations, far more AP than the same model from
 scratch."""
 import math
-import os
 import shutil
 from pathlib import Path
 

@@ -19,7 +19,12 @@ _EXPORTS = {
     "grid_anchors": "priors", "valid_anchor_flags": "priors",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "AssignResult", "atss_assign", "box_area", "box_centers", "box_giou_aligned", "box_iof", "box_iou",
+    "box_iou_aligned", "box_to_distance", "clip_boxes", "distance_to_box", "Integral", "distribution_expectation",
+    "edge_distributions", "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "quality_focal_loss",
+    "quality_focal_loss_sparse", "grid_anchors", "valid_anchor_flags",
+]  # = _EXPORTS' names (tests/test_layers.py::test_public_face checks it)
 
 if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time
     from .assign import AssignResult, atss_assign

@@ -251,7 +251,7 @@ def test_evaluate_distributed_shards_and_gathers_to_rank0(monkeypatch, gt_file, 
     monkeypatch.setattr(torch.distributed, "all_gather_object", fake_all_gather)
     calls = {}
     for rank in (1, 0):
-        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
         monkeypatch.setattr(distributed, "world_size", lambda: 2)
         model = FakeDetector(gt_detections())
         m = evaluate(model, TinyDataset(gt_file), batch_size=1, progress=False, out_dir=tmp_path / f"r{rank}")

@@ -77,7 +77,7 @@ def assert_matches_reference(anchors, num_level_anchors, gt_boxes, res, valid=No
     num_images = len(gt_boxes)
     check_result_consistency(res, num_images, anchors.shape[0])
     ref = reference(anchors, num_level_anchors, gt_boxes, valid, gt_ignore, **kw)
-    for i, (gt_index, ignored, num_cand) in enumerate(ref):
+    for i, (gt_index, ignored, _num_cand) in enumerate(ref):
         diff = (gt_index != res.gt_index[i]).nonzero().flatten()
         assert diff.numel() == 0, (
             f"image {i}: gt_index differs at anchors {diff[:10].tolist()}: "
