@@ -117,10 +117,10 @@ class TrainConfig:
     # where an early large gradient would otherwise throw the random network off); 0: no clipping.
     grad_clip: float | None = None
     # mixed precision in training: float16 autocast (with a GradScaler) on CUDA; bfloat16 autocast on a CPU with
-    # native bf16 units (AVX512-BF16 or AMX: about 1.7x faster training steps on an AVX512-BF16 EPYC); on other
-    # CPUs a warning and float32 (emulated bf16 would be slower). Evaluation stays float32 on the CPU.
+    # native bf16 units (AVX512-BF16 or AMX; the speed-up measured: docs/demo.md); on other CPUs a warning and
+    # float32 (emulated bf16 would be slower). Evaluation stays float32 on the CPU.
     amp: bool = False
-    channels_last: bool = False  # NHWC activations and weights (oneDNN's own layout on the CPU; ~15% faster steps)
+    channels_last: bool = False  # NHWC activations and weights (oneDNN's own layout on the CPU; docs/demo.md)
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0

@@ -43,8 +43,8 @@ def write_generated_coco(folder: str, n: int, workers: int, write_images: Callab
     ``write_images(img_dir, indices)`` draws and saves the images ``indices`` and returns per image
     ``(i, height, width, objects)``; image ``i`` gets id ``i + 1`` and ``file_name`` ``images/{i:06d}.png``, and
     the objects (COCO annotation fields) get ids in order. ``workers > 1`` runs chunks of 8 images in that many
-    threads: they overlap what releases the GIL (numpy's array arithmetic, Pillow's drawing and PNG encoder),
-    1.2x with 2 threads on 2 cores; processes would need an importable __main__ (spawn) or a fork of a process
+    threads: they overlap what releases the GIL (numpy's array arithmetic, Pillow's drawing and PNG encoder);
+    processes would need an importable __main__ (spawn) or a fork of a process
     that may hold torch's OpenMP threads. The files are the same for any ``workers``. Returns the json's path.
     """
     img_dir = os.path.join(folder, "images")

@@ -34,8 +34,7 @@ __all__ = ["HEAD_OUTPUT_WEIGHTS", "ONNX_QUANTIZED_OPS", "float_scope_onnx", "flo
 
 # ONNX Runtime quantises the inputs of these operator types only. Its default list also takes Add, Mul, Resize,
 # MaxPool...: in a gfldet graph those include the GroupNorm's affine Mul/Add and the normalisation around
-# InstanceNormalization. On the demo's model (500 validation images, float32 AP 0.601): default list 0.545,
-# Conv + Add + MaxPool + Resize 0.562, Conv alone 0.600 (docs/deploy.md).
+# InstanceNormalization, which costs AP where Conv alone costs none (docs/deploy.md, "What INT8 quantises").
 ONNX_QUANTIZED_OPS = ("Conv",)
 # the initializers (ONNX) / constants (OpenVINO) of the head's output convolutions' weights in an exported graph
 HEAD_OUTPUT_WEIGHTS = ("model.head.gfl_cls.weight", "model.head.gfl_reg.weight")

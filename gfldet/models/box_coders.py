@@ -125,7 +125,7 @@ class GaussianBox(DiracBox):
 
 class GaussianNLLBox(GaussianBox):
     """:class:`GaussianBox` trained with the plain Gaussian NLL, ``0.5 log_var + 0.5 (y - mean)^2 / var``
-    (``box="gaussian_nll"``; gfldet's Gaussian box until 2026-12-01). Its pull grows with the squared error: in the
+    (``box="gaussian_nll"``; gfldet's first Gaussian box, docs/ablations.md). Its pull grows with the squared error: in the
     ablation study at the demo's recipe one seed of three diverged in its first epoch (docs/ablations.md)."""
 
     nll = staticmethod(gaussian_nll)

@@ -98,8 +98,8 @@ def _usable(x: Tensor | Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
 
 
 def _grad_layout(x: Tensor) -> Tensor:
-    """NCHW for modules that record an autograd graph: oneDNN's NHWC convolution forward is faster on this CPU,
-    but its backward is ~1.5x slower than NCHW's (docs/speed.md); unchanged otherwise."""
+    """NCHW for modules that record an autograd graph: oneDNN's NHWC convolution forward is the faster one on the
+    CPUs measured, its backward the slower one (docs/speed.md); unchanged otherwise."""
     return x.contiguous() if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() else x
 
 
