@@ -26,6 +26,7 @@ from ..config import Config
 from ..data.coco import CocoDetection, collate
 from ..data.folders import claim_dir
 from ..data.inspect import inspect_dataset, summary_line, train_warnings
+from ..errors import GfldetError
 from ..models.io import load_weights_into, save_checkpoint
 from ..models.zoo import backbone_state_dict, build_from_config
 from ..viz import plot_curves
@@ -44,8 +45,10 @@ log = logging.getLogger(__name__)
 __all__ = ["train", "NonFiniteLossError", "RUN_FILES"]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the message names the term and the step."""
+class NonFiniteLossError(GfldetError, FloatingPointError):
+    """A loss term became NaN or infinite; the message names the term and the step. Divergence comes from the
+    run's settings (learning rate, warm-up, precision, data), so it is a :class:`~gfldet.errors.GfldetError` (a
+    ``ValueError``), and a ``FloatingPointError`` as before."""
 
 
 def _seed_all(seed: int) -> None:
