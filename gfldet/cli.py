@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from .errors import GfldetError
+
 log = logging.getLogger("gfldet")
 
 
@@ -14,7 +16,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .models.io import from_mmdet, save_checkpoint
 
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
-        raise ValueError(f"refusing to overwrite the source checkpoint {args.src}; choose another output path")
+        raise GfldetError(f"refusing to overwrite the source checkpoint {args.src}; choose another output path")
     if os.path.exists(args.dst) and not args.force:
         raise ValueError(f"{args.dst} exists; pass --force to replace it")
     from .data.coco_classes import coco_category_ids
@@ -63,7 +65,7 @@ def _train_config(args: argparse.Namespace):
     if not args.resume:
         return given
     if args.init:
-        raise ValueError("--init starts a new run from weights; --resume continues the run in its folder: use one")
+        raise GfldetError("--init starts a new run from weights; --resume continues the run in its folder: use one")
     saved = Path(given.out_dir) / "config.yaml"
     if not saved.is_file():
         log.warning("%s not found: resuming with the config given on the command line", saved)
@@ -141,11 +143,11 @@ def _eval_data(args: argparse.Namespace, meta: dict) -> tuple[str, str]:
     if args.ann and args.images:
         return args.ann, args.images
     if args.ann or args.images:
-        raise ValueError("give both --ann and --images, or neither (then the checkpoint's own validation data is used)")
+        raise GfldetError("give both --ann and --images, or neither (then the checkpoint's own validation data is used)")
     val = (meta.get("config") or {}).get("data", {}).get("val", {})
     if not (val.get("ann") and val.get("images")):
-        raise ValueError(f"{args.checkpoint or args.weights} names no validation data (not saved by `gfldet train` with data.val): "
-                         "pass --ann ANN.json --images DIR")
+        raise GfldetError(f"{args.checkpoint or args.weights} names no validation data (not saved by `gfldet train` with data.val): "
+                          "pass --ann ANN.json --images DIR")
     log.info("evaluating on the run's validation data %s", val["ann"])
     return val["ann"], val["images"]
 
@@ -163,7 +165,7 @@ def _eval_out(args: argparse.Namespace):
     out = Path(args.out)
     if out.suffix == ".json":
         if out.is_dir():
-            raise ValueError(f"--out {out} is a folder: give a NAME.json file or a folder name without .json")
+            raise GfldetError(f"--out {out} is a folder: give a NAME.json file or a folder name without .json")
         refuse_existing([out], args.force)
         return out
     return check_output_folder(out, ("metrics.json", *EVAL_FILES), args.force)
@@ -176,11 +178,11 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
         from .deploy import load
 
         if args.weights:
-            raise ValueError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
-                             "(a file from `gfldet export`)")
+            raise GfldetError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
+                              "(a file from `gfldet export`)")
         if not (args.ann and args.images):
-            raise ValueError(f"--backend {args.backend}: give --ann ANN.json and --images DIR (an exported file does not "
-                             "name the data it was trained on)")
+            raise GfldetError(f"--backend {args.backend}: give --ann ANN.json and --images DIR (an exported file does not "
+                              "name the data it was trained on)")
         if args.device not in ("auto", "cpu"):
             log.warning("--device %s is ignored by the %s backend (it runs on the CPU)", args.device, args.backend)
         detector = load(args.checkpoint, backend=args.backend, threads=args.threads, precision=args.precision)
@@ -189,7 +191,7 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
         model.class_names = detector.class_names
         return model, _eval_data(args, {})
     if args.threads or args.precision:
-        raise ValueError("--threads and --precision are for the onnxruntime / openvino backends")
+        raise GfldetError("--threads and --precision are for the onnxruntime / openvino backends")
     if args.weights:
         from .models.pretrained import load_pretrained
 
@@ -210,7 +212,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, (ann, images) = _eval_model(args, overrides)
     dataset = CocoDetection(ann, images, train=False)
     if model.class_names is not None and list(model.class_names) != list(dataset.classes):
-        raise ValueError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
+        raise GfldetError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
     folder = out if out is not None and out.suffix != ".json" else None
     if folder:
         folder.mkdir(parents=True, exist_ok=True)

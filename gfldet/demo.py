@@ -38,6 +38,7 @@ from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
 from .engine.amp import cpu_has_native_bf16
 from .engine.train import train
+from .errors import GfldetError
 from .files import write_json
 from .models.io import load_model
 from .models.zoo import ARCHS, check_arch, imagenet_cache_path, torchvision_weights
@@ -266,8 +267,8 @@ def run_demo(
         lr = 0.06
 
     if epochs < 1 or batch_size < 1 or image_size < 64 or train_images < batch_size or val_images < 1:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, image_size >= 64, train_images >= batch_size, "
-                         f"val_images >= 1; got {epochs}, {batch_size}, {image_size}, {train_images}, {val_images}")
+        raise GfldetError(f"need epochs >= 1, batch_size >= 1, image_size >= 64, train_images >= batch_size, "
+                          f"val_images >= 1; got {epochs}, {batch_size}, {image_size}, {train_images}, {val_images}")
     t0 = time.perf_counter()
     data = demo_data(cache_dir, train_images, val_images, image_size, seed=0)  # one dataset, whatever the run seed
     t_data = time.perf_counter()

@@ -191,7 +191,7 @@ class ModelConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown model config keys: {unknown}")
+            raise ConfigError(f"unknown model config keys: {unknown}")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
         return cls(**kw)
 
