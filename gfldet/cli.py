@@ -204,9 +204,10 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.coco import CocoDetection
+    from .engine.device import resolve_device
     from .engine.evaluate import evaluate, format_metrics
 
-    device = _device(args.device)
+    device = resolve_device(args.device, "--device")
     out = _eval_out(args)
     overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
     model, (ann, images) = _eval_model(args, overrides)
@@ -236,9 +237,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.device import resolve_device
     from .predict import predict
 
-    result = predict(args.checkpoint, args.inputs, weights=args.weights, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
+    result = predict(args.checkpoint, args.inputs, weights=args.weights, out_dir=args.out, score_thr=args.score_thr,
+                     device=resolve_device(args.device, "--device"),
                      draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress,
                      backend=args.backend, ann=args.ann, overwrite=args.force, threads=args.threads,
                      batch_size=args.batch_size, precision=args.precision)
@@ -260,18 +263,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
                           mode=args.mode, example_size=(h, w), opset=args.opset, cat_ids=meta.get("cat_ids"))
     print(json.dumps(result, indent=2))
     return 0
-
-
-def _device(name: str):
-    """--device of eval/predict/export, by the same rule as ``train.device`` (:func:`gfldet.engine.preflight.check_device`)."""
-    import torch
-
-    from .engine.preflight import check_device
-
-    name = check_device(name, "--device")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):

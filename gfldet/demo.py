@@ -37,6 +37,7 @@ from .config import Config
 from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
 from .engine.amp import cpu_has_native_bf16
+from .engine.device import resolve_device
 from .engine.train import train
 from .errors import GfldetError
 from .files import write_json
@@ -259,6 +260,7 @@ def run_demo(
     torch hub's cache holds them (:func:`cached_imagenet_weights`), from scratch otherwise. ``lr`` None: 0.06 for
     the demo's ResNet-18, the regime's rate for another arch.
     """
+    dev = resolve_device(device, "device")  # an unknown device, or CUDA without CUDA, before any data is made
     if epochs is None:
         epochs = demo_epochs(device)
     check_arch(arch)
@@ -288,7 +290,6 @@ def run_demo(
         raise RuntimeError(f"{out / 'metrics.jsonl'} holds no evaluation of the trained model")
     coco = {**evals[-1]["eval"], "per_class": evals[-1].get("per_class")}
     t_eval = time.perf_counter()
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     model = load_model(out / "last.pt").to(dev)
 
     samples = load_split(data["val_ann"], data["val_images"])
