@@ -13,12 +13,12 @@ log = logging.getLogger("gfldet")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from .files import refuse_existing
     from .models.io import from_mmdet, save_checkpoint
 
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise GfldetError(f"refusing to overwrite the source checkpoint {args.src}; choose another output path")
-    if os.path.exists(args.dst) and not args.force:
-        raise ValueError(f"{args.dst} exists; pass --force to replace it")
+    refuse_existing([args.dst], args.force)  # before the source is read: the one rule of every writer
     from .data.coco_classes import coco_category_ids
 
     model = from_mmdet(args.src, trusted=args.trusted)
@@ -426,9 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# A mistake of the user's (a bad value, a missing or unreadable file, no network for a download, a missing
-# optional package) is one message and exit code 2; -v adds the traceback. Anything else is a bug: a traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# A mistake of the user's is one message and exit code 2; -v adds the traceback. A mistake of the user's is a
+# GfldetError (a bad value or setting, a malformed file, an unsupported combination, a diverged run: gfldet.errors),
+# an OSError (a missing or unreadable file, no network for a download) or a missing optional package (OPTIONAL).
+# Anything else is a bug and keeps its traceback: a plain ValueError too, e.g. one raised inside torch or NumPy.
+USER_ERRORS = (GfldetError, OSError)
 # optional packages some commands need (import name -> what to pip install)
 OPTIONAL = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib",
             "openvino": "gfldet[deploy]", "nncf": "gfldet[deploy]"}
