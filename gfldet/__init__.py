@@ -1,7 +1,7 @@
 """gfldet: Generalized Focal Loss (Li et al., NeurIPS 2020) for dense object detection, in pure PyTorch.
 
 The public face: the model builders and class, ``load_model`` / ``from_mmdet``, ``load_pretrained`` (published
-COCO weights by name), the losses and the config types.
+COCO weights by name), the losses, the config types and :class:`GfldetError` (the error a user's mistake raises).
 Training, evaluation and checkpoint files are reached through :mod:`gfldet.engine`, the tensor maths through
 :mod:`gfldet.ops`. Names are imported on first use (PEP 562), so ``import gfldet.ops`` loads the ops alone.
 """
@@ -35,6 +35,7 @@ _EXPORTS = {
     "load_pretrained": "gfldet.models.pretrained",
     "ModelConfig": "gfldet.models.config",
     "Config": "gfldet.config",
+    "GfldetError": "gfldet.errors",
     "quality_focal_loss": "gfldet.ops",
     "quality_focal_loss_sparse": "gfldet.ops",
     "distribution_focal_loss": "gfldet.ops",
@@ -48,19 +49,20 @@ _COMPAT = {
     "save_checkpoint": "gfldet.models.io",  # gfldet.models.io
     "Integral": "gfldet.ops",  # gfldet.ops
 }
-_SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "export", "models", "ops",
-                "predict", "ship", "viz"}
+_SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "errors", "export", "models",
+                "ops", "predict", "ship", "viz"}
 
 __all__ = [
     "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
     "gflv2_resnet50_fpn", "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "gfl_mobilenet_v2_fpn",
     "gfl_mobilenet_v3_large_fpn", "gfl_shufflenet_v2_x1_0_fpn", "gfl_efficientnet_b0_fpn", "from_mmdet", "load_model",
-    "load_pretrained", "ModelConfig", "Config", "quality_focal_loss", "quality_focal_loss_sparse",
+    "load_pretrained", "ModelConfig", "Config", "GfldetError", "quality_focal_loss", "quality_focal_loss_sparse",
     "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign", "__version__",
 ]  # = _EXPORTS' names
 
 if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time
     from .config import Config
+    from .errors import GfldetError
     from .models.config import ModelConfig
     from .models.io import load_model
     from .models.pretrained import load_pretrained

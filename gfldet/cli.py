@@ -7,16 +7,18 @@ import logging
 import os
 import sys
 
+from .errors import GfldetError
+
 log = logging.getLogger("gfldet")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from .files import refuse_existing
     from .models.io import from_mmdet, save_checkpoint
 
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
-        raise ValueError(f"refusing to overwrite the source checkpoint {args.src}; choose another output path")
-    if os.path.exists(args.dst) and not args.force:
-        raise ValueError(f"{args.dst} exists; pass --force to replace it")
+        raise GfldetError(f"refusing to overwrite the source checkpoint {args.src}; choose another output path")
+    refuse_existing([args.dst], args.force)  # before the source is read: the one rule of every writer
     from .data.coco_classes import coco_category_ids
 
     model = from_mmdet(args.src, trusted=args.trusted)
@@ -63,7 +65,7 @@ def _train_config(args: argparse.Namespace):
     if not args.resume:
         return given
     if args.init:
-        raise ValueError("--init starts a new run from weights; --resume continues the run in its folder: use one")
+        raise GfldetError("--init starts a new run from weights; --resume continues the run in its folder: use one")
     saved = Path(given.out_dir) / "config.yaml"
     if not saved.is_file():
         log.warning("%s not found: resuming with the config given on the command line", saved)
@@ -141,11 +143,11 @@ def _eval_data(args: argparse.Namespace, meta: dict) -> tuple[str, str]:
     if args.ann and args.images:
         return args.ann, args.images
     if args.ann or args.images:
-        raise ValueError("give both --ann and --images, or neither (then the checkpoint's own validation data is used)")
+        raise GfldetError("give both --ann and --images, or neither (then the checkpoint's own validation data is used)")
     val = (meta.get("config") or {}).get("data", {}).get("val", {})
     if not (val.get("ann") and val.get("images")):
-        raise ValueError(f"{args.checkpoint or args.weights} names no validation data (not saved by `gfldet train` with data.val): "
-                         "pass --ann ANN.json --images DIR")
+        raise GfldetError(f"{args.checkpoint or args.weights} names no validation data (not saved by `gfldet train` with data.val): "
+                          "pass --ann ANN.json --images DIR")
     log.info("evaluating on the run's validation data %s", val["ann"])
     return val["ann"], val["images"]
 
@@ -163,7 +165,7 @@ def _eval_out(args: argparse.Namespace):
     out = Path(args.out)
     if out.suffix == ".json":
         if out.is_dir():
-            raise ValueError(f"--out {out} is a folder: give a NAME.json file or a folder name without .json")
+            raise GfldetError(f"--out {out} is a folder: give a NAME.json file or a folder name without .json")
         refuse_existing([out], args.force)
         return out
     return check_output_folder(out, ("metrics.json", *EVAL_FILES), args.force)
@@ -176,11 +178,11 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
         from .deploy import load
 
         if args.weights:
-            raise ValueError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
-                             "(a file from `gfldet export`)")
+            raise GfldetError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
+                              "(a file from `gfldet export`)")
         if not (args.ann and args.images):
-            raise ValueError(f"--backend {args.backend}: give --ann ANN.json and --images DIR (an exported file does not "
-                             "name the data it was trained on)")
+            raise GfldetError(f"--backend {args.backend}: give --ann ANN.json and --images DIR (an exported file does not "
+                              "name the data it was trained on)")
         if args.device not in ("auto", "cpu"):
             log.warning("--device %s is ignored by the %s backend (it runs on the CPU)", args.device, args.backend)
         detector = load(args.checkpoint, backend=args.backend, threads=args.threads, precision=args.precision)
@@ -189,7 +191,7 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
         model.class_names = detector.class_names
         return model, _eval_data(args, {})
     if args.threads or args.precision:
-        raise ValueError("--threads and --precision are for the onnxruntime / openvino backends")
+        raise GfldetError("--threads and --precision are for the onnxruntime / openvino backends")
     if args.weights:
         from .models.pretrained import load_pretrained
 
@@ -202,15 +204,16 @@ def _eval_model(args: argparse.Namespace, overrides: dict):
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.coco import CocoDetection
+    from .engine.device import resolve_device
     from .engine.evaluate import evaluate, format_metrics
 
-    device = _device(args.device)
+    device = resolve_device(args.device, "--device")
     out = _eval_out(args)
     overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
     model, (ann, images) = _eval_model(args, overrides)
     dataset = CocoDetection(ann, images, train=False)
     if model.class_names is not None and list(model.class_names) != list(dataset.classes):
-        raise ValueError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
+        raise GfldetError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
     folder = out if out is not None and out.suffix != ".json" else None
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
@@ -234,9 +237,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.device import resolve_device
     from .predict import predict
 
-    result = predict(args.checkpoint, args.inputs, weights=args.weights, out_dir=args.out, score_thr=args.score_thr, device=_device(args.device),
+    result = predict(args.checkpoint, args.inputs, weights=args.weights, out_dir=args.out, score_thr=args.score_thr,
+                     device=resolve_device(args.device, "--device"),
                      draw=not args.no_draw, show_distributions=args.show_distributions, progress=not args.no_progress,
                      backend=args.backend, ann=args.ann, overwrite=args.force, threads=args.threads,
                      batch_size=args.batch_size, precision=args.precision)
@@ -258,18 +263,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
                           mode=args.mode, example_size=(h, w), opset=args.opset, cat_ids=meta.get("cat_ids"))
     print(json.dumps(result, indent=2))
     return 0
-
-
-def _device(name: str):
-    """--device of eval/predict/export, by the same rule as ``train.device`` (:func:`gfldet.engine.preflight.check_device`)."""
-    import torch
-
-    from .engine.preflight import check_device
-
-    name = check_device(name, "--device")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -433,9 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# A mistake of the user's (a bad value, a missing or unreadable file, no network for a download, a missing
-# optional package) is one message and exit code 2; -v adds the traceback. Anything else is a bug: a traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# A mistake of the user's is one message and exit code 2; -v adds the traceback. A mistake of the user's is a
+# GfldetError (a bad value or setting, a malformed file, an unsupported combination, a diverged run: gfldet.errors),
+# an OSError (a missing or unreadable file, no network for a download) or a missing optional package (OPTIONAL).
+# Anything else is a bug and keeps its traceback: a plain ValueError too, e.g. one raised inside torch or NumPy.
+USER_ERRORS = (GfldetError, OSError)
 # optional packages some commands need (import name -> what to pip install)
 OPTIONAL = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib",
             "openvino": "gfldet[deploy]", "nncf": "gfldet[deploy]"}

@@ -347,6 +347,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             data = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:  # a ValueError, but not one of gfldet's: without this, a traceback
+            raise ConfigError(f"{path}: not a YAML config: not UTF-8 text ({e.reason} at byte {e.start})") from e
         try:
             cfg = _from_dict(Config, data)
         except ConfigError as e:

@@ -37,7 +37,9 @@ from .config import Config
 from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
 from .engine.amp import cpu_has_native_bf16
+from .engine.device import resolve_device
 from .engine.train import train
+from .errors import GfldetError
 from .files import write_json
 from .models.io import load_model
 from .models.zoo import ARCHS, check_arch, imagenet_cache_path, torchvision_weights
@@ -258,6 +260,7 @@ def run_demo(
     torch hub's cache holds them (:func:`cached_imagenet_weights`), from scratch otherwise. ``lr`` None: 0.06 for
     the demo's ResNet-18, the regime's rate for another arch.
     """
+    dev = resolve_device(device, "device")  # an unknown device, or CUDA without CUDA, before any data is made
     if epochs is None:
         epochs = demo_epochs(device)
     check_arch(arch)
@@ -266,8 +269,8 @@ def run_demo(
         lr = 0.06
 
     if epochs < 1 or batch_size < 1 or image_size < 64 or train_images < batch_size or val_images < 1:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, image_size >= 64, train_images >= batch_size, "
-                         f"val_images >= 1; got {epochs}, {batch_size}, {image_size}, {train_images}, {val_images}")
+        raise GfldetError(f"need epochs >= 1, batch_size >= 1, image_size >= 64, train_images >= batch_size, "
+                          f"val_images >= 1; got {epochs}, {batch_size}, {image_size}, {train_images}, {val_images}")
     t0 = time.perf_counter()
     data = demo_data(cache_dir, train_images, val_images, image_size, seed=0)  # one dataset, whatever the run seed
     t_data = time.perf_counter()
@@ -287,7 +290,6 @@ def run_demo(
         raise RuntimeError(f"{out / 'metrics.jsonl'} holds no evaluation of the trained model")
     coco = {**evals[-1]["eval"], "per_class": evals[-1].get("per_class")}
     t_eval = time.perf_counter()
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     model = load_model(out / "last.pt").to(dev)
 
     samples = load_split(data["val_ann"], data["val_images"])

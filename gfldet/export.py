@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .errors import GfldetError
 from .files import atomic_path, refuse_existing
 from .models.box_coders import DistributionBox
 from .models.quality import JointQFL
@@ -83,7 +84,7 @@ def output_names(mode: str, num_levels: int) -> list[str]:
     if mode == "raw":
         levels = _LEVEL_NAMES[:num_levels]
         return [f"cls_{l}" for l in levels] + [f"reg_{l}" for l in levels]
-    raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
+    raise GfldetError(f"unknown export mode {mode!r}; choose one of {MODES}")
 
 
 def is_gfl_assembly(model: nn.Module) -> bool:
@@ -99,10 +100,10 @@ class ExportModule(nn.Module):
     def __init__(self, model: nn.Module, mode: str = "decoded"):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"unknown export mode {mode!r}; choose one of {MODES}")
+            raise GfldetError(f"unknown export mode {mode!r}; choose one of {MODES}")
         if not is_gfl_assembly(model):
-            raise ValueError("ONNX export supports the GFL and GFLV2 detectors only (distribution with unit bins, joint "
-                             "QFL score, one anchor per location), not another assembly")
+            raise GfldetError("ONNX export supports the GFL and GFLV2 detectors only (distribution with unit bins, joint "
+                              "QFL score, one anchor per location), not another assembly")
         self.model, self.mode = model, mode
 
     def forward(self, images: Tensor):
@@ -173,14 +174,14 @@ def export_onnx(
     # treats sizes 0 and 1 as constants), so every level must be at least 2 x 2 in the example.
     need = 2 * max(model.config.strides)
     if min(example_size) < need:
-        raise ValueError(f"example_size {tuple(example_size)} is too small to trace dynamic shapes: each side must be "
-                         f">= {need} (twice the coarsest stride) so that no feature map is 1 pixel wide")
+        raise GfldetError(f"example_size {tuple(example_size)} is too small to trace dynamic shapes: each side must be "
+                          f">= {need} (twice the coarsest stride) so that no feature map is 1 pixel wide")
     dcn = tuple(getattr(model.config, "stage_with_dcn", ()))
     if opset is None:
         opset = DCN_OPSET if any(dcn) else 18
     elif any(dcn) and opset < DCN_OPSET:
-        raise ValueError(f"the model uses deformable convolutions (model.stage_with_dcn={dcn}), which ONNX has as "
-                         f"DeformConv from opset {DCN_OPSET} on: pass opset >= {DCN_OPSET} (gfldet export --opset), got {opset}")
+        raise GfldetError(f"the model uses deformable convolutions (model.stage_with_dcn={dcn}), which ONNX has as "
+                          f"DeformConv from opset {DCN_OPSET} on: pass opset >= {DCN_OPSET} (gfldet export --opset), got {opset}")
     was_training = model.training
     wrapper = ExportModule(model, mode).eval()
     names = output_names(mode, len(model.config.strides))

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .data.image_files import IMAGE_EXTENSIONS, collect_images, read_image
 from .deploy import BACKENDS, load
 from .engine.evaluate import detections_to_coco
+from .errors import GfldetError
 from .files import check_output_folder, write_json
 from .models.coco_classes import coco_category_ids
 from .models.io import load_checkpoint, load_model
@@ -38,21 +39,21 @@ def coco_image_ids(files: list[Path], ann: str | os.PathLike) -> list[int]:
 
     A file matches the entry whose ``file_name`` (``/``-separated, usually relative to an image folder, e.g.
     ``000000397133.jpg`` or ``images/000123.png``) is the longest trailing part of the file's path. A file that
-    matches no entry, an entry named twice in ``ann`` or two files matching one entry raise ValueError naming
+    matches no entry, an entry named twice in ``ann`` or two files matching one entry raise GfldetError naming
     them.
     """
     try:
         data = json.loads(Path(ann).read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{ann}: not a readable COCO annotation JSON ({e})") from e
+        raise GfldetError(f"{ann}: not a readable COCO annotation JSON ({e})") from e
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
-        raise ValueError(f"{ann}: not a COCO annotation file (no 'images' list)")
+        raise GfldetError(f"{ann}: not a COCO annotation file (no 'images' list)")
     by_name: dict[str, int] = {}
     twice: set[str] = set()
     for im in images:
         if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or "id" not in im:
-            raise ValueError(f"{ann}: every entry of 'images' needs 'id' and 'file_name', got {im!r}")
+            raise GfldetError(f"{ann}: every entry of 'images' needs 'id' and 'file_name', got {im!r}")
         key, iid = _name_key(im["file_name"]), int(im["id"])
         if by_name.get(key, iid) != iid:
             twice.add(key)
@@ -64,13 +65,13 @@ def coco_image_ids(files: list[Path], ann: str | os.PathLike) -> list[int]:
         tails = ("/".join(parts[-k:]) for k in range(len(parts), 0, -1))  # longest first
         key = next((t for t in tails if t in by_name), None)
         if key is None:
-            raise ValueError(f"{f}: no image with this file_name in {ann} (COCO file_name entries look like "
-                             f"{sorted(by_name)[:2]}); image_id in predictions.json must come from it")
+            raise GfldetError(f"{f}: no image with this file_name in {ann} (COCO file_name entries look like "
+                              f"{sorted(by_name)[:2]}); image_id in predictions.json must come from it")
         if key in twice:
-            raise ValueError(f"{f}: file_name {key!r} names more than one image in {ann}")
+            raise GfldetError(f"{f}: file_name {key!r} names more than one image in {ann}")
         iid = by_name[key]
         if iid in owner:
-            raise ValueError(f"{owner[iid]} and {f} both match file_name {key!r} (image id {iid}) in {ann}")
+            raise GfldetError(f"{owner[iid]} and {f} both match file_name {key!r} (image id {iid}) in {ann}")
         owner[iid] = f
         ids.append(iid)
     return ids
@@ -102,7 +103,7 @@ def predict(
     distributions).
 
     ``image_id``: with ``ann`` (a COCO annotation JSON), the id of the image of the same ``file_name`` there
-    (see :func:`coco_image_ids`; an input file it does not list raises ValueError before anything runs), so
+    (see :func:`coco_image_ids`; an input file it does not list raises GfldetError before anything runs), so
     that the results can be scored against ``ann``; without it, the file's position (0, 1, ...) in the sorted
     list of inputs.
 
@@ -117,11 +118,11 @@ def predict(
     (:func:`gfldet.load_pretrained`: downloaded once, run with the test settings of their published AP).
     """
     if (checkpoint is None) == (weights is None):
-        raise ValueError("give a checkpoint or weights (published weights' name or file), not both or neither")
+        raise GfldetError("give a checkpoint or weights (published weights' name or file), not both or neither")
     if backend == "torch" and (threads or precision):
-        raise ValueError("threads and precision are for the onnxruntime / openvino backends")
+        raise GfldetError("threads and precision are for the onnxruntime / openvino backends")
     if weights is not None and backend != "torch":
-        raise ValueError(f"weights run with the torch backend, not {backend!r}")
+        raise GfldetError(f"weights run with the torch backend, not {backend!r}")
 
     check_output_folder(out_dir, ("predictions.json",), overwrite)
     files = collect_images(inputs)
@@ -159,15 +160,15 @@ def predict(
             return [{k: torch.from_numpy(v) for k, v in det.items()} for det in dets]
 
     else:
-        raise ValueError(f"unknown backend {backend!r}; choose 'torch' or one of {BACKENDS}")
+        raise GfldetError(f"unknown backend {backend!r}; choose 'torch' or one of {BACKENDS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, failed, picture_files = [], [], []
     t0 = time.perf_counter()
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
     for batch in _batches(_read_ahead(files, workers=read_workers), batch_size):
-        readable = [(idx, f, img) for idx, f, img in batch if not isinstance(img, ValueError)]
-        for _, f, err in (b for b in batch if isinstance(b[2], ValueError)):
+        readable = [(idx, f, img) for idx, f, img in batch if not isinstance(img, GfldetError)]
+        for _, f, err in (b for b in batch if isinstance(b[2], GfldetError)):
             log.warning("%s", err)
             failed.append(str(f))
         dets = run([img for _, _, img in readable]) if readable else []
@@ -199,7 +200,7 @@ def predict(
     bar.close()
     elapsed = time.perf_counter() - t0
     if len(failed) == len(files):
-        raise ValueError(f"none of the {len(files)} inputs could be read (first: {failed[0]})")
+        raise GfldetError(f"none of the {len(files)} inputs could be read (first: {failed[0]})")
     json_path = out / "predictions.json"
     write_json(json_path, results)
     done = len(files) - len(failed)
@@ -210,8 +211,8 @@ def predict(
             "images_per_s": round(done / elapsed, 2)}
 
 
-def _read_ahead(files: list[Path], workers: int = 2) -> Iterator[tuple[int, Path, torch.Tensor | ValueError]]:
-    """``(index, file, image or the ValueError of an unreadable file)`` in order, decoded by ``workers`` threads
+def _read_ahead(files: list[Path], workers: int = 2) -> Iterator[tuple[int, Path, torch.Tensor | GfldetError]]:
+    """``(index, file, image or the GfldetError of an unreadable file)`` in order, decoded by ``workers`` threads
     a few files ahead of the consumer (PIL decodes without the GIL), so that the backend is not kept waiting."""
     ahead = max(2, 2 * workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gfldet-read") as pool:
@@ -226,10 +227,10 @@ def _read_ahead(files: list[Path], workers: int = 2) -> Iterator[tuple[int, Path
             yield i, p, fut.result()
 
 
-def _read_or_error(f: Path) -> torch.Tensor | ValueError:
+def _read_or_error(f: Path) -> torch.Tensor | GfldetError:
     try:
         return read_image(f)
-    except ValueError as e:
+    except GfldetError as e:  # an unreadable file; anything else is a bug
         return e
 
 

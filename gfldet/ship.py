@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from .deploy import lowp
+from .errors import GfldetError
 from .export import export_onnx
 from .files import refuse_existing
 
@@ -49,18 +50,18 @@ def export_model(model: nn.Module, out: str | os.PathLike, fmt: str | None = Non
     out = Path(out)
     fmt = fmt or format_for(out)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
+        raise GfldetError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     if fmt == "openvino" and out.suffix.lower() != ".xml":
-        raise ValueError(f"--format openvino writes NAME.xml + NAME.bin: give --out with .xml, got {out}")
+        raise GfldetError(f"--format openvino writes NAME.xml + NAME.bin: give --out with .xml, got {out}")
     if fmt == "onnx" and out.suffix.lower() == ".xml":
-        raise ValueError(f"{out}: an .xml file is an OpenVINO IR; use --format openvino, or an .onnx name")
+        raise GfldetError(f"{out}: an .xml file is an OpenVINO IR; use --format openvino, or an .onnx name")
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16 (INT8 is --int8), got {precision!r}")
+        raise GfldetError(f"precision must be fp32 or bf16 (INT8 is --int8), got {precision!r}")
     if precision == "bf16" and fmt != "openvino":
-        raise ValueError("bf16 is an OpenVINO inference precision: use --format openvino (ONNX Runtime's CPU provider "
-                         "has no bf16 convolutions)")
+        raise GfldetError("bf16 is an OpenVINO inference precision: use --format openvino (ONNX Runtime's CPU provider "
+                          "has no bf16 convolutions)")
     if int8 != (calib is not None):
-        raise ValueError("INT8 needs calibration images: give --int8 together with --calib IMAGES_DIR")
+        raise GfldetError("INT8 needs calibration images: give --int8 together with --calib IMAGES_DIR")
     if calib is not None and not Path(calib).exists():
         raise FileNotFoundError(f"--calib {calib}: no such folder of calibration images")
     refuse_existing(_outputs(out, fmt), overwrite)

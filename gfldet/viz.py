@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .errors import GfldetError
+
 __all__ = ["draw_detections", "draw_distributions", "plot_curves", "infer_stride", "to_hwc_uint8", "EDGE_NAMES", "COLOURS"]
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def to_hwc_uint8(image: Any) -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     if a.ndim != 3:
-        raise ValueError(f"expected an image of shape (H, W, 3) or (3, H, W), got {a.shape}")
+        raise GfldetError(f"expected an image of shape (H, W, 3) or (3, H, W), got {a.shape}")
     if a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):
         a = np.transpose(a, (1, 2, 0))
     if a.shape[2] == 1:

@@ -1,4 +1,5 @@
-"""The command line: `gfldet convert` (and `python -m gfldet`)."""
+"""The command line: `gfldet convert`, the error rule (a user's mistake: one line and exit code 2; a bug: its
+traceback) and `python -m gfldet`."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import gfldet
@@ -73,3 +75,94 @@ def test_convert_maps_coco_classes_to_coco_category_ids(tmp_path, capsys):
     _, other = _mmdet_file(tmp_path)
     assert main(["convert", str(other), str(tmp_path / "two.pt")]) == 0
     assert "cat_ids" not in load_checkpoint(tmp_path / "two.pt")
+
+
+def test_convert_refuses_an_existing_destination_before_reading_the_source(tmp_path, capsys):
+    """The one rule of every writer (gfldet.files.refuse_existing): checked first, so a bad SRC is not even read."""
+    src = tmp_path / "broken.pth"
+    src.write_bytes(b"garbage")
+    dst = tmp_path / "mine.pt"
+    dst.write_bytes(b"precious")
+    assert main(["convert", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gfldet convert: error: {dst} exists") and "--force" in err and "broken" not in err
+    assert dst.read_bytes() == b"precious"
+
+
+def _one_error_line(err: str, command: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gfldet {command}: error: "), err
+    return lines[0]
+
+
+def test_a_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    assert main(["config", "--set", "train.lr=-1"]) == 2
+    assert "train.lr: -1.0 must be > 0" in _one_error_line(capsys.readouterr().err, "config")
+    ann = tmp_path / "ann.json"
+    ann.write_text('{"images": [')
+    assert main(["inspect-data", str(ann), "--images", str(tmp_path)]) == 2
+    assert f"{ann}: not valid JSON" in _one_error_line(capsys.readouterr().err, "inspect-data")
+
+
+def test_the_device_is_checked_as_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path), "--device", "cuda"]) == 2
+    assert "--device='cuda' but CUDA is not available" in _one_error_line(capsys.readouterr().err, "predict")
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--device", "gpu"]) == 2
+    assert "--device: 'gpu' is not a device" in _one_error_line(capsys.readouterr().err, "eval")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """A ValueError that is not a GfldetError (here: raised where the command calls into gfldet; in life e.g. from
+    inside torch or NumPy) is a bug: main does not turn it into a message, Python prints its traceback."""
+    import gfldet.config
+    from gfldet.errors import GfldetError
+
+    def boom(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(gfldet.config, "load_config", boom)
+    with pytest.raises(ValueError, match="boom") as caught:
+        main(["config"])
+    assert type(caught.value) is ValueError
+    assert "error" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match="boom"):
+        main(["-v", "config"])
+
+    def user_error(*args, **kwargs):
+        raise GfldetError("a bad value")
+
+    monkeypatch.setattr(gfldet.config, "load_config", user_error)
+    assert main(["config"]) == 2
+    assert _one_error_line(capsys.readouterr().err, "config") == "gfldet config: error: a bad value"
+
+
+def test_a_traceback_with_v_for_a_user_error_too(monkeypatch, capsys, caplog):
+    import gfldet.config
+    from gfldet.errors import GfldetError
+
+    def user_error(*args, **kwargs):
+        raise GfldetError("a bad value")
+
+    monkeypatch.setattr(gfldet.config, "load_config", user_error)
+    assert main(["config", "-v"]) == 2
+    assert capsys.readouterr().err.strip().endswith("gfldet config: error: a bad value")
+    assert any(r.exc_info and r.exc_info[0] is GfldetError for r in caplog.records)
+
+
+def test_the_error_types_a_user_causes():
+    from gfldet.data.coco_load import DatasetError
+    from gfldet.engine.train import NonFiniteLossError
+    from gfldet.errors import GfldetError
+    from gfldet.models.config import ConfigError, FieldError
+    from gfldet.models.pretrained import PretrainedError
+
+    assert gfldet.GfldetError is GfldetError and "GfldetError" in gfldet.__all__
+    assert issubclass(GfldetError, ValueError)
+    for cls in (ConfigError, FieldError, PretrainedError, DatasetError, NonFiniteLossError):
+        assert issubclass(cls, GfldetError) and issubclass(cls, ValueError), cls
+        assert isinstance(cls("x") if cls is not FieldError else cls("k", 1, "why"), GfldetError), cls
+    assert issubclass(NonFiniteLossError, FloatingPointError)  # as before: code that caught it that way still does
+    from gfldet.cli import USER_ERRORS
+
+    assert ValueError not in USER_ERRORS and FloatingPointError not in USER_ERRORS and GfldetError in USER_ERRORS

@@ -54,6 +54,10 @@ def test_bad_files(tmp_path):
     bad.write_text("train: {epochs: [1, 2}\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00")  # e.g. a checkpoint passed as the config
+    with pytest.raises(ConfigError, match=r"weights.yaml: not a YAML config: not UTF-8 text"):
+        load_config(binary)
     unk = tmp_path / "unk.yaml"
     unk.write_text("train:\n  epochs: 2\n  epoch: 3\n")
     with pytest.raises(ConfigError, match="unk.yaml: unknown config key.*train.epoch"):

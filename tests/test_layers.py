@@ -12,12 +12,14 @@ PKG = ROOT / "gfldet"
 # The layer map. A module may import a module of a lower rank, or a module of its own group (the modules of one
 # package work together); it may not import a higher rank, nor another group of its own rank. Longest prefix wins.
 #
-#   rank 0  ops             tensor maths; imports nothing else of gfldet (ops_imports_only_ops below)
+#   rank -1 errors          GfldetError, the user's-mistake error type; imports nothing at all, every module may
+#                           import it (ops included: it is the one exception to ops importing only ops)
+#   rank 0  ops             tensor maths; imports nothing else of gfldet but errors (ops_out below)
 #           files           writing files without losing what was there (atomic writes, the overwrite rule)
 #   rank 1  models          the detector, its parts, its config (models.config) and model files (models.io)
 #   rank 2  config          gfldet/config.py, the run config tree; its model section is generated from models.config
 #   rank 3  data            datasets, transforms, synthetic data, output folders, the inspect-data report
-#           viz             pictures (detections, distributions, curves); imports no other gfldet module
+#           viz             pictures (detections, distributions, curves); imports no other gfldet module but errors
 #   rank 4  engine          training, evaluation, checkpoints, distributed, preflight, recipe
 #   rank 5  app parts       analysis, export, deploy: each its own group, none imports another
 #   rank 6  app commands    predict, demo, ship (export in a format / precision): compose the app parts; none
@@ -27,6 +29,7 @@ PKG = ROOT / "gfldet"
 # gfldet/__init__.py (the package face) is exempt both ways: it re-exports from every layer, and importing the bare
 # package from inside gfldet (``from . import __version__``) is not checked.
 LAYERS = {  # module prefix -> (rank, group)
+    "gfldet.errors": (-1, "errors"),
     "gfldet.ops": (0, "ops"),
     "gfldet.files": (0, "files"),
     "gfldet.models": (1, "models"),
@@ -135,7 +138,7 @@ def layer_violations():
             assert theirs is not None, f"{target} (imported by {me}) is in no layer: add it to LAYERS"
             upward = theirs[0] > mine[0]
             sibling = theirs[0] == mine[0] and theirs[1] != mine[1]
-            ops_out = mine[1] == "ops" and theirs[1] != "ops"
+            ops_out = mine[1] == "ops" and theirs[1] not in ("ops", "errors")
             if upward or sibling or ops_out:
                 found.setdefault((me, target, name), line)
     return found
@@ -192,11 +195,18 @@ def test_ops_loads_nothing_else_of_gfldet():
     code = ("import sys, gfldet.ops; print('\\n'.join(m for m in sys.modules "
             "if m.split('.')[0] == 'gfldet'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    loaded = {m for m in out.split() if not (m in ("gfldet", "gfldet.ops") or m.startswith("gfldet.ops."))}
+    bottom = ("gfldet", "gfldet.ops", "gfldet.errors")  # the package face; ops imports errors (rank -1) only
+    loaded = {m for m in out.split() if not (m in bottom or m.startswith("gfldet.ops."))}
     outside = sorted(loaded - OPS_IMPORT_ALLOWLIST)
     assert not outside, "import gfldet.ops loads modules outside gfldet.ops: " + ", ".join(outside)
     stale = sorted(OPS_IMPORT_ALLOWLIST - loaded)
     assert not stale, "OPS_IMPORT_ALLOWLIST entries no longer loaded (delete them): " + ", ".join(stale)
+
+
+def test_errors_imports_nothing():
+    """gfldet.errors is the bottom: every layer raises its GfldetError, the torch-free runtime (gfldet.deploy) too."""
+    found = {target for _, target, _ in imports(PKG / "errors.py")}
+    assert found <= {"__future__"}, f"gfldet/errors.py imports {sorted(found)}; it must import nothing"
 
 
 def test_public_face():

@@ -8,9 +8,9 @@
 ...     for images, targets in loader: ...
 
 The file is checked when the dataset is built. Problems that make it unusable or mean the wrong files were
-given raise :class:`DatasetError` (a ``ValueError``) naming the file, the entry and the bad value. Problems a
-real dataset commonly has are fixed or dropped with a ``logging`` warning that counts them and shows the
-first few, and are counted in :attr:`CocoDetection.summary`:
+given raise :class:`DatasetError` (a :class:`~gfldet.errors.GfldetError`) naming the file, the entry and the bad
+value. Problems a real dataset commonly has are fixed or dropped with a ``logging`` warning that counts them and
+shows the first few, and are counted in :attr:`CocoDetection.summary`:
 
 - annotations whose box has width or height <= 0, that lie entirely outside their image, or that refer to an
   image id not in ``images`` are dropped; boxes partly outside are clipped to the image;
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import GfldetError
 from .coco_load import CocoAnnotations, DatasetError, is_int
 from .image_files import decode_rgb
 from .transforms import hflip
@@ -91,11 +92,11 @@ class CocoDetection(CocoAnnotations, torch.utils.data.Dataset):
     ) -> None:
         super().__init__()
         if not 0.0 <= float(flip_prob) <= 1.0:
-            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+            raise GfldetError(f"flip_prob must be in [0, 1], got {flip_prob}")
         if not 0.0 <= float(min_valid_fraction) <= 1.0:
-            raise ValueError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
+            raise GfldetError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
         if not is_int(seed) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            raise GfldetError(f"seed must be a non-negative integer, got {seed!r}")
         self.ann_file = os.fspath(ann_file)
         self.image_dir = os.fspath(image_dir)
         self.train = bool(train)
@@ -136,7 +137,7 @@ class CocoDetection(CocoAnnotations, torch.utils.data.Dataset):
         iteration starts, so with ``persistent_workers=True`` a later call does not reach them.
         """
         if not is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+            raise GfldetError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch = int(epoch)
 
     def generator(self, index: int) -> torch.Generator:

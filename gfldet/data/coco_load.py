@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import GfldetError
 from .image_files import probe_image
 
 __all__ = ["CocoAnnotations", "DatasetError", "is_int"]
@@ -24,8 +25,9 @@ _SAMPLE_CHECK = 32  # images probed for existence when check_images=False
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-class DatasetError(ValueError):
-    """A COCO annotation file (or its image folder) that cannot be used as it is."""
+class DatasetError(GfldetError):
+    """A COCO annotation file (or its image folder) that cannot be used as it is. A
+    :class:`~gfldet.errors.GfldetError` (a ``ValueError``)."""
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -11,6 +11,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from ..errors import GfldetError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["probe_image", "decode_rgb", "collect_images", "read_image", "IMAGE_EXTENSIONS"]
@@ -71,12 +73,12 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
         else:
             raise FileNotFoundError(f"input not found: {p}")
     if not out:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+        raise GfldetError(f"no images found in {[str(i) for i in inputs]}")
     return out
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """``(3, H, W)`` uint8 RGB; a file that is not a readable image raises ValueError naming it."""
+    """``(3, H, W)`` uint8 RGB; a file that is not a readable image raises GfldetError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -84,5 +86,5 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
             arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
             w, h = im.size
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from e
+        raise GfldetError(f"{path}: not a readable image ({e})") from e
     return arr.reshape(h, w, 3).permute(2, 0, 1).contiguous()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
+from ..errors import GfldetError
 from ..files import check_output_folder, write_json
 from . import inspect_stats as stats
 from .coco import CocoDetection
@@ -67,14 +68,14 @@ def inspect_dataset(ann_file: str | os.PathLike, images_dir: str | os.PathLike, 
 
     ``max_images`` caps the images the ATSS assignment runs on (a seeded random sample; ``None``: all); the
     counts and box sizes always use every image. ``recommend=False`` skips the search over other input sizes
-    (the trainer's quick summary). Raises :class:`~gfldet.data.coco.DatasetError` (a
-    ``ValueError`` naming the file and the entry) on a malformed annotation file or a wrong image folder.
+    (the trainer's quick summary). Raises :class:`~gfldet.data.coco.DatasetError` (a GfldetError
+    naming the file and the entry) on a malformed annotation file or a wrong image folder.
     Returns a JSON-serialisable dict (see :func:`format_report`).
     """
     t0 = time.perf_counter()
     cfg = cfg if cfg is not None else Config()
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}")
+        raise GfldetError(f"max_images must be a positive integer or None, got {max_images!r}")
     geo = stats.Geometry(cfg)
     # ``dataset``: the same file already loaded and checked (the trainer's), not read a second time
     ds = dataset if dataset is not None else CocoDetection(ann_file, images_dir, train=False, check_images=False)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..errors import GfldetError
 from ..models.assemble import assigner_part, prior_part
 from ..ops.boxes import box_centers, box_to_distance
 from ..ops.priors import level_index
@@ -105,8 +106,8 @@ class Geometry:
 
     def __init__(self, cfg: Config) -> None:
         if cfg.input.min_size is None or cfg.input.max_size is None:
-            raise ValueError(f"the report is at the configured input size: set input.min_size and input.max_size (now "
-                             f"{cfg.input.min_size} and {cfg.input.max_size}; null keeps every image at its own size)")
+            raise GfldetError(f"the report is at the configured input size: set input.min_size and input.max_size (now "
+                              f"{cfg.input.min_size} and {cfg.input.max_size}; null keeps every image at its own size)")
         mc = cfg.model_config(num_classes=1)  # the classes change neither priors nor assignment
         self.strides = tuple(int(s) for s in mc.strides)
         self.divisor = int(mc.size_divisor)

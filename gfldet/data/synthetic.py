@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import GfldetError
 from . import synthetic_draw as paint
 from .synthetic_common import hsv_to_rgb, overlap_window, write_generated_coco
 
@@ -60,7 +61,7 @@ def class_names(num_classes: int = 3) -> list[str]:
 
 def _check_num_classes(num_classes: int) -> None:
     if not 1 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
+        raise GfldetError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
 
 
 # --------------------------------------------------------------------------- samples
@@ -102,10 +103,10 @@ def make_sample(
     _check_num_classes(num_classes)
     h, w = int(size[0]), int(size[1])
     if h < 16 or w < 16:
-        raise ValueError(f"image size must be at least 16x16, got {size}")
+        raise GfldetError(f"image size must be at least 16x16, got {size}")
     probs = np.asarray(effect_probs, dtype=np.float64)
     if probs.shape != (len(EFFECTS),) or (probs < 0).any() or probs.sum() <= 0:
-        raise ValueError(f"effect_probs must be {len(EFFECTS)} non-negative numbers, got {effect_probs}")
+        raise GfldetError(f"effect_probs must be {len(EFFECTS)} non-negative numbers, got {effect_probs}")
     probs = probs / probs.sum()
     side = min(h, w)
     lo_px, hi_px = max(6.0, min_object * side), max(8.0, max_object * side)
@@ -272,7 +273,7 @@ def make_split(n: int, seed: int, size: tuple[int, int] = (320, 320), num_classe
     Sample ``i`` depends only on ``(seed, i)``, so a longer split starts with the shorter one.
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise GfldetError(f"n must be >= 0, got {n}")
     return [_split_sample(seed, i, size, num_classes, kwargs) for i in range(n)]
 
 
@@ -314,9 +315,9 @@ def write_coco(folder: str | os.PathLike, n: int, seed: int, size: tuple[int, in
     threads; the files written are the same for any number of workers. Returns the path of ``annotations.json``.
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise GfldetError(f"n must be >= 0, got {n}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise GfldetError(f"workers must be >= 1, got {workers}")
     _check_num_classes(num_classes)
     size = (int(size[0]), int(size[1]))
     return write_generated_coco(

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import GfldetError
 from .folders import cached_splits, generation_workers
 from . import scene_draw as art
 from .synthetic_common import hsv_to_rgb, overlap_window, write_generated_coco
@@ -125,9 +126,9 @@ def make_scene(
     """
     h, w = int(size[0]), int(size[1])
     if h < 32 or w < 32:
-        raise ValueError(f"image size must be at least 32x32, got {size}")
+        raise GfldetError(f"image size must be at least 32x32, got {size}")
     if not 0 < num_objects[0] <= num_objects[1]:
-        raise ValueError(f"num_objects must be (min, max) with 0 < min <= max, got {num_objects}")
+        raise GfldetError(f"num_objects must be (min, max) with 0 < min <= max, got {num_objects}")
     side = min(h, w)
     img = art.background(rng, h, w)
 
@@ -300,9 +301,9 @@ def write_scenes_coco(folder: str | os.PathLike, n: int, seed: int, size: tuple[
     ``texture``. ``kwargs`` go to :func:`make_scene`. Returns the path of ``annotations.json``.
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise GfldetError(f"n must be >= 0, got {n}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise GfldetError(f"workers must be >= 1, got {workers}")
     folder = os.fspath(folder)
     size = (int(size[0]), int(size[1]))
     return write_generated_coco(

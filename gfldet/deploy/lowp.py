@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.image_files import collect_images, read_image
+from ..errors import GfldetError
 from ..files import atomic_path, refuse_existing, replace_together
 from .preprocess import preprocess
 from .runtime import cpu_has_vnni, read_metadata
@@ -54,7 +55,7 @@ def _downstream(start: Iterable[Any], consumers) -> list[Any]:
 
 def float_scope_onnx(proto: Any) -> list[str]:
     """Names of the nodes of an exported ONNX graph that stay in float: all nodes fed, directly or not, by the
-    head's output convolutions (those convolutions excluded). Raises ValueError if the graph has none."""
+    head's output convolutions (those convolutions excluded). Raises GfldetError if the graph has none."""
     graph = proto.graph
     for i, node in enumerate(graph.node):  # ORT's quantiser matches nodes by name: give every node one
         if not node.name:
@@ -65,7 +66,7 @@ def float_scope_onnx(proto: Any) -> list[str]:
             by_input.setdefault(name, []).append(node)
     heads = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in HEAD_OUTPUT_WEIGHTS]
     if not heads:
-        raise ValueError(f"no head output convolution (weights {HEAD_OUTPUT_WEIGHTS}) in the graph: not a gfldet export")
+        raise GfldetError(f"no head output convolution (weights {HEAD_OUTPUT_WEIGHTS}) in the graph: not a gfldet export")
     scope = _downstream(heads, lambda n: [c for out in n.output for c in by_input.get(out, [])])
     return [n.name for n in scope if n not in heads]
 
@@ -98,7 +99,7 @@ def calibration_files(images: str | os.PathLike | Sequence[str | os.PathLike], l
 
 def calibration_input(file: str | os.PathLike, meta: dict[str, Any]) -> np.ndarray:
     """One calibration batch: the image resized and padded as the model is run (:func:`gfldet.deploy.preprocess`).
-    An unreadable file raises ValueError naming it."""
+    An unreadable file raises GfldetError naming it."""
     return preprocess([read_image(file)], meta)[0]
 
 
@@ -173,7 +174,7 @@ def to_openvino(src: str | os.PathLike, dst: str | os.PathLike, precision: str =
 
     src, dst = Path(src), Path(dst)
     if dst.suffix.lower() != ".xml":
-        raise ValueError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin), got {dst}")
+        raise GfldetError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin), got {dst}")
     refuse_existing([dst, dst.with_suffix(".bin")], overwrite)
     meta = read_metadata(src)
     model = ov.convert_model(os.fspath(src))

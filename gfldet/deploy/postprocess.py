@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GfldetError
+
 __all__ = ["postprocess", "nms", "batched_nms", "FRAME_OUTPUTS"]
 
 # outputs of a decoded graph that are not per-prior extras of a detection
@@ -129,7 +131,7 @@ def postprocess(
     """
     missing = [k for k in FRAME_OUTPUTS if k not in outputs]
     if missing:
-        raise ValueError(f"the outputs lack {missing}: not a decoded gfldet graph (outputs: {sorted(outputs)})")
+        raise GfldetError(f"the outputs lack {missing}: not a decoded gfldet graph (outputs: {sorted(outputs)})")
     thr = float(meta["score_thr"] if score_thr is None else score_thr)
     nms_pre, nms_iou, max_det = int(meta["nms_pre"]), float(meta["nms_iou"]), int(meta["max_per_img"])
     extras = [k for k in outputs if k not in FRAME_OUTPUTS]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GfldetError
 from ..ops.resize import check_image, keep_ratio_size
 
 __all__ = ["preprocess", "image_as_float", "resize_bilinear"]
@@ -71,7 +72,7 @@ def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray,
     0..255, resized as the model does, padded to a common size with the pixel mean, which the graph normalises
     to 0 as the model's zero padding), the resized ``(H, W)``, the ``(sx, sy)`` scales and the original sizes."""
     if len(images) == 0:
-        raise ValueError("expected a non-empty list of (3, H, W) images")
+        raise GfldetError("expected a non-empty list of (3, H, W) images")
     mean = np.asarray(meta.get("pixel_mean", DEFAULT_MEAN), np.float32)
     arrs, sizes, scales, originals = [], [], [], []
     for k, img in enumerate(images):

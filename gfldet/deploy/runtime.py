@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GfldetError
 from ..files import TORCH_SUFFIXES, file_kind, first_line
 from .postprocess import postprocess
 from .preprocess import preprocess
@@ -42,8 +43,8 @@ def _check_exported_path(path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported model not found: {path}")
     if file_kind(path) == "torch" or path.lower().endswith(TORCH_SUFFIXES):
-        raise ValueError(f"{path} is a PyTorch checkpoint, not an exported file: run it with `--backend torch`, "
-                         f"or make one with `gfldet export --checkpoint {path} --out model.onnx`")
+        raise GfldetError(f"{path} is a PyTorch checkpoint, not an exported file: run it with `--backend torch`, "
+                          f"or make one with `gfldet export --checkpoint {path} --out model.onnx`")
 
 
 def backend_for(path: str | os.PathLike) -> str:
@@ -58,7 +59,7 @@ RUNTIME_FORMAT = 2
 
 def _decode_meta(raw: dict[str, str], source: Any, kind: str = "an ONNX file") -> dict[str, Any]:
     if "mode" not in raw:
-        raise ValueError(f"{source}: not {kind} exported by gfldet (no gfldet.* metadata)")
+        raise GfldetError(f"{source}: not {kind} exported by gfldet (no gfldet.* metadata)")
     meta: dict[str, Any] = {}
     for k, v in raw.items():
         try:
@@ -92,9 +93,9 @@ def _ort_session(path: str, threads: int | None = None, providers: Sequence[str]
     try:
         return ort.InferenceSession(path, options, providers=list(providers))
     except ort_errors.InvalidProtobuf as e:  # onnxruntime's own types, derived from Exception only
-        raise ValueError(f"{path}: not a readable ONNX file: {first_line(e)}") from e
+        raise GfldetError(f"{path}: not a readable ONNX file: {first_line(e)}") from e
     except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidArgument, ort_errors.NotImplemented) as e:
-        raise ValueError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from e
+        raise GfldetError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from e
 
 
 def _onnx_file_meta(path: str) -> dict[str, Any]:
@@ -135,11 +136,11 @@ def check_runnable(meta: dict[str, Any], path: str) -> None:
     own decoding) or a decoded file of an earlier format."""
     how = f"re-export it from its checkpoint: gfldet export --checkpoint CKPT --out {Path(path).name}"
     if meta.get("mode") != "decoded":
-        raise ValueError(f"{path} is a {meta.get('mode')!r} export (per-level maps for your own decoding, docs/onnx.md); "
-                         f"gfldet's runtime runs decoded exports: {how} (mode decoded is the default)")
+        raise GfldetError(f"{path} is a {meta.get('mode')!r} export (per-level maps for your own decoding, docs/onnx.md); "
+                          f"gfldet's runtime runs decoded exports: {how} (mode decoded is the default)")
     if int(meta.get("format", 1)) < RUNTIME_FORMAT:
-        raise ValueError(f"{path} was exported by an earlier gfldet (format {meta.get('format', 1)}, without the "
-                         f"per-prior uncertainty outputs the runtime reads now): {how}")
+        raise GfldetError(f"{path} was exported by an earlier gfldet (format {meta.get('format', 1)}, without the "
+                          f"per-prior uncertainty outputs the runtime reads now): {how}")
 
 
 def _read_openvino(path: str) -> Any:
@@ -155,7 +156,7 @@ def _read_openvino(path: str) -> Any:
     try:
         return ov.Core().read_model(path)
     except RuntimeError as e:
-        raise ValueError(f"{path}: OpenVINO cannot read it: {first_line(e)}") from e
+        raise GfldetError(f"{path}: OpenVINO cannot read it: {first_line(e)}") from e
 
 
 def cpu_has_vnni() -> bool:
@@ -184,13 +185,13 @@ class OnnxRuntimeBackend:
         self.path = os.fspath(path)
         _check_exported_path(self.path)  # before the import: a wrong file gets its advice without onnxruntime too
         if self.path.lower().endswith(".xml"):
-            raise ValueError(f"{self.path} is an OpenVINO IR: run it with the openvino backend (--backend openvino)")
+            raise GfldetError(f"{self.path} is an OpenVINO IR: run it with the openvino backend (--backend openvino)")
         self.session = _ort_session(self.path, threads, providers)
         self.meta = _decode_meta(_onnx_props(self.session.get_modelmeta().custom_metadata_map), self.path)
         check_runnable(self.meta, self.path)
         if precision not in (None, self.meta["precision"]):
-            raise ValueError(f"{self.path}: ONNX Runtime runs the file as it was exported ({self.meta['precision']}); "
-                             f"precision {precision!r} is an OpenVINO setting (--backend openvino)")
+            raise GfldetError(f"{self.path}: ONNX Runtime runs the file as it was exported ({self.meta['precision']}); "
+                              f"precision {precision!r} is an OpenVINO setting (--backend openvino)")
         if self.meta.get("int8_reduce_range") is False and not cpu_has_vnni():
             log.warning("%s was quantised on a CPU with VNNI (8-bit weights); on this CPU without VNNI, ONNX Runtime's "
                         "int8 kernels can saturate and lose accuracy: re-export it here, or use OpenVINO", self.path)
@@ -226,10 +227,10 @@ class OpenVINOBackend:
             precision = "bf16" if "BF16" in openvino_capabilities() else "fp32"
             log.info("%s: OpenVINO precision auto -> %s on this CPU", self.path, precision)
         if precision not in _OV_HINT:
-            raise ValueError(f"{self.path}: OpenVINO precision must be one of {sorted(_OV_HINT)} or 'auto', got {precision!r}")
+            raise GfldetError(f"{self.path}: OpenVINO precision must be one of {sorted(_OV_HINT)} or 'auto', got {precision!r}")
         if precision == "bf16" and "BF16" not in openvino_capabilities():
-            raise ValueError(f"{self.path}: bf16 inference needs a CPU with bf16 units (AVX512-BF16 or AMX); this CPU "
-                             f"offers {openvino_capabilities()}: run it with precision fp32 (--precision fp32)")
+            raise GfldetError(f"{self.path}: bf16 inference needs a CPU with bf16 units (AVX512-BF16 or AMX); this CPU "
+                              f"offers {openvino_capabilities()}: run it with precision fp32 (--precision fp32)")
         self.precision = precision
         config = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -237,7 +238,7 @@ class OpenVINOBackend:
         try:
             self.compiled = ov.Core().compile_model(model, "CPU", config)
         except RuntimeError as e:
-            raise ValueError(f"{self.path}: OpenVINO cannot compile it for the CPU: {first_line(e)}") from e
+            raise GfldetError(f"{self.path}: OpenVINO cannot compile it for the CPU: {first_line(e)}") from e
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
 
@@ -284,7 +285,7 @@ def load(path: str | os.PathLike, backend: str | None = None, threads: int | Non
     (default: the runtime's); ``precision``: OpenVINO's inference precision (see :class:`OpenVINOBackend`)."""
     backend = backend or backend_for(path)
     if backend not in _BACKEND_CLASSES:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        raise GfldetError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "onnxruntime":
         return Detector(OnnxRuntimeBackend(path, threads=threads, precision=precision))
     return Detector(OpenVINOBackend(path, threads=threads, precision=precision))

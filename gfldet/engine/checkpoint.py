@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..errors import GfldetError
 from ..models.io import load_checkpoint, save_checkpoint
 
 __all__ = ["save_training_checkpoint", "restore_training_state", "check_resumable", "rng_state", "set_rng_state"]
@@ -58,12 +59,12 @@ def restore_training_state(ck: dict[str, Any], path: str | Path, model: nn.Modul
         model.load_state_dict(ck["state_dict"])
         optimizer.load_state_dict(ck["optimizer"])
     except (RuntimeError, ValueError) as e:  # check_resumable compares the model settings first; this is the backstop
-        raise ValueError(f"{path}: the run's weights do not fit the model this config builds "
-                         f"({str(e).strip().splitlines()[0]}); resume with the run's own config.yaml") from e
+        raise GfldetError(f"{path}: the run's weights do not fit the model this config builds "
+                          f"({str(e).strip().splitlines()[0]}); resume with the run's own config.yaml") from e
     scaler.load_state_dict(ck["scaler"])
     if ema is not None:
         if ck.get("ema") is None:
-            raise ValueError(f"{path}: run was saved without EMA but train.ema is now true")
+            raise GfldetError(f"{path}: run was saved without EMA but train.ema is now true")
         ema.load_state_dict(ck["ema"])
     set_rng_state(ck["rng"])
 
@@ -71,29 +72,29 @@ def restore_training_state(ck: dict[str, Any], path: str | Path, model: nn.Modul
 def check_resumable(cfg: Config) -> dict[str, Any]:
     """Before any data is read: ``cfg.out_dir`` holds a ``last.pt`` with training state, the run is not finished
     under ``cfg``, and ``cfg`` builds the same model (settings the checkpoint's run resolved are compared where
-    ``cfg`` sets them). Each failure is a ValueError that says what to do instead. Returns the checkpoint, which
+    ``cfg`` sets them). Each failure is a GfldetError that says what to do instead. Returns the checkpoint, which
     the run then continues from (the file is read once)."""
     path = Path(cfg.out_dir) / "last.pt"
     if not path.exists():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
     ck = load_checkpoint(path, map_location="cpu")
     if "optimizer" not in ck:
-        raise ValueError(f"{path}: has no training state to resume from (a converted or exported checkpoint?)")
+        raise GfldetError(f"{path}: has no training state to resume from (a converted or exported checkpoint?)")
     saved = ck.get("config", {}).get("model", {})
     changed = [f"model.{k}: {saved[k]!r} in the run, {v!r} now" for k, v in cfg.to_dict()["model"].items()
                if v is not None and k in saved and saved[k] != v]
     if changed:
-        raise ValueError(f"cannot resume {cfg.out_dir} with other model settings ({'; '.join(changed)}): resume with "
-                         f"the run's own config ({Path(cfg.out_dir) / 'config.yaml'}), or start a new run from its "
-                         f"weights with --init {path}")
+        raise GfldetError(f"cannot resume {cfg.out_dir} with other model settings ({'; '.join(changed)}): resume with "
+                          f"the run's own config ({Path(cfg.out_dir) / 'config.yaml'}), or start a new run from its "
+                          f"weights with --init {path}")
     t = cfg.train
     epoch, it = int(ck["epoch"]), int(ck["iteration"])
     if epoch >= t.epochs:
-        raise ValueError(f"{cfg.out_dir} is finished ({epoch} of train.epochs={t.epochs} epochs, {it} iterations): "
-                         f"nothing to resume; to train longer, --resume --set train.epochs=N with N > {epoch} (cosine "
-                         "decay stretches to N epochs; step milestones stay as config.yaml has them unless you also "
-                         "--set train.milestones=[...]), or start a new run from its weights with --init")
+        raise GfldetError(f"{cfg.out_dir} is finished ({epoch} of train.epochs={t.epochs} epochs, {it} iterations): "
+                          f"nothing to resume; to train longer, --resume --set train.epochs=N with N > {epoch} (cosine "
+                          "decay stretches to N epochs; step milestones stay as config.yaml has them unless you also "
+                          "--set train.milestones=[...]), or start a new run from its weights with --init")
     if t.max_iters is not None and it >= t.max_iters:
-        raise ValueError(f"{cfg.out_dir} stopped at train.max_iters={t.max_iters} (iteration {it}): to continue, "
-                         "--resume --set train.max_iters=null (or a larger number)")
+        raise GfldetError(f"{cfg.out_dir} stopped at train.max_iters={t.max_iters} (iteration {it}): to continue, "
+                          "--resume --set train.max_iters=null (or a larger number)")
     return ck

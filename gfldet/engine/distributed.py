@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .device import resolve_device
+
 log = logging.getLogger(__name__)
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main", "launched_world_size", "launched_main",
@@ -49,22 +51,23 @@ def launched_main() -> bool:
 
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), with NCCL on CUDA and gloo on CPU,
-    and return this process's device. Without torchrun: no group, device from ``device``."""
-    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device={device!r} but CUDA is not available on this machine")
+    and return this process's device. Without torchrun: no group, device from ``device``
+    (:func:`~gfldet.engine.device.resolve_device`, which refuses CUDA on a machine without it); ``cuda`` and
+    ``auto`` on CUDA put the process on the GPU of its ``LOCAL_RANK``."""
+    dev = resolve_device(device, "train.device")
+    want_cuda = dev.type == "cuda"
     ws = launched_world_size()
     if ws > 1 and not dist.is_initialized():
         backend = "nccl" if want_cuda else "gloo"
         dist.init_process_group(backend=backend)
         log.info("distributed: rank %d of %d, backend %s", dist.get_rank(), ws, backend)
     if want_cuda:
+        if dev.index is not None:
+            return dev
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device not in ("auto", "cuda"):
-            return torch.device(device)
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
-    return torch.device("cpu")
+    return dev
 
 
 def barrier() -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..data.coco import collate
+from ..errors import GfldetError
 from . import distributed as D
 
 __all__ = ["detections_to_coco", "coco_metrics", "evaluate", "format_metrics", "METRIC_KEYS"]
@@ -73,7 +74,7 @@ def detections_to_coco(
         if not (len(boxes) == len(scores) == len(labels)):
             raise ValueError(f"image {image_id}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels")
         if lut is not None and len(labels) and (labels.min() < 0 or labels.max() >= len(lut)):
-            raise ValueError(f"image {image_id}: labels must lie in [0, {len(lut)}), got {labels.min()}..{labels.max()}")
+            raise GfldetError(f"image {image_id}: labels must lie in [0, {len(lut)}), got {labels.min()}..{labels.max()}")
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         iid = int(image_id)
         for b, s, lab in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
@@ -152,7 +153,7 @@ def coco_metrics(
     else:
         names = [str(n) for n in class_names]
         if len(names) != len(classes):
-            raise ValueError(f"{len(names)} class names for {len(classes)} categories {classes}")
+            raise GfldetError(f"{len(names)} class names for {len(classes)} categories {classes}")
     eval_cats = [c for c in classes if c in gt_cats]
     missing = [c for c in classes if c not in gt_cats]
     if missing:

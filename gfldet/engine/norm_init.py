@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import GfldetError
+
 __all__ = ["init_backbone_norms"]
 
 
@@ -41,5 +43,5 @@ def init_backbone_norms(model: nn.Module, batches: Iterable[Sequence[Tensor]]) -
             m.momentum = mom
             m.training = tr
     if seen == 0:
-        raise ValueError("init_backbone_norms got no batch of images")
+        raise GfldetError("init_backbone_norms got no batch of images")
     return len(bns)

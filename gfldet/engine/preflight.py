@@ -1,15 +1,15 @@
 """Checks before a run reads any data or loads any weights: the architecture, the weights files and names, the
-device, the data files and folders (each error names the key, the value and the fix)."""
+device (:func:`gfldet.engine.device.check_device`), the data files and folders (each error names the key, the value
+and the fix)."""
 from __future__ import annotations
 
 import os
 
-import torch
-
-from ..config import Config, ConfigError, device_name, validate_config
+from ..config import Config, ConfigError, validate_config
 from ..models.zoo import ARCHS, check_arch, looks_like_path, torchvision_weights
+from .device import check_device
 
-__all__ = ["preflight", "check_device"]
+__all__ = ["preflight", "check_device"]  # check_device: here for existing callers; it lives in gfldet.engine.device
 
 
 def preflight(cfg: Config, resume: bool = False) -> None:
@@ -18,9 +18,9 @@ def preflight(cfg: Config, resume: bool = False) -> None:
     name weights for the architecture's backbone; nothing is downloaded), ``train.device`` exists on this machine,
     and the ``data.train`` / ``data.val`` files and folders that are set exist. Runs :func:`validate_config` first.
 
-    Raises :class:`ConfigError` (a ``ValueError``) or ``FileNotFoundError`` with one message naming the key, the
-    value and the fix. Empty data settings are not errors here (the trainer says what it needs). With ``resume``
-    the weights files are not checked: the run's ``last.pt`` replaces them."""
+    Raises :class:`ConfigError` (a :class:`~gfldet.errors.GfldetError`) or ``FileNotFoundError`` with one message
+    naming the key, the value and the fix. Empty data settings are not errors here (the trainer says what it needs).
+    With ``resume`` the weights files are not checked: the run's ``last.pt`` replaces them."""
     validate_config(cfg)
     if not str(cfg.out_dir).strip():
         raise ConfigError("out_dir is empty; name the run folder (--out DIR or out_dir: DIR)")
@@ -55,23 +55,3 @@ def preflight(cfg: Config, resume: bool = False) -> None:
                 raise FileNotFoundError(f"{key}={value!r}: no such {what}; set it to {fix}")
             if os.path.isdir(value) != want_dir:
                 raise FileNotFoundError(f"{key}={value!r} is a {'file' if want_dir else 'folder'}; set it to {fix}")
-
-
-def check_device(device: str, key: str = "train.device") -> str:
-    """:func:`device_name`, and that this machine has that device (as ``init_distributed`` and the commands use
-    it); returns the normalised name."""
-    device = device_name(device, key)
-    if not device.startswith("cuda"):
-        return device
-    key = f"{key}={device!r}"
-    if not torch.cuda.is_available():
-        raise ConfigError(f"{key} but CUDA is not available on this machine; use cpu (or auto: CUDA when available)")
-    if ":" in device:
-        index, count = int(device.split(":", 1)[1]), torch.cuda.device_count()
-        if index >= count:
-            raise ConfigError(f"{key} but this machine has {count} CUDA devices (cuda:0..cuda:{count - 1}); "
-                              "choose one of them, or auto")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError(f"{key} would put every torchrun process on the same GPU; with torchrun set "
-                              "train.device=auto or cuda (each process takes the GPU of its LOCAL_RANK)")
-    return device

@@ -26,6 +26,7 @@ from ..config import Config
 from ..data.coco import CocoDetection, collate
 from ..data.folders import claim_dir
 from ..data.inspect import inspect_dataset, summary_line, train_warnings
+from ..errors import GfldetError
 from ..models.io import load_weights_into, save_checkpoint
 from ..models.zoo import backbone_state_dict, build_from_config
 from ..viz import plot_curves
@@ -44,8 +45,10 @@ log = logging.getLogger(__name__)
 __all__ = ["train", "NonFiniteLossError", "RUN_FILES"]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the message names the term and the step."""
+class NonFiniteLossError(GfldetError, FloatingPointError):
+    """A loss term became NaN or infinite; the message names the term and the step. Divergence comes from the
+    run's settings (learning rate, warm-up, precision, data), so it is a :class:`~gfldet.errors.GfldetError` (a
+    ``ValueError``), and a ``FloatingPointError`` as before."""
 
 
 def _seed_all(seed: int) -> None:
@@ -68,14 +71,14 @@ class _Run:
 
         d = cfg.data
         if not d.train.ann or not d.train.images:
-            raise ValueError("data.train.ann and data.train.images must be set (a COCO JSON file and its image folder)")
+            raise GfldetError("data.train.ann and data.train.images must be set (a COCO JSON file and its image folder)")
         self.train_set = CocoDetection(d.train.ann, d.train.images, train=True, flip_prob=cfg.input.flip_prob,
                                        seed=cfg.train.seed, check_images=d.check_images)
         self.val_set = None
         if d.val.ann and cfg.train.eval_interval > 0:
             self.val_set = CocoDetection(d.val.ann, d.val.images, train=False, check_images=d.check_images)
             if self.val_set.classes != self.train_set.classes:
-                raise ValueError(f"{d.val.ann}: categories {self.val_set.classes} differ from the training set's {self.train_set.classes}")
+                raise GfldetError(f"{d.val.ann}: categories {self.val_set.classes} differ from the training set's {self.train_set.classes}")
 
         self.world = D.world_size()
         per_process = math.ceil(len(self.train_set) / self.world)  # DistributedSampler's length (drop_last=False)
@@ -350,14 +353,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
 
     A folder that already holds a run (``last.pt``) is never trained over silently: ``exist_ok`` starts over in
     it (the previous run's checkpoints are removed), ``increment`` takes the next free name (``runs/x-1``,
-    ``runs/x-2``, ... as ``gfldet demo`` does), otherwise a ValueError says which to choose. The config is
+    ``runs/x-2``, ... as ``gfldet demo`` does), otherwise a GfldetError says which to choose. The config is
     checked (:func:`gfldet.engine.preflight.preflight`) before any data set is read, and a run that fails before it
     wrote anything leaves no folder behind.
     """
     if resume and (exist_ok or increment):
-        raise ValueError("--resume continues the run in out_dir; it cannot be combined with --exist-ok or --increment")
+        raise GfldetError("--resume continues the run in out_dir; it cannot be combined with --exist-ok or --increment")
     if exist_ok and increment:
-        raise ValueError("--exist-ok starts over in out_dir, --increment takes the next free name: choose one")
+        raise GfldetError("--exist-ok starts over in out_dir, --increment takes the next free name: choose one")
     preflight(cfg, resume=resume)
     if cfg.model.weights_backbone and not resume and D.launched_main():  # fetched (or found missing) before any data
         backbone_state_dict(cfg.model.arch, cfg.model.weights_backbone)
@@ -365,11 +368,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, exist_ok: bo
     resumed = check_resumable(cfg) if resume else None
     if not resume and (out / "last.pt").exists() and not exist_ok:
         if not increment:
-            raise ValueError(f"{cfg.out_dir} already holds a run (last.pt): pass --resume to continue it, --exist-ok to "
-                             "start over in it, --increment to take the next free name, or choose another out_dir")
+            raise GfldetError(f"{cfg.out_dir} already holds a run (last.pt): pass --resume to continue it, --exist-ok to "
+                              "start over in it, --increment to take the next free name, or choose another out_dir")
         if D.launched_world_size() > 1:
-            raise ValueError("--increment under torchrun would let the processes pick different folders; give an "
-                             "unused out_dir instead")
+            raise GfldetError("--increment under torchrun would let the processes pick different folders; give an "
+                              "unused out_dir instead")
         cfg = copy.deepcopy(cfg)
         claimed = claim_dir(out)  # created at once: two runs started together never share it
         log.info("%s holds a run; this one goes to %s", out, claimed)

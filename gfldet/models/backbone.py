@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
+from ..errors import GfldetError
 from .dcn import ModulatedDeformConv2d, deformable_conv
 
 __all__ = ["ResNetBackbone", "FPN", "FrozenStatsBatchNorm2d", "RESNET_SPECS"]
@@ -66,22 +67,22 @@ class ResNetBackbone(nn.Module):
                  dcn_modulated: bool = True):
         super().__init__()
         if depth not in RESNET_SPECS:
-            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+            raise GfldetError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         block, layers = RESNET_SPECS[depth]
         if block is tv_resnet.BasicBlock and (groups != 1 or width_per_group != 64):
-            raise ValueError(f"ResNet-{depth} has basic blocks, which do not support groups/width_per_group")
+            raise GfldetError(f"ResNet-{depth} has basic blocks, which do not support groups/width_per_group")
         if not isinstance(base_channels, int) or isinstance(base_channels, bool) or base_channels < 1:
-            raise ValueError(f"base_channels must be a positive integer, got {base_channels!r}")
+            raise GfldetError(f"base_channels must be a positive integer, got {base_channels!r}")
         if groups != 1 and base_channels != 64:
             # torchvision sizes grouped blocks as planes * width_per_group / 64 * groups, mmdetection's ResNeXt
             # relative to base_channels: the two would disagree, so narrow ResNeXts are not offered
-            raise ValueError(f"base_channels={base_channels} is for ResNets (groups=1), got groups={groups}")
+            raise GfldetError(f"base_channels={base_channels} is for ResNets (groups=1), got groups={groups}")
         stage_with_dcn = tuple(bool(b) for b in stage_with_dcn)
         if len(stage_with_dcn) != 4:
-            raise ValueError(f"stage_with_dcn must hold 4 booleans (layer1..layer4), got {stage_with_dcn}")
+            raise GfldetError(f"stage_with_dcn must hold 4 booleans (layer1..layer4), got {stage_with_dcn}")
         if any(stage_with_dcn) and block is tv_resnet.BasicBlock:  # as mmdetection's BasicBlock: not implemented
-            raise ValueError(f"deformable convolutions (stage_with_dcn={stage_with_dcn}) need bottleneck blocks "
-                             f"(depth 50, 101 or 152); ResNet-{depth} has basic blocks")
+            raise GfldetError(f"deformable convolutions (stage_with_dcn={stage_with_dcn}) need bottleneck blocks "
+                              f"(depth 50, 101 or 152); ResNet-{depth} has basic blocks")
         norm_layer = FrozenStatsBatchNorm2d if norm_eval else nn.BatchNorm2d
         net = tv_resnet.ResNet(block, layers, groups=groups, width_per_group=width_per_group, norm_layer=norm_layer)
         if base_channels != 64:
@@ -139,14 +140,14 @@ class ResNetBackbone(nn.Module):
         """Load an ImageNet classification state dict (its ``fc.*`` entries are dropped). Deformable convolutions'
         ``conv_offset`` parameters, which classification networks lack, keep their zeros (as in mmdetection)."""
         if self.base_channels != 64:
-            raise ValueError(f"ImageNet weights are for the standard widths (base_channels=64), this backbone has "
-                             f"base_channels={self.base_channels}")
+            raise GfldetError(f"ImageNet weights are for the standard widths (base_channels=64), this backbone has "
+                              f"base_channels={self.base_channels}")
         sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
         missing, unexpected = self.load_state_dict(sd, strict=False)
         missing = [k for k in missing if ".conv_offset." not in k or not isinstance(self.get_submodule(k.rsplit(".", 2)[0]),
                                                                                    ModulatedDeformConv2d)]
         if missing or unexpected:
-            raise ValueError(f"backbone weights do not fit ResNet-{self.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise GfldetError(f"backbone weights do not fit ResNet-{self.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 class FPN(nn.Module):
@@ -160,7 +161,7 @@ class FPN(nn.Module):
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5):
         super().__init__()
         if num_outs < len(in_channels):
-            raise ValueError(f"num_outs ({num_outs}) must be >= the number of inputs ({len(in_channels)})")
+            raise GfldetError(f"num_outs ({num_outs}) must be >= the number of inputs ({len(in_channels)})")
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         convs = [nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels]
         convs += [nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) for _ in range(num_outs - len(in_channels))]

@@ -1,15 +1,19 @@
-"""The detector's configuration (:class:`ModelConfig`), its rules, and the backbone training regimes. Imports nothing of gfldet."""
+"""The detector's configuration (:class:`ModelConfig`), its rules, and the backbone training regimes. Imports
+nothing of gfldet but :mod:`gfldet.errors`."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..errors import GfldetError
+
 __all__ = ["ModelConfig", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
            "backbone_regime"]
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key."""
+class ConfigError(GfldetError):
+    """A bad configuration value; the message names the key. A :class:`~gfldet.errors.GfldetError` (a
+    ``ValueError``)."""
 
 
 class FieldError(ConfigError):
@@ -187,7 +191,7 @@ class ModelConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown model config keys: {unknown}")
+            raise ConfigError(f"unknown model config keys: {unknown}")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
         return cls(**kw)
 

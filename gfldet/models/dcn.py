@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
+from ..errors import GfldetError
+
 __all__ = ["ModulatedDeformConv2d", "DeformConv2d", "deformable_conv"]
 
 
@@ -32,9 +34,9 @@ class ModulatedDeformConv2d(nn.Module):
                  dilation: int = 1, groups: int = 1, deform_groups: int = 1, bias: bool = False):
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"channels ({in_channels} in, {out_channels} out) must be divisible by groups={groups}")
+            raise GfldetError(f"channels ({in_channels} in, {out_channels} out) must be divisible by groups={groups}")
         if deform_groups < 1 or in_channels % deform_groups:
-            raise ValueError(f"deform_groups={deform_groups} must be >= 1 and divide the {in_channels} input channels")
+            raise GfldetError(f"deform_groups={deform_groups} must be >= 1 and divide the {in_channels} input channels")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kernel_size, kernel_size)
         self.stride, self.padding, self.dilation = (stride, stride), (padding, padding), (dilation, dilation)
@@ -53,7 +55,7 @@ class ModulatedDeformConv2d(nn.Module):
         k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
         if (conv.kernel_size, conv.stride, conv.padding, conv.dilation) != ((k, k), (s, s), (p, p), (d, d)) \
                 or conv.padding_mode != "zeros":
-            raise ValueError(f"only square, zero-padded convolutions can be made deformable, got {conv}")
+            raise GfldetError(f"only square, zero-padded convolutions can be made deformable, got {conv}")
         dcn = cls(conv.in_channels, conv.out_channels, k, s, p, d, conv.groups, deform_groups, bias=conv.bias is not None)
         dcn.weight = conv.weight
         if conv.bias is not None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import GfldetError
 from .assemble import assemble
 from .config import ModelConfig
 from .criterion import GFLTargets
@@ -43,7 +44,7 @@ class GFL(nn.Module):
         self.config = cfg
         self.class_names = list(class_names) if class_names is not None else None
         if self.class_names is not None and len(self.class_names) != cfg.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names given for num_classes={cfg.num_classes}")
+            raise GfldetError(f"{len(self.class_names)} class names given for num_classes={cfg.num_classes}")
         p = assemble(cfg, **parts)
         self.transform = p["transform"]
         self.backbone, self.neck, self.head = p["backbone"], p["neck"], p["head"]
@@ -108,7 +109,7 @@ class GFL(nn.Module):
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
         if self.training and targets is None:
-            raise ValueError("in training mode the model needs targets: model(images, targets)")
+            raise GfldetError("in training mode the model needs targets: model(images, targets)")
         batch, meta = self.transform(images)
         if self.training:  # check the targets before the expensive forward pass
             boxes, labels, ignore = self.transform.targets(targets, meta, self.config.num_classes, batch.device)

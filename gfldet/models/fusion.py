@@ -28,6 +28,8 @@ from gfldet.models.dcn import ModulatedDeformConv2d
 from gfldet.models.head import ConvGN
 from gfldet.ops import fast_conv
 
+from ..errors import GfldetError
+
 __all__ = ["set_fusion", "FusedResNetBackbone", "FusedFPN", "FusedConvGN", "MODES"]
 
 MODES = ("inference", "training", None)
@@ -208,7 +210,7 @@ def set_fusion(module: nn.Module, mode: str | None) -> nn.Module:
     subclasses of them are left alone): ``"inference"`` all three, ``"training"`` the backbone only, ``None`` none.
     Parameters, buffers, hooks and state_dict are untouched. Returns ``module``."""
     if mode not in MODES:
-        raise ValueError(f"fusion mode must be one of {MODES}, got {mode!r}")
+        raise GfldetError(f"fusion mode must be one of {MODES}, got {mode!r}")
     for m in module.modules():
         plain = _PLAIN.get(type(m), type(m))
         if plain in _FUSED:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import GfldetError
 from .branches import ConvBranch
 
 __all__ = ["GFLHead", "Scale", "ConvGN", "DWSepConvGN", "TOWER_LAYERS"]
@@ -98,9 +99,9 @@ class GFLHead(nn.Module):
     ):
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise GfldetError(f"num_classes must be >= 1, got {num_classes}")
         if feat_channels % gn_groups:
-            raise ValueError(f"head channels ({feat_channels}) must be divisible by GroupNorm groups ({gn_groups})")
+            raise GfldetError(f"head channels ({feat_channels}) must be divisible by GroupNorm groups ({gn_groups})")
         self.num_classes, self.reg_max = num_classes, reg_max
         self.num_anchors, self.quality_channels = num_anchors, quality_channels
         self.box_channels = 4 * (reg_max + 1) if box_channels is None else box_channels

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import GfldetError
 from ..files import TORCH_SUFFIXES, atomic_path, file_kind, first_line  # noqa: F401 (re-exported)
 from .config import ModelConfig
 from .detector import GFL
@@ -58,27 +59,27 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 # ------------------------------------------------------------------------------------------------ reading
 def read_torch_file(path: str, map_location: str | torch.device = "cpu", *, what: str = "gfldet checkpoint",
                     trusted: bool = False) -> Any:
-    """``torch.load(path, weights_only=not trusted)``; every failure is a ValueError (FileNotFoundError for a
+    """``torch.load(path, weights_only=not trusted)``; every failure is a GfldetError (FileNotFoundError for a
     missing file) naming the file and ``what`` was expected, and none suggests ``weights_only=False``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{'checkpoint' if what == 'gfldet checkpoint' else what} not found: {path}")
     kind = file_kind(path)
     if kind == "onnx":
-        raise ValueError(f"{path} is an ONNX file (from `gfldet export`), not a {what}: "
-                         "run it with `--backend onnxruntime`")
+        raise GfldetError(f"{path} is an ONNX file (from `gfldet export`), not a {what}: "
+                          "run it with `--backend onnxruntime`")
     if kind != "torch":
-        raise ValueError(f"{path}: not a {what} (not a file torch.save wrote{'; the file is empty' if kind == 'empty' else ''})")
+        raise GfldetError(f"{path}: not a {what} (not a file torch.save wrote{'; the file is empty' if kind == 'empty' else ''})")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, i.e. running arbitrary code from the file: not relayed
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        raise ValueError(f"{path}: not a {what}: it holds Python objects other than tensors and plain types"
-                         f"{f' ({found.group(1)})' if found else ''}, which gfldet does not load (an mmdetection "
-                         "checkpoint saved with such metadata: if you trust it, `gfldet convert --trusted FILE OUT.pt`, "
-                         "then use OUT.pt, or from_mmdet(FILE, trusted=True))") from e
+        raise GfldetError(f"{path}: not a {what}: it holds Python objects other than tensors and plain types"
+                          f"{f' ({found.group(1)})' if found else ''}, which gfldet does not load (an mmdetection "
+                          "checkpoint saved with such metadata: if you trust it, `gfldet convert --trusted FILE OUT.pt`, "
+                          "then use OUT.pt, or from_mmdet(FILE, trusted=True))") from e
     except Exception as e:  # corrupt, truncated, not saved by torch; with trusted, whatever unpickling raises
-        raise ValueError(f"{path}: not a readable {what} (corrupt, truncated or not saved by torch): {first_line(e)}") from e
+        raise GfldetError(f"{path}: not a readable {what} (corrupt, truncated or not saved by torch): {first_line(e)}") from e
 
 
 def checkpoint_kind(obj: Any) -> str:
@@ -90,21 +91,21 @@ def checkpoint_kind(obj: Any) -> str:
 
 
 def check_gfldet(obj: Any, path: str) -> dict[str, Any]:
-    """``obj`` (read from ``path``) as a gfldet checkpoint of a version this gfldet reads; a ValueError otherwise."""
+    """``obj`` (read from ``path``) as a gfldet checkpoint of a version this gfldet reads; a GfldetError otherwise."""
     if checkpoint_kind(obj) != "gfldet":
         hint = " (an mmdetection checkpoint? use gfldet.from_mmdet or `gfldet convert`)" if isinstance(obj, dict) and "state_dict" in obj else ""
-        raise ValueError(f"{path}: not a gfldet checkpoint{hint}")
+        raise GfldetError(f"{path}: not a gfldet checkpoint{hint}")
     if obj.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: checkpoint format version {obj.get('version')} is newer than this gfldet ({VERSION})")
+        raise GfldetError(f"{path}: checkpoint format version {obj.get('version')} is newer than this gfldet ({VERSION})")
     for key in ("model_config", "state_dict"):
         if key not in obj:
-            raise ValueError(f"{path}: gfldet checkpoint lacks {key!r}")
+            raise GfldetError(f"{path}: gfldet checkpoint lacks {key!r}")
     return obj
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a gfldet checkpoint with ``weights_only=True``; a missing, corrupt or foreign file (an ONNX export
-    included) gives a ValueError (FileNotFoundError for a missing one) that names the file."""
+    included) gives a GfldetError (FileNotFoundError for a missing one) that names the file."""
     path = os.fspath(path)
     return check_gfldet(read_torch_file(path, map_location), path)
 
@@ -123,11 +124,11 @@ def model_from_checkpoint(obj: dict[str, Any], path: str | os.PathLike, **overri
     try:
         cfg = ModelConfig.from_dict(cfg_dict)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: bad model_config: {e}") from e
+        raise GfldetError(f"{path}: bad model_config: {e}") from e
     try:
         model = GFL(cfg, class_names=obj.get("class_names"))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise GfldetError(f"{path}: {e}") from e
     load_state(model, obj["state_dict"], path)
     return model.eval()
 
@@ -143,12 +144,12 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str, dict[str, Any
         obj = check_gfldet(obj, path)
         return obj["state_dict"], "gfldet checkpoint", obj["model_config"]
     if kind != "mmdetection":
-        raise ValueError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: it holds a {type(obj).__name__}, "
-                         "not a dict of tensors")
+        raise GfldetError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: it holds a {type(obj).__name__}, "
+                          "not a dict of tensors")
     try:
         return convert_mmdet_state_dict(mmdet_state_dict(obj, path)[0]), "mmdetection checkpoint", None
     except ValueError as e:
-        raise ValueError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: {e}") from e
+        raise GfldetError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: {e}") from e
 
 
 def load_weights_into(model: nn.Module, path: str | os.PathLike, strict: bool = False) -> dict[str, Any]:
@@ -174,7 +175,7 @@ def from_mmdet(checkpoint: str | os.PathLike | dict[str, Any], *, trusted: bool 
         path = os.fspath(checkpoint)
         obj = read_torch_file(path, what="mmdetection checkpoint", trusted=trusted)
         if checkpoint_kind(obj) == "gfldet":
-            raise ValueError(f"{path} is a gfldet checkpoint, not an mmdetection one: load it with gfldet.load_model")
+            raise GfldetError(f"{path} is a gfldet checkpoint, not an mmdetection one: load it with gfldet.load_model")
         return model_from_mmdet(obj, path, **overrides)
     if isinstance(checkpoint, dict):
         return model_from_mmdet(checkpoint, "checkpoint", **overrides)

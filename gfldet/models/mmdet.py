@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import GfldetError
 from .config import ModelConfig
 from .backbone import RESNET_SPECS
 from .detector import GFL
@@ -35,7 +36,7 @@ def split_mmdet_checkpoint(obj: Any, path: str | os.PathLike) -> tuple[dict[str,
     """The state dict and ``meta`` of a loaded mmdetection file: ``{"state_dict": ..., "meta": ...}`` or a bare
     state dict (the rule both ``gfldet convert`` and fine-tuning with ``model.init`` follow)."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict with a 'state_dict', got {type(obj).__name__}")
+        raise GfldetError(f"{path}: expected a dict with a 'state_dict', got {type(obj).__name__}")
     sd = obj.get("state_dict", obj)
     meta = obj.get("meta", {}) if "state_dict" in obj else {}
     return sd, meta if isinstance(meta, dict) else {}
@@ -61,26 +62,26 @@ def _dcn_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
     rx = re.compile(r"^backbone\.layer([1-4])\.(\d+)\.conv2\.conv_offset\.(weight|bias)$")
     odd = [k for k in keys if not rx.match(k)]
     if odd:
-        raise ValueError(f"deformable convolutions outside the ResNet bottlenecks' conv2 are not supported: {odd[:4]}")
+        raise GfldetError(f"deformable convolutions outside the ResNet bottlenecks' conv2 are not supported: {odd[:4]}")
     stages, kinds = [False] * 4, set()
     for i in range(1, 5):
         blocks = _count(sd, rf"^backbone\.layer{i}\.(\d+)\.")
         with_dcn = [b for b in range(blocks) if f"backbone.layer{i}.{b}.conv2.conv_offset.weight" in sd]
         if with_dcn and len(with_dcn) != blocks:
-            raise ValueError(f"layer{i} has deformable convolutions in blocks {with_dcn} of {blocks}: gfldet supports "
-                             "DCN in every block of a stage (stage_with_dcn) only")
+            raise GfldetError(f"layer{i} has deformable convolutions in blocks {with_dcn} of {blocks}: gfldet supports "
+                              "DCN in every block of a stage (stage_with_dcn) only")
         for b in with_dcn:
             key = f"backbone.layer{i}.{b}.conv2.conv_offset.weight"
             out = int(sd[key].shape[0])
             if out % 27 and out % 18:
-                raise ValueError(f"{key} has {out} outputs: neither DCNv2 (27 per deform group: offsets and mask) nor "
-                                 "DCNv1 (18 per deform group: offsets)")
+                raise GfldetError(f"{key} has {out} outputs: neither DCNv2 (27 per deform group: offsets and mask) nor "
+                                  "DCNv1 (18 per deform group: offsets)")
             if f"backbone.layer{i}.{b}.conv2.conv_offset.bias" not in sd:
-                raise ValueError(f"{key} has no bias: not mmcv's ModulatedDeformConv2dPack / DeformConv2dPack")
+                raise GfldetError(f"{key} has no bias: not mmcv's ModulatedDeformConv2dPack / DeformConv2dPack")
             kinds.add((out // 27, True) if out % 27 == 0 else (out // 18, False))
         stages[i - 1] = bool(with_dcn)
     if len(kinds) > 1:
-        raise ValueError(f"the deformable convolutions differ in deform_groups / kind {sorted(kinds)}; one is supported")
+        raise GfldetError(f"the deformable convolutions differ in deform_groups / kind {sorted(kinds)}; one is supported")
     groups, modulated = kinds.pop() if kinds else (1, True)
     return {"stage_with_dcn": tuple(stages), "deform_groups": groups, "dcn_modulated": modulated}
 
@@ -91,7 +92,7 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
     required = ["backbone.conv1.weight", "neck.lateral_convs.0.conv.weight", "bbox_head.gfl_cls.weight", "bbox_head.gfl_reg.weight"]
     missing = [k for k in required if k not in sd]
     if missing:
-        raise ValueError(f"not an mmdetection GFL (ResNet-FPN) state dict: missing {missing}")
+        raise GfldetError(f"not an mmdetection GFL (ResNet-FPN) state dict: missing {missing}")
     dcn = _dcn_from_state_dict(sd)
     blocks = [_count(sd, rf"^backbone\.layer{i}\.(\d+)\.") for i in range(1, 5)]
     bottleneck = "backbone.layer1.0.conv3.weight" in sd
@@ -99,34 +100,34 @@ def mmdet_config_from_state_dict(sd: dict[str, Tensor], **overrides: Any) -> Mod
         (d for d, (blk, layers) in RESNET_SPECS.items() if layers == blocks and (blk.expansion == 4) == bottleneck), None
     )
     if depth is None:
-        raise ValueError(f"unrecognised ResNet: blocks per stage {blocks}, bottleneck={bottleneck}")
+        raise GfldetError(f"unrecognised ResNet: blocks per stage {blocks}, bottleneck={bottleneck}")
     base_channels = int(sd["backbone.conv1.weight"].shape[0])  # stem width (mmdetection ResNet base_channels)
     # layer1's output is base_channels * expansion wide; a stem of another width (mmdetection's stem_channels)
     # is not supported
     l1_out = int(sd["backbone.layer1.0.conv3.weight" if bottleneck else "backbone.layer1.0.conv2.weight"].shape[0])
     if l1_out != base_channels * (4 if bottleneck else 1):
-        raise ValueError(f"the stem has {base_channels} channels but layer1 outputs {l1_out}: stem_channels different "
-                         "from base_channels are not supported")
+        raise GfldetError(f"the stem has {base_channels} channels but layer1 outputs {l1_out}: stem_channels different "
+                          "from base_channels are not supported")
     groups, width_per_group = 1, 64
     if bottleneck:
         w = sd["backbone.layer1.0.conv2.weight"]  # (width, width / groups, 3, 3), width = groups * per_group
         groups = int(w.shape[0] // w.shape[1])
         if groups > 1:  # ResNeXt: width = groups * width_per_group at the standard base width
             if base_channels != 64:
-                raise ValueError(f"a ResNeXt (groups={groups}) with base_channels={base_channels} is not supported")
+                raise GfldetError(f"a ResNeXt (groups={groups}) with base_channels={base_channels} is not supported")
             width_per_group = int(w.shape[0] // groups)
         else:  # a plain bottleneck: width = planes * width_per_group / 64 with planes = base_channels
             if (w.shape[0] * 64) % base_channels:
-                raise ValueError(f"layer1 width {w.shape[0]} does not fit base_channels={base_channels}")
+                raise GfldetError(f"layer1 width {w.shape[0]} does not fit base_channels={base_channels}")
             width_per_group = int(w.shape[0] * 64 // base_channels)
     c3 = base_channels * 2 * (4 if bottleneck else 1)
     lat_in = int(sd["neck.lateral_convs.0.conv.weight"].shape[1])
     if lat_in != c3 or _count(sd, r"^neck\.lateral_convs\.(\d+)\.") != 3:
-        raise ValueError(f"FPN must start at C3 with 3 lateral convs (start_level=1); lateral 0 takes {lat_in} channels, C3 has {c3}")
+        raise GfldetError(f"FPN must start at C3 with 3 lateral convs (start_level=1); lateral 0 takes {lat_in} channels, C3 has {c3}")
     num_outs = _count(sd, r"^neck\.fpn_convs\.(\d+)\.")
     reg_out = int(sd["bbox_head.gfl_reg.weight"].shape[0])
     if reg_out % 4:
-        raise ValueError(f"gfl_reg has {reg_out} outputs, not a multiple of 4")
+        raise GfldetError(f"gfl_reg has {reg_out} outputs, not a multiple of 4")
     kw: dict[str, Any] = dict(
         depth=depth,
         groups=groups,
@@ -152,9 +153,9 @@ def _gflv2_fields(sd: dict[str, Tensor], overrides: dict[str, Any]) -> dict[str,
     ``add_mean`` is taken as true (every official config), unless ``overrides`` say otherwise."""
     w0, w2 = sd["bbox_head.reg_conf.0.weight"], sd.get("bbox_head.reg_conf.2.weight")
     if w0.dim() != 4 or w0.shape[1] % 4 or w2 is None or tuple(w2.shape[:2]) != (1, w0.shape[0]):
-        raise ValueError(f"bbox_head.reg_conf (GFLv2's quality predictor) has shapes {tuple(w0.shape)} / "
-                         f"{None if w2 is None else tuple(w2.shape)}; expected GFocalV2's Conv1x1(4 * (topk + mean) -> "
-                         "channels), ReLU, Conv1x1(channels -> 1)")
+        raise GfldetError(f"bbox_head.reg_conf (GFLv2's quality predictor) has shapes {tuple(w0.shape)} / "
+                          f"{None if w2 is None else tuple(w2.shape)}; expected GFocalV2's Conv1x1(4 * (topk + mean) -> "
+                          "channels), ReLU, Conv1x1(channels -> 1)")
     add_mean = bool(overrides.get("add_mean", True))
     return dict(quality="dgqp", reg_channels=int(w0.shape[0]), add_mean=add_mean,
                 reg_topk=int(w0.shape[1]) // 4 - int(add_mean))
@@ -201,7 +202,7 @@ def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     for key, value in _strip_prefix(sd).items():
         if key == "bbox_head.integral.project":  # a constant [0, 1, ..., n]; gfldet builds it
             if not torch.equal(value.float(), torch.arange(value.numel(), dtype=torch.float32)):
-                raise ValueError(f"bbox_head.integral.project is not [0, 1, ..., n]: {value.tolist()[:6]} ...")
+                raise GfldetError(f"bbox_head.integral.project is not [0, 1, ..., n]: {value.tolist()[:6]} ...")
             continue
         for rx, repl in _RENAMES:
             if rx.match(key):
@@ -211,7 +212,7 @@ def convert_mmdet_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"mmdetection keys gfldet does not know: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+        raise GfldetError(f"mmdetection keys gfldet does not know: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
     return out
 
 
@@ -235,7 +236,7 @@ def to_mmdet_state_dict(model: GFL) -> dict[str, Tensor]:
                 out[rx.sub(repl, key)] = value.detach().clone()
                 break
         else:
-            raise ValueError(f"no mmdetection name for {key}")
+            raise GfldetError(f"no mmdetection name for {key}")
     out["bbox_head.integral.project"] = torch.arange(model.config.reg_max + 1, dtype=torch.float32)
     return out
 
@@ -253,8 +254,8 @@ def model_from_mmdet(obj: Any, path: str | os.PathLike = "checkpoint", **overrid
     try:
         missing, unexpected = model.load_state_dict(converted, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"checkpoint does not fit the inferred model: {' '.join(str(e).split())[:400]}") from e
+        raise GfldetError(f"checkpoint does not fit the inferred model: {' '.join(str(e).split())[:400]}") from e
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the inferred model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise GfldetError(f"checkpoint does not fit the inferred model: missing {missing[:8]}, unexpected {unexpected[:8]}")
     log.info("loaded mmdetection GFL: ResNet-%d (groups %d), %d classes, reg_max %d", cfg.depth, cfg.groups, cfg.num_classes, cfg.reg_max)
     return model.eval()

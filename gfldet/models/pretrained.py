@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..errors import GfldetError
 from ..files import sha256_file
 from .coco_classes import COCO_NAMES
 from .detector import GFL
@@ -34,8 +35,9 @@ __all__ = ["load_pretrained", "pretrained_file", "get_pretrained", "pretrained_n
 log = logging.getLogger(__name__)
 
 
-class PretrainedError(ValueError):
-    """Published weights that cannot be had: an unknown name, a local-only entry, no network, a damaged file."""
+class PretrainedError(GfldetError):
+    """Published weights that cannot be had: an unknown name, a local-only entry, no network, a damaged file. A
+    :class:`~gfldet.errors.GfldetError` (a ``ValueError``)."""
 
 
 @dataclass(frozen=True)

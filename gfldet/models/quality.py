@@ -20,6 +20,7 @@ from torch import Tensor
 
 from torch import nn
 
+from ..errors import GfldetError
 from ..ops.boxes import centerness_target
 from ..ops.dgqp import joint_logit
 from ..ops.losses import EPS32, quality_focal_loss_sparse, reduce_mean, sigmoid_focal_loss
@@ -148,7 +149,7 @@ class JointDGQP(JointQFL):
 
     def branch(self, feat_channels: int, num_anchors: int) -> nn.Module:
         if num_anchors != 1:
-            raise ValueError(f"GFLV2's DGQP reads one distribution per location; got {num_anchors} anchors per location")
+            raise GfldetError(f"GFLV2's DGQP reads one distribution per location; got {num_anchors} anchors per location")
         return DGQP(self.reg_max, self.topk, self.branch_channels, self.add_mean)
 
     def joint(self, cls: Tensor, quality: Tensor | None) -> Tensor:

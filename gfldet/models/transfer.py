@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import GfldetError
+
 __all__ = ["load_state", "transfer_weights", "compare_state", "MIN_SHARE", "ARCH_DEFINING"]
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,14 @@ def _mismatch_text(unfilled: dict[str, str], ignored: list[str]) -> str:
 
 
 def load_state(model: nn.Module, state_dict: dict, path: str) -> None:
-    """Strict load; a mismatch is one readable ValueError naming the file and the tensors with both shapes."""
+    """Strict load; a mismatch is one readable GfldetError naming the file and the tensors with both shapes."""
     _, unfilled, ignored = compare_state(model.state_dict(), state_dict)
     if unfilled or ignored:
-        raise ValueError(f"{path}: weights do not fit the model: {_mismatch_text(unfilled, ignored)}")
+        raise GfldetError(f"{path}: weights do not fit the model: {_mismatch_text(unfilled, ignored)}")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:  # e.g. a tensor that is not a tensor: names and shapes fit
-        raise ValueError(f"{path}: weights do not fit the model: {' '.join(str(e).split())[:300]}") from e
+        raise GfldetError(f"{path}: weights do not fit the model: {' '.join(str(e).split())[:300]}") from e
 
 
 def _arch_difference(model: nn.Module, file_config: dict[str, Any] | None) -> str:
@@ -104,9 +106,9 @@ def transfer_weights(model: nn.Module, file_sd: dict[str, Any], path: str, kind:
     backbone's weights where one was loaded). Tensors of the file that the model lacks are ignored. One info
     line names what was left out and why. When the file fills less than 90% of the model's tensors, or less
     than 90% of the file's tensors are used (``num_batches_tracked`` counters aside), it is another
-    architecture (depth, width, ...) and a ValueError says so, rather than leaving a half-random model.
+    architecture (depth, width, ...) and a GfldetError says so, rather than leaving a half-random model.
 
-    ``strict=True``: every tensor must fit; otherwise a ValueError names the file and the mismatched tensors.
+    ``strict=True``: every tensor must fit; otherwise a GfldetError names the file and the mismatched tensors.
 
     Returns ``{"loaded": [names], "reinitialised": {name: reason}, "ignored": [names]}``, where
     "reinitialised" lists the model's tensors that kept their initial values.
@@ -122,7 +124,7 @@ def transfer_weights(model: nn.Module, file_sd: dict[str, Any], path: str, kind:
     counted_file = [k for k in file_sd if not k.endswith("num_batches_tracked")]
     n_loaded = sum(1 for k in loaded if not k.endswith("num_batches_tracked"))
     if n_loaded == 0 or n_loaded < MIN_SHARE * len(counted) or n_loaded < MIN_SHARE * len(counted_file):
-        raise ValueError(
+        raise GfldetError(
             f"{path}: the checkpoint does not look like this model's architecture "
             f"({_arch_difference(model, file_config) or 'arch, depth or width mismatch?'}): only {n_loaded} tensors fit, "
             f"of the model's {len(counted)} and the file's {len(counted_file)}; {_mismatch_text(unfilled, ignored)}")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import GfldetError
 from ..ops.resize import check_image, keep_ratio_size, padded_size
 
 __all__ = ["BatchMeta", "DetectionTransform"]
@@ -38,7 +39,7 @@ def image_as_float(i: int, img: Tensor, device: torch.device | str | None = None
     """Checks image ``i`` (:func:`gfldet.ops.resize.check_image`: a ``(3, H, W)`` RGB tensor, uint8 or float in
     [0, 1]) and returns it as float32 0..255."""
     if not isinstance(img, Tensor):
-        raise ValueError(f"image {i}: expected a (3, H, W) RGB tensor, got {type(img).__name__}")
+        raise GfldetError(f"image {i}: expected a (3, H, W) RGB tensor, got {type(img).__name__}")
     x = img.to(device, torch.float32)
 
     def value_range() -> tuple[bool, float, float]:
@@ -89,7 +90,7 @@ class DetectionTransform(nn.Module):
         if isinstance(images, Tensor):
             images = list(images) if images.dim() == 4 else [images]
         if len(images) == 0:
-            raise ValueError("expected a non-empty list of (3, H, W) images")
+            raise GfldetError("expected a non-empty list of (3, H, W) images")
         s = self.settings
         min_size = s.min_size
         if self.training and s.train_min_sizes:  # multi-scale training: one short side per batch
@@ -116,32 +117,32 @@ class DetectionTransform(nn.Module):
         their boxes into the batch's frame. Returns per image boxes, labels and crowd boxes (ignore regions, or None).
         """
         if len(targets) != len(meta.image_sizes):
-            raise ValueError(f"got {len(targets)} targets for {len(meta.image_sizes)} images")
+            raise GfldetError(f"got {len(targets)} targets for {len(meta.image_sizes)} images")
         boxes_out, labels_out, ignore_out = [], [], []
         for i, t in enumerate(targets):
             if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
-                raise ValueError(f"target {i}: expected a dict with 'boxes' (M, 4) and 'labels' (M,)")
+                raise GfldetError(f"target {i}: expected a dict with 'boxes' (M, 4) and 'labels' (M,)")
             boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4) if len(t["boxes"]) else torch.zeros(0, 4, device=device)
             labels = torch.as_tensor(t["labels"], device=device).reshape(-1).long()
             if boxes.shape[0] != labels.shape[0]:
-                raise ValueError(f"target {i}: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+                raise GfldetError(f"target {i}: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
             bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
             if bad.any():
                 j = int(bad.nonzero()[0])
-                raise ValueError(
+                raise GfldetError(
                     f"target {i}: box {j} {boxes[j].tolist()} is degenerate (need finite x1 < x2 and y1 < y2, xyxy pixels)"
                 )
             lab_bad = (labels < 0) | (labels >= num_classes)
             if lab_bad.any():
                 j = int(lab_bad.nonzero()[0])
-                raise ValueError(f"target {i}: label {int(labels[j])} of box {j} is outside [0, {num_classes})")
+                raise GfldetError(f"target {i}: label {int(labels[j])} of box {j} is outside [0, {num_classes})")
             sx, sy = meta.scales[i]
             boxes = boxes * boxes.new_tensor([sx, sy, sx, sy])
             crowd = t.get("iscrowd")
             if crowd is not None:
                 crowd = torch.as_tensor(crowd, device=device).reshape(-1).bool()
                 if crowd.shape[0] != boxes.shape[0]:
-                    raise ValueError(f"target {i}: 'iscrowd' has {crowd.shape[0]} entries for {boxes.shape[0]} boxes")
+                    raise GfldetError(f"target {i}: 'iscrowd' has {crowd.shape[0]} entries for {boxes.shape[0]} boxes")
                 ignore_out.append(boxes[crowd])
                 boxes, labels = boxes[~crowd], labels[~crowd]
             else:

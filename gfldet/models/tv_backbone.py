@@ -21,6 +21,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from ..errors import GfldetError
+
 __all__ = ["TorchvisionBackbone", "TV_BACKBONES"]
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class TorchvisionBackbone(nn.Module):
     def __init__(self, name: str = "mobilenet_v2", frozen_stages: int = 1, norm_eval: bool = True):
         super().__init__()
         if name not in TV_BACKBONES:
-            raise ValueError(f"backbone {name!r} is not one of {sorted(TV_BACKBONES)}")
+            raise GfldetError(f"backbone {name!r} is not one of {sorted(TV_BACKBONES)}")
         from torchvision.models import get_model
 
         net = get_model(TV_BACKBONES[name], weights=None)
@@ -121,7 +123,7 @@ class TorchvisionBackbone(nn.Module):
         try:
             missing, unexpected = self.load_state_dict({f"body.{k}": v for k, v in sd.items()}, strict=False)
         except RuntimeError as e:  # shapes that differ: another network's weights
-            raise ValueError(f"backbone weights do not fit torchvision's {self.name}: {e}") from None
+            raise GfldetError(f"backbone weights do not fit torchvision's {self.name}: {e}") from None
         if missing or unexpected or not sd:
-            raise ValueError(f"backbone weights do not fit torchvision's {self.name}: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise GfldetError(f"backbone weights do not fit torchvision's {self.name}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")

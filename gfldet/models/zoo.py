@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..errors import GfldetError
 from ..files import hash_prefix, sha256_file
 from .config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, Regime, backbone_regime
 from .detector import GFL
@@ -91,7 +92,7 @@ def arch_config(arch: str, *, pretrained: bool, **fields: Any) -> ModelConfig:
     fixed = ARCHS[arch][0]
     clash = sorted(set(fields) & set(fixed))
     if clash:
-        raise ValueError(f"{arch} fixes {clash}; use another builder instead of overriding them")
+        raise GfldetError(f"{arch} fixes {clash}; use another builder instead of overriding them")
     regime = arch_regime(arch, pretrained)
     for key in REGIME_FIELDS:
         if fields.get(key) is None:
@@ -135,14 +136,14 @@ def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Ten
         try:
             sd = torch.load(weights_backbone, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{weights_backbone}: not a readable state dict ({type(e).__name__}: {e})") from e
+            raise GfldetError(f"{weights_backbone}: not a readable state dict ({type(e).__name__}: {e})") from e
         return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if isinstance(weights_backbone, (str, os.PathLike)) and looks_like_path(os.fspath(weights_backbone)):
         raise FileNotFoundError(f"backbone weights file not found: {weights_backbone} (model.weights_backbone; a state dict "
                                 "with torchvision's parameter names, or a torchvision weights name such as IMAGENET1K_V1)")
     if not tv_name:
-        raise ValueError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
-                         "model.backbone.load_torchvision_weights(state_dict)")
+        raise GfldetError(f"torchvision publishes no ImageNet weights for {arch}'s backbone; load your own with "
+                          "model.backbone.load_torchvision_weights(state_dict)")
     if isinstance(weights_backbone, str):
         weights_backbone = torchvision_weights(arch, weights_backbone, tv_name)
     return imagenet_state_dict(weights_backbone)
@@ -201,21 +202,21 @@ def imagenet_state_dict(weights: Any, *, progress: bool = True) -> dict[str, tor
             os.makedirs(folder, exist_ok=True)
             torch.hub.download_url_to_file(weights.url, cached, hash_prefix=prefix, progress=progress)
         except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, an unwritable folder
-            raise ValueError(f"cannot fetch the ImageNet backbone weights {weights} from {weights.url} ({type(e).__name__}: "
-                             f"{e}). Download {fname} on a machine with network access and place it in {folder} (torch "
-                             f"hub's cache; $TORCH_HOME moves it), {alternatives}") from e
+            raise GfldetError(f"cannot fetch the ImageNet backbone weights {weights} from {weights.url} ({type(e).__name__}: "
+                              f"{e}). Download {fname} on a machine with network access and place it in {folder} (torch "
+                              f"hub's cache; $TORCH_HOME moves it), {alternatives}") from e
         except RuntimeError as e:  # torch hub's "invalid hash value"; it keeps no partial file
-            raise ValueError(f"{fname} from {weights.url} failed its SHA-256 check ({e}); it was not kept. Try again "
-                             f"later, or place a good copy in {folder}, {alternatives}") from e
+            raise GfldetError(f"{fname} from {weights.url} failed its SHA-256 check ({e}); it was not kept. Try again "
+                              f"later, or place a good copy in {folder}, {alternatives}") from e
     damaged = (f"delete it to download it again, or replace it with a good copy of {weights.url}, {alternatives}")
     if prefix and not sha256_file(cached).startswith(prefix):
-        raise ValueError(f"{cached}: the cached ImageNet backbone weights {weights} are damaged or another file (its "
-                         f"SHA-256 does not start with {prefix}, as its name says it must): {damaged}")
+        raise GfldetError(f"{cached}: the cached ImageNet backbone weights {weights} are damaged or another file (its "
+                          f"SHA-256 does not start with {prefix}, as its name says it must): {damaged}")
     try:
         return torch.load(cached, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{cached}: the cached ImageNet backbone weights {weights} cannot be read "
-                         f"({type(e).__name__}: {e}): {damaged}") from e
+        raise GfldetError(f"{cached}: the cached ImageNet backbone weights {weights} cannot be read "
+                          f"({type(e).__name__}: {e}): {damaged}") from e
 
 
 def gfl_resnet18_fpn(*, num_classes: int = 80, weights=None, weights_backbone=None, **kwargs: Any) -> GFL:
@@ -242,7 +243,7 @@ def gfl_resnext101_32x4d_fpn(*, num_classes: int = 80, weights=None, weights_bac
 # gfldet.models.quality.JointDGQP). In run configs: the gfl_* arch with model.quality: dgqp.
 def _gflv2(arch: str, num_classes: int, weights, weights_backbone, kwargs: dict[str, Any]) -> GFL:
     if kwargs.setdefault("quality", "dgqp") != "dgqp":
-        raise ValueError(f"GFLV2 builders fix quality='dgqp', got quality={kwargs['quality']!r}; use {arch} instead")
+        raise GfldetError(f"GFLV2 builders fix quality='dgqp', got quality={kwargs['quality']!r}; use {arch} instead")
     return build_model(arch, num_classes=num_classes, weights=weights, weights_backbone=weights_backbone, **kwargs)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import GfldetError
 from .assign import AssignResult
 from .boxes import box_centers, box_iof
 
@@ -35,9 +36,9 @@ _INF = 100000000.0
 def fcos_regress_ranges(bounds: Sequence[float], num_levels: int) -> list[tuple[float, float]]:
     """``(64, 128, 256, 512)`` -> ``[(-1, 64), (64, 128), (128, 256), (256, 512), (512, inf)]`` (FCOS)."""
     if len(bounds) != num_levels - 1:
-        raise ValueError(f"fcos_range_bounds {tuple(bounds)} must hold {num_levels - 1} values for {num_levels} levels")
+        raise GfldetError(f"fcos_range_bounds {tuple(bounds)} must hold {num_levels - 1} values for {num_levels} levels")
     if any(b <= a for a, b in zip(bounds[:-1], bounds[1:])):
-        raise ValueError(f"fcos_range_bounds {tuple(bounds)} must increase")
+        raise GfldetError(f"fcos_range_bounds {tuple(bounds)} must increase")
     edges = [-1.0, *[float(b) for b in bounds], float("inf")]
     return list(zip(edges[:-1], edges[1:]))
 
@@ -170,7 +171,7 @@ def retina_assign(
     num_images, num_anchors = len(gt_boxes), anchors.shape[0]
     device = anchors.device
     if not 0 <= neg_iou_thr <= pos_iou_thr <= 1:
-        raise ValueError(f"need 0 <= neg_iou_thr ({neg_iou_thr}) <= pos_iou_thr ({pos_iou_thr}) <= 1")
+        raise GfldetError(f"need 0 <= neg_iou_thr ({neg_iou_thr}) <= pos_iou_thr ({pos_iou_thr}) <= 1")
     if valid is None:
         valid = torch.ones(num_images, num_anchors, dtype=torch.bool, device=device)
     gts, real = _pad_gts(gt_boxes, anchors)  # (N, M, 4), (N, M)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import GfldetError
+
 __all__ = ["distribution_statistics", "joint_logit", "statistics_channels"]
 
 
@@ -45,7 +47,7 @@ def distribution_statistics(box_logits: Tensor, reg_max: int, topk: int = 4, add
     if c != 4 * bins:
         raise ValueError(f"expected 4 * (reg_max + 1) = {4 * bins} distribution channels, got {c}")
     if not 1 <= topk <= bins:
-        raise ValueError(f"topk must be in [1, reg_max + 1 = {bins}], got {topk}")
+        raise GfldetError(f"topk must be in [1, reg_max + 1 = {bins}], got {topk}")
     prob = F.softmax(box_logits.float().reshape(n, 4, bins, h, w), dim=2)
     top = prob.topk(topk, dim=2).values
     if add_mean:

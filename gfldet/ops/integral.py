@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import GfldetError
+
 __all__ = ["Integral", "distribution_expectation", "edge_distributions"]
 
 
@@ -32,7 +34,7 @@ class Integral(nn.Module):
     def __init__(self, reg_max: int = 16):
         super().__init__()
         if reg_max < 1:
-            raise ValueError(f"reg_max must be >= 1, got {reg_max}")
+            raise GfldetError(f"reg_max must be >= 1, got {reg_max}")
         self.reg_max = reg_max
         self.register_buffer("project", torch.linspace(0, reg_max, reg_max + 1), persistent=False)
 

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import GfldetError
 from .boxes import box_giou_aligned
 
 __all__ = [
@@ -56,7 +57,7 @@ def reduce_mean(x: Tensor) -> Tensor:
 def reduce_loss(loss: Tensor, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
     """Apply an optional element-wise ``weight`` (broadcast against ``loss``) and a reduction."""
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        raise GfldetError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if weight is not None:
         loss = loss * weight
     if reduction == "sum":
@@ -123,7 +124,7 @@ def quality_focal_loss_sparse(
             f"{tuple(labels.shape)}, {tuple(scores.shape)}"
         )
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        raise GfldetError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     num_classes = logits.shape[1]
     pos = ((labels >= 0) & (labels < num_classes)).nonzero().squeeze(1)
     if reduction != "none" and (weight is None or (weight.shape == labels.shape and not weight.requires_grad)):
@@ -243,7 +244,7 @@ def distribution_focal_loss(
     if target.numel() and not torch.jit.is_tracing():
         lo, hi = float(target.min()), float(target.max())
         if not (lo >= 0 and hi <= n) or not bool(torch.isfinite(target).all()):  # NaN fails every comparison
-            raise ValueError(f"DFL targets must lie in [0, {n}], got values in [{lo:g}, {hi:g}]")
+            raise GfldetError(f"DFL targets must lie in [0, {n}], got values in [{lo:g}, {hi:g}]")
     return reduce_loss(dfl_unchecked(logits, target), weight, reduction)
 
 
@@ -356,7 +357,7 @@ def gaussian_kl_loss(mean: Tensor, log_var: Tensor, target: Tensor, weight: Tens
     pull from one badly placed box can spike the gradient by several orders of magnitude early in training from
     scratch (docs/ablations.md, the Gaussian row)."""
     if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+        raise GfldetError(f"beta must be > 0, got {beta}")
     mean, log_var = upcast(mean), upcast(log_var)
     d = (target.to(mean.dtype) - mean).abs()
     err = torch.where(d < beta, 0.5 * d.square() / beta, d - 0.5 * beta)

@@ -11,25 +11,27 @@ import math
 
 from collections.abc import Callable, Sequence
 
+from ..errors import GfldetError
+
 __all__ = ["check_image", "keep_ratio_size", "padded_size"]
 
 
 def check_image(i: int, shape: Sequence[int], dtype: object, is_uint8: bool, is_float: bool,
                 value_range: Callable[[], tuple[bool, float, float]], kind: str = "tensor") -> None:
-    """Raise ValueError, naming image ``i``, unless it is a ``(3, H, W)`` RGB image of uint8, or of floats in [0, 1].
+    """Raise GfldetError, naming image ``i``, unless it is a ``(3, H, W)`` RGB image of uint8, or of floats in [0, 1].
 
     ``value_range()`` -> ``(all finite, min, max)``: called for float images only (it reads every pixel)."""
     if len(shape) != 3 or shape[0] != 3 or shape[1] < 1 or shape[2] < 1:
-        raise ValueError(f"image {i}: expected a (3, H, W) RGB {kind}, got {tuple(shape)}")
+        raise GfldetError(f"image {i}: expected a (3, H, W) RGB {kind}, got {tuple(shape)}")
     if is_uint8:
         return
     if is_float:
         finite, lo, hi = value_range()
         if not finite or lo < 0 or hi > 1:
-            raise ValueError(f"image {i}: float images must hold values in [0, 1], got range [{lo:g}, {hi:g}] "
-                             "(pass uint8 for 0-255 data)")
+            raise GfldetError(f"image {i}: float images must hold values in [0, 1], got range [{lo:g}, {hi:g}] "
+                              "(pass uint8 for 0-255 data)")
         return
-    raise ValueError(f"image {i}: dtype {dtype} is not supported (use uint8 or float in [0, 1])")
+    raise GfldetError(f"image {i}: dtype {dtype} is not supported (use uint8 or float in [0, 1])")
 
 
 def keep_ratio_size(h: int, w: int, min_size: float | None, max_size: float | None) -> tuple[int, int]:
@@ -40,15 +42,15 @@ def keep_ratio_size(h: int, w: int, min_size: float | None, max_size: float | No
     ``min_size`` unless the long side would pass ``max_size`` (the paper's 800 / 1333).
     """
     if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got h={h}, w={w}")
+        raise GfldetError(f"image size must be positive, got h={h}, w={w}")
     scale = math.inf
     if min_size is not None:
         if min_size <= 0:
-            raise ValueError(f"min_size must be positive, got {min_size}")
+            raise GfldetError(f"min_size must be positive, got {min_size}")
         scale = min(scale, min_size / min(h, w))
     if max_size is not None:
         if max_size <= 0:
-            raise ValueError(f"max_size must be positive, got {max_size}")
+            raise GfldetError(f"max_size must be positive, got {max_size}")
         scale = min(scale, max_size / max(h, w))
     if scale == math.inf:
         return int(h), int(w)
