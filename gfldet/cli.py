@@ -256,7 +256,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     meta = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(meta, args.checkpoint)
     if args.score_thr is not None:
-        model.config.score_thr = args.score_thr
+        model.configure(score_thr=args.score_thr)
     h, w = args.example_size
     result = export_model(model, args.out, fmt=args.format, precision=args.precision, int8=args.int8, calib=args.calib,
                           calib_images=args.calib_images, overwrite=args.force, progress=not args.no_progress,

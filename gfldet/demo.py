@@ -224,14 +224,14 @@ def detect(model: torch.nn.Module, samples: list[dict[str, Any]], device: torch.
     model.eval()
     old = model.config.score_thr
     if score_thr is not None:
-        model.config.score_thr = score_thr
+        model.configure(score_thr=score_thr)
     try:
         out: list[dict[str, torch.Tensor]] = []
         for i in range(0, len(samples), batch_size):
             imgs = [torch.from_numpy(np.ascontiguousarray(s["image"])).permute(2, 0, 1).to(device) for s in samples[i:i + batch_size]]
             out.extend({k: v.cpu() for k, v in d.items()} for d in model(imgs))
     finally:
-        model.config.score_thr = old
+        model.configure(score_thr=old)
     return out
 
 

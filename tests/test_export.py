@@ -25,7 +25,7 @@ def _model():
     m = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, gn_groups=8)
     torch.nn.init.constant_(m.head.gfl_cls.bias, -1.0)  # scores around 0.27: many boxes pass the threshold
     torch.nn.init.normal_(m.head.gfl_reg.weight, std=0.05)
-    m.config.min_size, m.config.max_size = 160, 256
+    m.configure(min_size=160, max_size=256)
     return m.eval()
 
 
@@ -282,7 +282,7 @@ def test_exact_score_ties_give_the_same_detections(tmp_path):
     m = _model()
     torch.nn.init.zeros_(m.head.gfl_cls.weight)
     torch.nn.init.constant_(m.head.gfl_cls.bias, 0.0)
-    m.config.min_size, m.config.max_size, m.config.nms_pre, m.config.max_per_img = None, None, 30, 5
+    m.configure(min_size=None, max_size=None, nms_pre=30, max_per_img=5)
     path = export_onnx(m, tmp_path / "ties.onnx", example_size=(256, 256))
     img = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():

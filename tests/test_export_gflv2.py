@@ -19,7 +19,7 @@ def _model():
     torch.nn.init.constant_(m.head.gfl_cls.bias, -0.5)
     torch.nn.init.normal_(m.head.gfl_reg.weight, std=0.05)
     torch.nn.init.normal_(m.head.gfl_quality[2].weight, std=0.5)  # a quality that varies across locations
-    m.config.min_size, m.config.max_size = 160, 256
+    m.configure(min_size=160, max_size=256)
     return m.eval()
 
 

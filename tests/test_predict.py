@@ -16,7 +16,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     m = gfldet.gfl_resnet18_fpn(num_classes=2, fpn_channels=16, head_channels=16, gn_groups=4)
     torch.nn.init.constant_(m.head.gfl_cls.bias, -1.0)  # scores around 0.27: every image gets detections
-    m.config.min_size, m.config.max_size = 128, 160
+    m.configure(min_size=128, max_size=160)
     p = tmp_path_factory.mktemp("ckpt") / "model.pt"
     save_checkpoint(p, m.eval(), cat_ids=[3, 8])
     return p

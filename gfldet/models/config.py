@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import GfldetError
 
-__all__ = ["ModelConfig", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
+__all__ = ["ModelConfig", "RUNTIME_FIELDS", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
            "backbone_regime"]
 
 
@@ -32,11 +32,18 @@ BOXES = ("distribution", "dirac", "gaussian", "gaussian_nll")
 ASSIGNERS = ("atss", "fcos", "retina")
 
 
-@dataclass
+# The settings a built detector may change (GFL.configure): the input sizes and the test settings. Every other field
+# defines the network or its training targets: change those by building another model.
+RUNTIME_FIELDS = ("min_size", "max_size", "train_min_sizes", "score_thr", "nms_pre", "nms_iou", "max_per_img")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a GFL detector: architecture, training targets and losses, test settings.
 
-    Defaults are the paper's / reference's GFL R-50-FPN 1x on COCO.
+    Defaults are the paper's / reference's GFL R-50-FPN 1x on COCO. Immutable: a changed copy is
+    ``dataclasses.replace(cfg, **changes)`` (validated like a new one); a built detector changes its input sizes
+    and test settings with :meth:`gfldet.models.detector.GFL.configure`.
     """
 
     # backbone: "resnet" (torchvision's ResNet / ResNeXt, sized by depth, groups, width_per_group, base_channels) or
@@ -163,6 +170,16 @@ class ModelConfig:
              f"(anchor_ratios={ratios}, scales_per_octave={self.scales_per_octave})"),
             (self.assigner != "fcos" or len(self.fcos_range_bounds) == len(self.strides) - 1, "fcos_range_bounds",
              tuple(self.fcos_range_bounds), f"must hold {len(self.strides) - 1} edges for {len(self.strides)} levels"),
+        ]
+        sizes = [] if self.train_min_sizes is None else list(self.train_min_sizes)
+        checks += [  # input sizes and test settings: what GFL.configure changes on a built model
+            (self.min_size is None or self.min_size >= 1, "min_size", self.min_size, "must be >= 1 or None"),
+            (self.max_size is None or self.max_size >= 1, "max_size", self.max_size, "must be >= 1 or None"),
+            (all(s >= 1 for s in sizes), "train_min_sizes", self.train_min_sizes, "must be sizes >= 1 or None"),
+            (0 <= self.score_thr <= 1, "score_thr", self.score_thr, "must be in [0, 1]"),
+            (self.nms_pre >= 1, "nms_pre", self.nms_pre, "must be >= 1"),
+            (0 <= self.nms_iou <= 1, "nms_iou", self.nms_iou, "must be in [0, 1]"),
+            (self.max_per_img >= 1, "max_per_img", self.max_per_img, "must be >= 1"),
         ]
         for ok, key, value, why in checks:
             if not ok:

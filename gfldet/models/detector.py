@@ -15,14 +15,16 @@ Shapes: N images, A anchors of all levels, C classes, B = reg_max + 1 bins, M bo
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import GfldetError
 from .assemble import assemble
-from .config import ModelConfig
+from .config import RUNTIME_FIELDS, ModelConfig
 from .criterion import GFLTargets
 from .fusion import set_fusion
 from .transform import BatchMeta
@@ -52,6 +54,22 @@ class GFL(nn.Module):
         self.prior_generator, self.quality, self.assigner = p["prior_generator"], p["quality"], p["assigner"]
         self.criterion, self.postprocessor = p["criterion"], p["postprocessor"]
         set_fusion(self, "training")  # a module starts in training mode: the same fast path as after train()
+
+    # ------------------------------------------------------------------ settings
+    def configure(self, **changes: Any) -> GFL:
+        """Change input sizes and test settings of this model (``min_size``, ``max_size``, ``train_min_sizes``,
+        ``score_thr``, ``nms_pre``, ``nms_iou``, ``max_per_img``): the one way to, validated as a new
+        :class:`ModelConfig` is. The transform and the postprocessor read the new config from their next call.
+        Returns the model. Any other field defines the network: build another model for it."""
+        fixed = sorted(set(changes) - set(RUNTIME_FIELDS))
+        if fixed:
+            raise GfldetError(f"{fixed} define the network and cannot change on a built model (build one with them); "
+                              f"configure changes {list(RUNTIME_FIELDS)}")
+        if "train_min_sizes" in changes and changes["train_min_sizes"] is not None:
+            changes["train_min_sizes"] = tuple(changes["train_min_sizes"])
+        cfg = dataclasses.replace(self.config, **changes)
+        self.config = self.transform.settings = self.postprocessor.settings = cfg
+        return self
 
     # ------------------------------------------------------------------ input
     def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, BatchMeta]:

@@ -85,7 +85,7 @@ class Postprocessor:
     """Detections of a batch from the head's flattened outputs, per image with :func:`decode_image`.
 
     ``settings`` holds the test settings ``score_thr``, ``nms_pre``, ``nms_iou``, ``max_per_img`` (the detector's
-    :class:`~gfldet.models.config.ModelConfig` is one), read at each call: ``model.config.score_thr = ...`` takes effect.
+    :class:`~gfldet.models.config.ModelConfig` is one), read at each call: ``model.configure(score_thr=...)`` replaces it.
     """
 
     def __init__(self, box, quality, settings):

@@ -17,7 +17,7 @@ import http.client
 import logging
 import os
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from .io import from_mmdet
 from .zoo import ARCHS
 
 __all__ = ["load_pretrained", "pretrained_file", "get_pretrained", "pretrained_names", "cache_folder",
-           "PretrainedWeights", "TestSettings", "PretrainedError", "PRETRAINED", "COCO_TEST"]
+           "PretrainedWeights", "PretrainedError", "PRETRAINED", "COCO_TEST_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +40,9 @@ class PretrainedError(GfldetError):
     :class:`~gfldet.errors.GfldetError` (a ``ValueError``)."""
 
 
-@dataclass(frozen=True)
-class TestSettings:
-    """How the published AP was measured: keep-ratio resize to ``min_size`` x ``max_size`` (mmdetection's
-    ``img_scale=(1333, 800)``), score > ``score_thr``, top ``nms_pre`` per level, class-aware NMS at ``nms_iou``,
-    top ``max_per_img``. The names are :class:`~gfldet.models.config.ModelConfig` fields."""
-
-    min_size: int = 800
-    max_size: int = 1333
-    score_thr: float = 0.05
-    nms_pre: int = 1000
-    nms_iou: float = 0.6
-    max_per_img: int = 100
-
-    def overrides(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("min_size", "max_size", "score_thr", "nms_pre", "nms_iou", "max_per_img")}
-
-
-COCO_TEST = TestSettings()
+# How the published AP was measured (mmdetection's test pipeline: keep-ratio resize to 800 x 1333, score > 0.05,
+# top 1000 per level, class-aware NMS at IoU 0.6, top 100) is ModelConfig's defaults: the table's models use them.
+COCO_TEST_FIELDS = ("min_size", "max_size", "score_thr", "nms_pre", "nms_iou", "max_per_img")
 
 
 @dataclass(frozen=True)
@@ -73,7 +58,6 @@ class PretrainedWeights:
     dcn_stages: tuple[str, ...] = ()  # ResNet stages with deformable convolutions (mmdetection's stage_with_dcn)
     gfl_version: int = 1  # 2: GFocalV2's distribution-guided quality predictor (DGQP)
     schedule: str = "1x"  # training epochs: 1x = 12, 2x = 24; "ms": multi-scale training
-    test: TestSettings = field(default=COCO_TEST)
 
     @property
     def file_name(self) -> str:
@@ -164,21 +148,20 @@ def pretrained_file(name: str, *, progress: bool = True) -> str:
 def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, trusted: bool = False,
                     **overrides: Any) -> GFL:
     """A ready :class:`GFL` (eval mode) with published COCO weights: a name of :data:`PRETRAINED` (downloaded once,
-    see :func:`pretrained_file`) or the path of an mmdetection / GFocalV2 checkpoint file. The entry's test
-    settings (:class:`TestSettings`; those of the published AP for a file) apply, ``overrides`` (ModelConfig
+    see :func:`pretrained_file`) or the path of an mmdetection / GFocalV2 checkpoint file. The test settings of the
+    published AP apply (:class:`ModelConfig`'s defaults, :data:`COCO_TEST_FIELDS`); ``overrides`` (ModelConfig
     fields, e.g. ``score_thr=0.3``) replace them. A model with COCO's 80 classes is labelled with COCO's names.
     ``trusted``: allow full unpickling (only for files you trust; the published ones need not)."""
     text = os.fspath(name_or_path)
-    settings = COCO_TEST.overrides() | overrides
     if os.path.isfile(text):
-        return _label_coco(from_mmdet(text, trusted=trusted, **settings), text, published=False)
+        return _label_coco(from_mmdet(text, trusted=trusted, **overrides), text, published=False)
     if text not in PRETRAINED and ("/" in text or os.sep in text or text.endswith((".pth", ".pt"))):
         raise FileNotFoundError(f"weights file not found: {text} (or a name of published weights: "
                                 f"{', '.join(PRETRAINED)})")
     w = get_pretrained(text)
     path = pretrained_file(text, progress=progress)
     try:
-        model = from_mmdet(path, trusted=trusted, **(w.test.overrides() | overrides))
+        model = from_mmdet(path, trusted=trusted, **overrides)
     except ValueError as e:
         if w.sha256 and not sha256_file(path).startswith(w.sha256):
             raise PretrainedError(f"{path}: the cached file of {text} is damaged (its SHA-256 does not start with "

@@ -67,7 +67,7 @@ class DetectionTransform(nn.Module):
     ``settings`` holds ``min_size``, ``max_size`` (keep-ratio resize; None: not used), ``size_divisor``,
     ``train_min_sizes`` (None, or the short sides one of which each training batch draws: multi-scale training) and
     ``pixel_mean`` / ``pixel_std``; the detector's :class:`~gfldet.models.config.ModelConfig` is one. The sizes are read at
-    each call, so that changing them on a built model (``model.config.min_size = ...``) takes effect.
+    each call, so that changing them on a built model (``model.configure(min_size=...)``) takes effect.
     """
 
     def __init__(self, settings):

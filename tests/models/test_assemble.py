@@ -77,7 +77,7 @@ def test_variant_trains_and_decodes(name):
     assert all(torch.isfinite(v) for v in losses.values())
     assert float(losses["loss_bbox"].detach()) == 0.0
     m.eval()
-    m.config.score_thr = 0.0
+    m.configure(score_thr=0.0)
     with torch.no_grad():
         dets = m(imgs)
     assert len(dets) == 2

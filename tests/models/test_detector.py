@@ -260,3 +260,32 @@ def test_model_config_roundtrip():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({"depht": 18})
+
+
+def test_configure_is_the_one_way_to_change_a_built_models_settings():
+    """ModelConfig is immutable (an assignment used to be silently ignored where a part had copied the value);
+    GFL.configure changes input sizes and test settings, validated, and the transform and postprocessor use them."""
+    import dataclasses
+
+    from gfldet.errors import GfldetError
+
+    torch.manual_seed(0)
+    model = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=32, head_channels=32, gn_groups=8, min_size=160,
+                                    max_size=256).eval()
+    torch.nn.init.constant_(model.head.gfl_cls.bias, -1.0)  # scores around 0.27: many boxes pass 0.05
+    torch.nn.init.normal_(model.head.gfl_reg.weight, std=0.05)  # boxes that differ, so that NMS keeps many
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.config.strides = (16, 32, 64, 128, 256)
+    img = torch.randint(0, 256, (3, 120, 200), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        many = model([img])[0]
+        assert model.configure(score_thr=0.25, max_per_img=3, min_size=96, max_size=160) is model
+        few = model([img])[0]
+        x, meta = model.preprocess([img])
+    assert meta.image_sizes == [(96, 160)] and model.transform.settings is model.config is model.postprocessor.settings
+    assert len(many["boxes"]) > 3 >= len(few["boxes"]) > 0 and (few["scores"] > 0.25).all()
+    with pytest.raises(GfldetError, match=r"score_thr=2.0 must be in \[0, 1\]"):
+        model.configure(score_thr=2.0)
+    with pytest.raises(GfldetError, match=r"\['strides'\] define the network"):
+        model.configure(strides=(16, 32, 64, 128, 256))
+    assert model.config.score_thr == 0.25  # a refused change leaves the model as it was

@@ -46,13 +46,14 @@ def test_table_holds_mmdetections_six_checkpoints_as_published():
     published = {n: (w.url, w.box_ap) for n, w in PRETRAINED.items() if w.url}
     assert published == METAFILE
     for w in PRETRAINED.values():
-        assert w.arch in gfldet.models.ARCHS and w.test == pretrained.COCO_TEST
+        assert w.arch in gfldet.models.ARCHS
         if w.url:
             # torch hub's check_hash reads the same prefix off the file name (HASH_REGEX), "c3-c5" notwithstanding
             assert torch.hub.HASH_REGEX.search(w.file_name).group(1) == w.sha256 and len(w.sha256) == 8
-    t = pretrained.COCO_TEST
+    t = gfldet.ModelConfig()  # the published AP's test settings are the defaults
     settings = (t.score_thr, t.nms_iou, t.max_per_img, t.nms_pre, t.min_size, t.max_size)
     assert settings == (0.05, 0.6, 100, 1000, 800, 1333)
+    assert set(pretrained.COCO_TEST_FIELDS) <= set(gfldet.models.config.RUNTIME_FIELDS)
     assert PRETRAINED["gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco"].dcn_stages == ("c3", "c4", "c5")
     assert PRETRAINED["gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco"].dcn_stages == ("c4", "c5")
     assert PRETRAINED["gfocal_r50_fpn_1x"].url is None and PRETRAINED["gfocal_r50_fpn_1x"].gfl_version == 2

@@ -68,7 +68,7 @@ def test_detections_carry_uncertainty_in_the_image_frame():
     model = gfldet.gfl_resnet18_fpn(num_classes=2, fpn_channels=32, head_channels=32, gn_groups=8)
     torch.nn.init.constant_(model.head.gfl_cls.bias, 0.0)  # scores ~0.5, so boxes survive the threshold
     torch.nn.init.normal_(model.head.gfl_reg.weight, std=0.05)
-    model.config.min_size, model.config.max_size = None, None
+    model.configure(min_size=None, max_size=None)
     model.eval()
     img = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
     det = model([img])[0]
@@ -82,7 +82,7 @@ def test_detections_carry_uncertainty_in_the_image_frame():
     torch.testing.assert_close(det["edge_std"], ref["edge_std"])
     torch.testing.assert_close(det["loc_conf"], ref["loc_conf"])
     # an image resized by the model gets its std back in the pixels of the image given
-    model.config.min_size, model.config.max_size = 192, 256  # 2x up-scaling inside the model
+    model.configure(min_size=192, max_size=256)  # 2x up-scaling inside the model
     det2 = model([img])[0]
     ref2 = edge_uncertainty(det2["distributions"], BINS, det2["strides"])
     torch.testing.assert_close(det2["edge_std"], ref2["edge_std"] / 2)
