@@ -34,8 +34,6 @@ from torch import Tensor, nn
 
 from .errors import GfldetError
 from .files import atomic_path, refuse_existing
-from .models.box_coders import DistributionBox
-from .models.quality import JointQFL
 from .ops.boxes import box_centers
 
 log = logging.getLogger(__name__)
@@ -88,9 +86,10 @@ def output_names(mode: str, num_levels: int) -> list[str]:
 
 
 def is_gfl_assembly(model: nn.Module) -> bool:
-    """Whether ``model`` decodes as GFL does (what the ONNX outputs and gfldet.deploy assume): GFL, or GFLV2 whose
-    joint score (class score x DGQP quality) takes the place of GFL's class score in the outputs."""
-    return (isinstance(model.box, DistributionBox) and model.box.bin_width == 1.0 and isinstance(model.quality, JointQFL)
+    """Whether ``model`` decodes as the ONNX outputs and gfldet.deploy assume: its box representation and quality
+    estimator say they are exportable (``exportable``: GFL's distribution with unit bins; GFL's joint score, or
+    GFLV2's joint score in its place), its head carries the estimator's branch, one prior per location."""
+    return (bool(getattr(model.box, "exportable", False)) and bool(getattr(model.quality, "exportable", False))
             and model.head.quality_channels == model.quality.channels and model.prior_generator.num_anchors == 1)
 
 

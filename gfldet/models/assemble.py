@@ -17,6 +17,7 @@ A new part is used by handing it to :class:`~gfldet.models.detector.GFL` (keywor
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .config import ModelConfig
@@ -31,7 +32,8 @@ from .quality import CenternessBranch, FocalClassifier, IoUBranch, JointDGQP, Jo
 from .transform import DetectionTransform
 from .tv_backbone import TorchvisionBackbone
 
-__all__ = ["PARTS", "assemble", "atss_config", "box_part", "quality_part", "assigner_part", "prior_part"]
+__all__ = ["PARTS", "BOX_PARTS", "QUALITY_PARTS", "ASSIGNER_PARTS", "assemble", "atss_config", "box_part",
+           "quality_part", "assigner_part", "prior_part"]
 
 # The parts of a detector, in the order they are built (the RNG draws of a fresh initialisation depend on it).
 PARTS = ("transform", "prior_generator", "box", "quality", "assigner", "backbone", "neck", "head", "criterion",
@@ -52,21 +54,44 @@ def atss_config(**overrides) -> ModelConfig:
     return ModelConfig(**kw)
 
 
+def _focal_estimator(kind: type, cfg: ModelConfig):
+    """A focal-loss classifier, with or without a quality branch (the ablations' estimators)."""
+    return kind(cfg.focal_alpha, cfg.focal_gamma, cfg.loss_qfl_weight, cfg.loss_quality_weight)
+
+
+# name (the ModelConfig field's value) -> the part built from the config: a new representation, estimator or
+# assigner is one entry here (and its name in models/config.py's choices), nothing in the detector, the criterion or
+# the exporter. tests/models/test_assemble.py checks the names against ModelConfig's choices.
+BOX_PARTS: dict[str, Callable[[ModelConfig], Any]] = {
+    "distribution": lambda cfg: DistributionBox(cfg.reg_max, cfg.bin_width, cfg.loss_dfl_weight),
+    "dirac": lambda cfg: DiracBox(cfg.loss_dfl_weight),
+    "gaussian": lambda cfg: GaussianBox(cfg.loss_dfl_weight),
+    "gaussian_nll": lambda cfg: GaussianNLLBox(cfg.loss_dfl_weight),
+}
+QUALITY_PARTS: dict[str, Callable[[ModelConfig], Any]] = {
+    "qfl": lambda cfg: JointQFL(cfg.qfl_beta, cfg.loss_qfl_weight),
+    "dgqp": lambda cfg: JointDGQP(cfg.qfl_beta, cfg.loss_qfl_weight, cfg.reg_max, cfg.reg_topk, cfg.reg_channels,
+                                  cfg.add_mean),
+    "none": lambda cfg: _focal_estimator(FocalClassifier, cfg),
+    "centerness": lambda cfg: _focal_estimator(CenternessBranch, cfg),
+    "iou": lambda cfg: _focal_estimator(IoUBranch, cfg),
+}
+ASSIGNER_PARTS: dict[str, Callable[[ModelConfig], Any]] = {
+    "atss": lambda cfg: ATSSAssigner(cfg.atss_topk, cfg.ignore_iof_thr),
+    "fcos": lambda cfg: FCOSAssigner(cfg.fcos_range_bounds, cfg.fcos_radius, cfg.ignore_iof_thr),
+    "retina": lambda cfg: MaxIoUAssigner(cfg.retina_pos_iou, cfg.retina_neg_iou, cfg.retina_min_pos_iou,
+                                         cfg.ignore_iof_thr),
+}
+
+
 def box_part(cfg: ModelConfig):
-    """The box representation of ``cfg.box``."""
-    if cfg.box == "distribution":
-        return DistributionBox(cfg.reg_max, cfg.bin_width, cfg.loss_dfl_weight)
-    return {"dirac": DiracBox, "gaussian": GaussianBox, "gaussian_nll": GaussianNLLBox}[cfg.box](cfg.loss_dfl_weight)
+    """The box representation of ``cfg.box`` (:data:`BOX_PARTS`)."""
+    return BOX_PARTS[cfg.box](cfg)
 
 
 def quality_part(cfg: ModelConfig):
-    """The quality estimator of ``cfg.quality``."""
-    if cfg.quality == "qfl":
-        return JointQFL(cfg.qfl_beta, cfg.loss_qfl_weight)
-    if cfg.quality == "dgqp":
-        return JointDGQP(cfg.qfl_beta, cfg.loss_qfl_weight, cfg.reg_max, cfg.reg_topk, cfg.reg_channels, cfg.add_mean)
-    kind = {"none": FocalClassifier, "centerness": CenternessBranch, "iou": IoUBranch}[cfg.quality]
-    return kind(cfg.focal_alpha, cfg.focal_gamma, cfg.loss_qfl_weight, cfg.loss_quality_weight)
+    """The quality estimator of ``cfg.quality`` (:data:`QUALITY_PARTS`)."""
+    return QUALITY_PARTS[cfg.quality](cfg)
 
 
 def prior_part(cfg: ModelConfig) -> AnchorGenerator:
@@ -75,12 +100,8 @@ def prior_part(cfg: ModelConfig) -> AnchorGenerator:
 
 
 def assigner_part(cfg: ModelConfig):
-    """The assigner of ``cfg.assigner``."""
-    if cfg.assigner == "atss":
-        return ATSSAssigner(cfg.atss_topk, cfg.ignore_iof_thr)
-    if cfg.assigner == "fcos":
-        return FCOSAssigner(cfg.fcos_range_bounds, cfg.fcos_radius, cfg.ignore_iof_thr)
-    return MaxIoUAssigner(cfg.retina_pos_iou, cfg.retina_neg_iou, cfg.retina_min_pos_iou, cfg.ignore_iof_thr)
+    """The assigner of ``cfg.assigner`` (:data:`ASSIGNER_PARTS`)."""
+    return ASSIGNER_PARTS[cfg.assigner](cfg)
 
 
 def _build(name: str, cfg: ModelConfig, p: dict[str, Any]):

@@ -29,7 +29,10 @@ LOGVAR_RANGE = (-10.0, 10.0)
 
 class BoxRepresentation(nn.Module):
     """What every box representation shares: decoding its outputs into boxes, the one rule that training (the GIoU
-    term), the eager postprocess and the exported graph all call. A representation defines ``distances``."""
+    term), the eager postprocess and the exported graph all call. A representation defines ``distances``; the whole
+    contract is :class:`gfldet.models.parts.BoxRepresentationPart`."""
+
+    exportable = False  # whether the exported graph's outputs (docs/onnx.md) describe it
 
     def distances(self, logits: Tensor) -> Tensor:  # pragma: no cover - each representation defines it
         raise NotImplementedError
@@ -54,6 +57,7 @@ class DistributionBox(BoxRepresentation):
         self.integral = Integral(reg_max)
         self.reg_max, self.bin_width, self.loss_weight = reg_max, float(bin_width), loss_weight
         self.channels = 4 * (reg_max + 1)
+        self.exportable = self.bin_width == 1.0  # the export contract: bins 0, 1, ..., n strides
 
     @property
     def bins(self) -> Tensor:

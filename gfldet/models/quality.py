@@ -37,9 +37,11 @@ def batch_positives(targets: GFLTargets) -> Tensor:
 
 
 class QualityEstimator:
-    """The interface, and its defaults: no branch, box losses unweighted, the test score is the class score."""
+    """The interface, and its defaults: no branch, box losses unweighted, the test score is the class score (the
+    whole contract: :class:`gfldet.models.parts.QualityEstimatorPart`)."""
 
     channels = 0
+    exportable = False  # the graph outputs sigmoid(joint) as the score: right only where rescore changes nothing
     branch_loss_key: str | None = "loss_quality"  # the branch's own loss term (None: trained through another)
 
     def __init__(self, loss_weight: float = 1.0, branch_weight: float = 1.0):
@@ -100,6 +102,8 @@ class JointQFL(QualityEstimator):
     """GFL's joint class-quality score: QFL towards the IoU of the decoded box at the positive's class
     (``loss_qfl``), normalised by the positives (each image counting at least 1); each positive's box losses
     are weighted by its highest detached class score."""
+
+    exportable = True  # its test score is sigmoid(joint) (GFLV2's joint score too)
 
     def __init__(self, beta: float = 2.0, loss_weight: float = 1.0):
         super().__init__(loss_weight)

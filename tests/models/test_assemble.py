@@ -285,3 +285,29 @@ def test_a_new_quality_estimator_is_a_part_handed_to_the_detector():
     assert d["scores"].numel() > 0 and (d["scores"] <= q * q * (1 + 1e-6)).all()
     with pytest.raises(TypeError, match="unknown detector parts"):
         gfldet.GFL(cfg, qualty=SquaredCenterness())
+
+
+def test_every_named_part_is_registered_and_keeps_its_written_contract():
+    """assemble's registries name exactly ModelConfig's choices, and every part built from them has the members its
+    contract (gfldet.models.parts) lists; only GFL's parts say they can be exported."""
+    from gfldet.models import assemble, parts
+    from gfldet.models import config as model_config
+    from gfldet.export import is_gfl_assembly
+
+    assert set(assemble.BOX_PARTS) == set(model_config.BOXES)
+    assert set(assemble.QUALITY_PARTS) == set(model_config.QUALITIES)
+    assert set(assemble.ASSIGNER_PARTS) == set(model_config.ASSIGNERS)
+    cfg = ModelConfig(num_classes=3)
+    exportable_boxes = {name for name, make in assemble.BOX_PARTS.items()
+                        if isinstance(make(cfg), parts.BoxRepresentationPart) and make(cfg).exportable}
+    exportable_qualities = {name for name, make in assemble.QUALITY_PARTS.items()
+                            if isinstance(make(cfg), parts.QualityEstimatorPart) and make(cfg).exportable}
+    assert len([m for m in assemble.BOX_PARTS.values() if isinstance(m(cfg), parts.BoxRepresentationPart)]) == 4
+    assert len([m for m in assemble.QUALITY_PARTS.values() if isinstance(m(cfg), parts.QualityEstimatorPart)]) == 5
+    assert exportable_boxes == {"distribution"} and exportable_qualities == {"qfl", "dgqp"}
+    assert not assemble.box_part(ModelConfig(bin_width=2.0, reg_max=8)).exportable  # the contract: unit bins
+    assert all(isinstance(m(cfg), parts.AssignerPart) for m in assemble.ASSIGNER_PARTS.values())
+    assert isinstance(assemble.prior_part(cfg), parts.PriorGeneratorPart)
+    small = dict(num_classes=3, fpn_channels=32, head_channels=32, gn_groups=8)
+    assert is_gfl_assembly(gfldet.gfl_resnet18_fpn(**small))
+    assert not is_gfl_assembly(gfldet.GFL(atss_config(**small, depth=18)))
