@@ -28,21 +28,28 @@ FRAME_OUTPUTS = ("boxes", "scores", "priors")
 _MATRIX_NMS_MAX = 512
 
 
+def _overlaps(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, areas: np.ndarray, i: np.ndarray,
+              j: np.ndarray, iou_thr: float) -> np.ndarray:
+    """Whether boxes ``i`` and ``j`` (indices that broadcast against each other) overlap by IoU > ``iou_thr``."""
+    w = np.clip(np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]), 0, None)
+    h = np.clip(np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]), 0, None)
+    inter = w * h
+    return inter / (areas[i] + areas[j] - inter) > iou_thr
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy NMS: indices of the kept boxes, best score first (at most ``max_keep``: the first ``max_keep`` of the
     full result). A box is suppressed by a kept one when their IoU (areas ``(x2 - x1) * (y2 - y1)``, no +1;
     ``inter / (area_i + area_j - inter)`` in float32, as torchvision's kernel) is greater than ``iou_thr``."""
     order = np.argsort(-scores, kind="stable")
     b = boxes[order]
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
+    coords = [np.ascontiguousarray(b[:, k]) for k in range(4)]
+    areas = (coords[2] - coords[0]) * (coords[3] - coords[1])
     n, limit = len(order), len(order) if max_keep is None else max_keep
     keep: list[int] = []
     if n <= _MATRIX_NMS_MAX:
-        w = np.clip(np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]), 0, None)
-        h = np.clip(np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]), 0, None)
-        inter = w * h
-        over = inter / (areas[:, None] + areas[None, :] - inter) > iou_thr  # (n, n), symmetric
+        idx = np.arange(n)
+        over = _overlaps(*coords, areas, idx[:, None], idx[None, :], iou_thr)  # (n, n), symmetric
         suppressed = np.zeros(n, dtype=bool)
         for i in range(n):
             if suppressed[i]:
@@ -56,10 +63,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, max_keep: int | N
     while alive.size and len(keep) < limit:
         i, rest = alive[0], alive[1:]
         keep.append(i)
-        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = w * h
-        alive = rest[~(inter / (areas[i] + areas[rest] - inter) > iou_thr)]
+        alive = rest[~_overlaps(*coords, areas, i, rest, iou_thr)]
     return order[np.asarray(keep, dtype=np.int64)]
 
 
