@@ -69,7 +69,7 @@ def make_model(name: str, size: int) -> torch.nn.Module:
     else:
         torch.manual_seed(0)
         model = gfldet.gfl_resnet50_fpn(num_classes=80)
-    model.configure(min_size=size, max_size=size)
+    model.configure(min_size=size, max_size=size).optimize_for_cpu()  # eager as gfldet's CPU commands run it
     return model.eval()
 
 

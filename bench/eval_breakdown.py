@@ -75,7 +75,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(machine_info())
-    model = gfl_resnet50_fpn(num_classes=80, min_size=None, max_size=None).eval()
+    model = gfl_resnet50_fpn(num_classes=80, min_size=None, max_size=None).optimize_for_cpu().eval()
     img = torch.randint(0, 256, (3, args.size, args.size), dtype=torch.uint8)
     r, w, mt = args.repeats, args.warmup, args.min_time
     print(f"input 1 x 3 x {args.size} x {args.size}, warm-up {w} round(s), {r} timed rounds, interleaved; cheap parts "

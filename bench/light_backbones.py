@@ -47,7 +47,7 @@ def gflops(module: torch.nn.Module, x) -> float:
 
 def measure(arch: str, size: int, images: list[torch.Tensor], calib: str, work: Path, args) -> dict:
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=3, min_size=size, max_size=size).eval()
+    model = build_model(arch, num_classes=3, min_size=size, max_size=size).optimize_for_cpu().eval()
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     x = torch.zeros(1, 3, size, size)
     feats = model.backbone(x)

@@ -28,7 +28,7 @@ from gfldet.export import export_onnx  # noqa: E402
 
 def _case(name: str, model: torch.nn.Module, size: int, threads: int, repeats: int, tmp: str) -> list:
     model.eval()
-    model.configure(min_size=size, max_size=size)
+    model.configure(min_size=size, max_size=size).optimize_for_cpu()  # eager as gfldet's CPU commands run it
     g = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
     path = os.path.join(tmp, f"{name}.onnx")

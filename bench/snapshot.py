@@ -37,7 +37,7 @@ def build(name: str, spec: dict) -> torch.nn.Module:
         kw.update(fpn_channels=64, head_channels=64, stacked_convs=2, gn_groups=16)
     torch.manual_seed(0)
     model = getattr(gfldet, arch)(**kw, **spec)
-    return seeded_init_(model, 1)
+    return seeded_init_(model, 1).optimize_for_cpu()  # the path the CPU commands run
 
 
 def record() -> dict[str, torch.Tensor]:

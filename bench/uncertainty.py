@@ -44,7 +44,7 @@ def main() -> None:
         ckpt = args.checkpoint
         if ckpt is None:
             ckpt = run_demo(os.path.join(tmp, "demo"), progress=False)["paths"]["out_dir"] + "/last.pt"
-        model = load_model(ckpt)
+        model = load_model(ckpt).optimize_for_cpu()
         ann = write_coco(os.path.join(tmp, "test"), args.images, args.seed, (args.size, args.size), model.config.num_classes)
         samples = load_split(ann, os.path.join(tmp, "test"))
         with torch.inference_mode():

@@ -179,7 +179,7 @@ def build_pair(image_rgb: torch.Tensor, pass_target: int):
         shift = math.log(thr / (1 - thr)) - float(kth) + 1e-4
         mm.bbox_head.gfl_cls.bias.add_(shift)
     sd0 = {k: v.clone() for k, v in mm.state_dict().items()}
-    gfl = gfldet.from_mmdet(sd0, min_size=None, max_size=None)
+    gfl = gfldet.from_mmdet(sd0, min_size=None, max_size=None).optimize_for_cpu()  # as gfldet's CPU commands run it
     cfg, tc = gfl.config, mm.bbox_head.test_cfg
     same = (cfg.score_thr, cfg.nms_pre, cfg.nms_iou, cfg.max_per_img) == (tc.score_thr, tc.nms_pre, tc.nms.iou_threshold, tc.max_per_img)
     if not same:
@@ -193,7 +193,7 @@ def fresh_models(sd0):
 
     mm = build_mmdet()
     mm.load_state_dict(sd0)
-    return mm, gfldet.from_mmdet(sd0, min_size=None, max_size=None)
+    return mm, gfldet.from_mmdet(sd0, min_size=None, max_size=None).optimize_for_cpu()
 
 
 def sgd(model):
@@ -392,7 +392,7 @@ def case3_setup(impl: str, n_gt: int, hw, mm=None, gfl=None):
         if gfl is None:
             import gfldet
 
-            gfl = gfldet.gfl_resnet50_fpn(num_classes=NUM_CLASSES, min_size=None, max_size=None)
+            gfl = gfldet.gfl_resnet50_fpn(num_classes=NUM_CLASSES, min_size=None, max_size=None).optimize_for_cpu()
         gfl.train()
         boxes, labels = [b for b, _ in gts], [l for _, l in gts]
 

@@ -138,94 +138,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _eval_data(args: argparse.Namespace, meta: dict) -> tuple[str, str]:
-    """--ann/--images, or the validation split of the run the checkpoint came from."""
-    if args.ann and args.images:
-        return args.ann, args.images
-    if args.ann or args.images:
-        raise GfldetError("give both --ann and --images, or neither (then the checkpoint's own validation data is used)")
-    val = (meta.get("config") or {}).get("data", {}).get("val", {})
-    if not (val.get("ann") and val.get("images")):
-        raise GfldetError(f"{args.checkpoint or args.weights} names no validation data (not saved by `gfldet train` with data.val): "
-                          "pass --ann ANN.json --images DIR")
-    log.info("evaluating on the run's validation data %s", val["ann"])
-    return val["ann"], val["images"]
-
-
-def _eval_out(args: argparse.Namespace):
-    """--out: a folder (metrics.json and pictures, as for predict) or a NAME.json file (the metrics only); checked
-    before the evaluation so that its result is never lost and nothing is overwritten without --force."""
-    from pathlib import Path
-
-    if not args.out:
-        return None
-    from .engine.evaluate import EVAL_FILES
-    from .files import check_output_folder, refuse_existing
-
-    out = Path(args.out)
-    if out.suffix == ".json":
-        if out.is_dir():
-            raise GfldetError(f"--out {out} is a folder: give a NAME.json file or a folder name without .json")
-        refuse_existing([out], args.force)
-        return out
-    return check_output_folder(out, ("metrics.json", *EVAL_FILES), args.force)
-
-
-def _eval_model(args: argparse.Namespace, overrides: dict):
-    """The model eval runs and the data it runs on: a checkpoint, published weights, or an exported file on a
-    runtime backend (its metrics computed by the same code)."""
-    if args.backend != "torch":
-        from .deploy import load
-
-        if args.weights:
-            raise GfldetError(f"--weights run with the torch backend; --backend {args.backend} takes --checkpoint FILE "
-                              "(a file from `gfldet export`)")
-        if not (args.ann and args.images):
-            raise GfldetError(f"--backend {args.backend}: give --ann ANN.json and --images DIR (an exported file does not "
-                              "name the data it was trained on)")
-        if args.device not in ("auto", "cpu"):
-            log.warning("--device %s is ignored by the %s backend (it runs on the CPU)", args.device, args.backend)
-        detector = load(args.checkpoint, backend=args.backend, threads=args.threads, precision=args.precision)
-        detector.meta.update(overrides)
-        model = detector.as_module()
-        model.class_names = detector.class_names
-        return model, _eval_data(args, {})
-    if args.threads or args.precision:
-        raise GfldetError("--threads and --precision are for the onnxruntime / openvino backends")
-    if args.weights:
-        from .models.pretrained import load_pretrained
-
-        return load_pretrained(args.weights, progress=not args.no_progress, **overrides), _eval_data(args, {})
-    from .models.io import load_checkpoint, model_from_checkpoint
-
-    meta = load_checkpoint(args.checkpoint)
-    return model_from_checkpoint(meta, args.checkpoint, **overrides), _eval_data(args, meta)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data.coco import CocoDetection
-    from .engine.device import resolve_device
-    from .engine.evaluate import evaluate, format_metrics
+    from .engine.evaluate import format_metrics
+    from .evaluate import run_eval
 
-    device = resolve_device(args.device, "--device")
-    out = _eval_out(args)
-    overrides = {"score_thr": args.score_thr} if args.score_thr is not None else {}
-    model, (ann, images) = _eval_model(args, overrides)
-    dataset = CocoDetection(ann, images, train=False)
-    if model.class_names is not None and list(model.class_names) != list(dataset.classes):
-        raise GfldetError(f"{ann}: categories {dataset.classes} differ from the model's {model.class_names}")
-    folder = out if out is not None and out.suffix != ".json" else None
-    if folder:
-        folder.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, num_workers=args.workers,
-                       progress=not args.no_progress, out_dir=str(folder) if folder else None)
+    metrics = run_eval(args.checkpoint, weights=args.weights, ann=args.ann, images=args.images, out=args.out,
+                       force=args.force, backend=args.backend, threads=args.threads, precision=args.precision,
+                       batch_size=args.batch_size, workers=args.workers, score_thr=args.score_thr, device=args.device,
+                       progress=not args.no_progress)
     print(format_metrics(metrics))
-    if out:
-        from .files import write_json
-
-        path = folder / "metrics.json" if folder else out
-        write_json(path, {k: v for k, v in metrics.items() if k != "results"}, indent=2)  # replaced whole or not at all
-        print(f"wrote {path}")
+    if "written" in metrics:
+        print(f"wrote {metrics['written']}")
     return 0
 
 
@@ -365,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="openvino: inference precision of the float parts (default: the file's; auto: bf16 where the CPU has it)")
     e.add_argument("--batch-size", type=_positive_int, default=2)
     e.add_argument("--workers", type=int, default=2, help="data loading processes")
-    e.add_argument("--score-thr", type=float, default=None, help="score threshold (none: the checkpoint's)")
+    e.add_argument("--score-thr", type=float, default=None,
+                   help="lowest score kept (default: the model's own test setting, 0.05 unless its run or export set "
+                   "another: COCO's protocol scores low-confidence boxes too)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_eval)
@@ -376,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions", help="output folder")
     pr.add_argument("--ann", default=None, help="COCO annotation JSON the images come from: predictions.json then "
                     "carries its image ids (none: an image's position in the sorted inputs)")
-    pr.add_argument("--score-thr", type=float, default=0.3, help="minimum score kept")
+    pr.add_argument("--score-thr", type=float, default=0.3,
+                    help="lowest score kept (default: %(default)s, for boxes worth drawing; eval's is the model's own)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     pr.add_argument("--no-draw", action="store_true", help="write only the JSON")
     pr.add_argument("--force", action="store_true", help="replace predictions.json and pictures in OUT")
@@ -405,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoded: boxes, scores, distributions of every prior before NMS; raw: per-level logits (docs/onnx.md)")
     x.add_argument("--example-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size traced with")
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 19 for models with DCN)")
-    x.add_argument("--score-thr", type=float, default=None, help="score threshold stored for the reference post-processing")
+    x.add_argument("--score-thr", type=float, default=None,
+                   help="lowest score kept, stored in the file as its test setting (default: the checkpoint's, 0.05 "
+                   "unless its run set another)")
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     x.add_argument("--no-progress", action="store_true", help="no progress bars")
     x.set_defaults(func=_cmd_export)

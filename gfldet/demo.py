@@ -37,7 +37,7 @@ from .config import Config
 from .data.folders import cached_splits, claim_dir, generation_workers
 from .data.synthetic import EFFECTS, write_coco
 from .engine.amp import cpu_has_native_bf16
-from .engine.device import resolve_device
+from .engine.device import place_model, resolve_device
 from .engine.train import train
 from .errors import GfldetError
 from .files import write_json
@@ -290,7 +290,7 @@ def run_demo(
         raise RuntimeError(f"{out / 'metrics.jsonl'} holds no evaluation of the trained model")
     coco = {**evals[-1]["eval"], "per_class": evals[-1].get("per_class")}
     t_eval = time.perf_counter()
-    model = load_model(out / "last.pt").to(dev)
+    model = place_model(load_model(out / "last.pt"), dev)
 
     samples = load_split(data["val_ann"], data["val_images"])
     dets = detect(model, samples, dev)

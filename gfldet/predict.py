@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .data.image_files import IMAGE_EXTENSIONS, collect_images, read_image
 from .deploy import BACKENDS, load
+from .engine.device import place_model
 from .engine.evaluate import detections_to_coco
 from .errors import GfldetError
 from .files import check_output_folder, write_json
@@ -129,11 +130,12 @@ def predict(
     image_ids = coco_image_ids(files, ann) if ann is not None else list(range(len(files)))
     if backend == "torch":
         if weights is not None:
-            model = load_pretrained(weights, progress=progress, score_thr=score_thr).to(device)
+            model = load_pretrained(weights, progress=progress)
             cat_ids = coco_category_ids(model.class_names, model.config.num_classes)
         else:
-            model = load_model(checkpoint, score_thr=score_thr).to(device)
+            model = load_model(checkpoint)
             cat_ids = load_checkpoint(checkpoint).get("cat_ids")
+        model = place_model(model.configure(score_thr=score_thr), torch.device(device))
         names = model.class_names or [str(i) for i in range(model.config.num_classes)]
         if not cat_ids:
             log.warning("%s carries no dataset category ids: category_id in the results is label + 1",
@@ -150,13 +152,13 @@ def predict(
     elif backend in BACKENDS:
         if torch.device(device).type != "cpu":
             log.warning("--device %s is ignored by the %s backend (it runs on the CPU)", device, backend)
-        detector = load(checkpoint, backend=backend, threads=threads, precision=precision)
+        detector = load(checkpoint, backend=backend, threads=threads, precision=precision).configure(score_thr=score_thr)
         names = detector.class_names
         cat_ids = detector.cat_ids
         min_size, max_size = detector.meta.get("min_size"), detector.meta.get("max_size")
 
         def run(imgs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-            dets = detector([img.numpy() for img in imgs], score_thr=score_thr)
+            dets = detector([img.numpy() for img in imgs])
             return [{k: torch.from_numpy(v) for k, v in det.items()} for det in dets]
 
     else:

@@ -19,6 +19,7 @@ from gfldet.deploy import load, read_metadata
 from gfldet.deploy import runtime as deploy_runtime
 from gfldet.deploy.lowp import float_scope_onnx
 from gfldet.engine.evaluate import evaluate
+from gfldet.errors import GfldetError
 from gfldet.models.io import load_model
 from gfldet.predict import read_image
 
@@ -81,6 +82,25 @@ def test_float32_exports_give_the_eager_detections(files, name, backend):
         np.testing.assert_allclose(d["boxes"], r["boxes"].numpy(), rtol=0, atol=1e-3)
         np.testing.assert_allclose(d["scores"], r["scores"].numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(d["edge_std"], r["edge_std"].numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_test_settings_change_by_configure_with_the_models_rules(files):
+    """Detector.configure is the runtime's one way to change the test settings, checked by the rules GFL.configure
+    uses: a higher threshold keeps a subset, max_per_img caps the boxes, bad values and fixed fields are refused."""
+    model = load_model(CKPT).configure(score_thr=0.4, max_per_img=7)
+    imgs = _images(files, 2)
+    with torch.no_grad():
+        ref = model(imgs)
+    detector = load(files["fp32.onnx"], backend="onnxruntime", threads=2)
+    assert detector.configure(score_thr=0.4, max_per_img=7) is detector
+    for d, r in zip(detector(imgs), ref):
+        assert 0 < len(d["scores"]) == len(r["scores"]) <= 7 and d["scores"].min() > 0.4
+        np.testing.assert_allclose(d["boxes"], r["boxes"].numpy(), rtol=0, atol=1e-3)
+    with pytest.raises(GfldetError, match=r"score_thr=1\.5 must be in \[0, 1\]"):
+        detector.configure(score_thr=1.5)
+    with pytest.raises(GfldetError, match=r"\['min_size'\] cannot change on an exported model"):
+        detector.configure(min_size=320)
+    assert detector.meta["score_thr"] == 0.4  # a refused change leaves the settings as they were
 
 
 def _ap(module, files):

@@ -216,11 +216,11 @@ def test_runtime_preprocess_is_the_models():
 
 
 def test_empty_image_gives_no_detection(model, exported):
-    meta = dict(read_metadata(exported["decoded"]))
+    meta = {**read_metadata(exported["decoded"]), "score_thr": 1.0}
     sess = ort.InferenceSession(str(exported["decoded"]), providers=["CPUExecutionProvider"])
     batch, sizes, scales, originals = preprocess([np.zeros((3, 64, 64), np.uint8)], meta)
     outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": batch})))
-    det = postprocess(outs, sizes, meta, scales, originals, score_thr=1.0)[0]
+    det = postprocess(outs, sizes, meta, scales, originals)[0]
     assert det["boxes"].shape == (0, 4) and det["edge_std"].shape == (0, 4) and det["loc_conf"].shape == (0,)
 
 

@@ -118,7 +118,6 @@ def postprocess(
     meta: dict[str, Any],
     scales: Sequence[tuple[float, float]] | None = None,
     original_sizes: Sequence[tuple[int, int]] | None = None,
-    score_thr: float | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Final detections per image from a decoded graph's outputs.
 
@@ -126,7 +125,8 @@ def postprocess(
         outputs: output name -> array, as the runtime returns them: ``boxes (N, A, 4)``, ``scores (N, A, C)``,
             ``priors (A, 3)`` and the per-prior extras (``(N, A, ...)``: distributions and uncertainty).
         image_sizes: per image ``(H, W)`` of the network input before padding (boxes are clipped to it).
-        meta: the ``gfldet.*`` settings of the file (:func:`gfldet.deploy.read_metadata`); keys without the prefix.
+        meta: the ``gfldet.*`` settings of the file (:func:`gfldet.deploy.read_metadata`); keys without the prefix
+            (its test settings as ``Detector.configure`` left them).
         scales, original_sizes: per image ``(sx, sy)`` resize factors and original ``(H, W)``; when given,
             boxes and ``edge_std`` are mapped back to the original images.
     Returns:
@@ -136,7 +136,7 @@ def postprocess(
     missing = [k for k in FRAME_OUTPUTS if k not in outputs]
     if missing:
         raise GfldetError(f"the outputs lack {missing}: not a decoded gfldet graph (outputs: {sorted(outputs)})")
-    thr = float(meta["score_thr"] if score_thr is None else score_thr)
+    thr = float(meta["score_thr"])
     nms_pre, nms_iou, max_det = int(meta["nms_pre"]), float(meta["nms_iou"]), int(meta["max_per_img"])
     extras = [k for k in outputs if k not in FRAME_OUTPUTS]
     prior_strides = outputs["priors"][:, 2]

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import GfldetError
 from ..files import TORCH_SUFFIXES, file_kind, first_line
+from ..settings import TEST_SETTINGS, test_setting_problems
 from .postprocess import postprocess
 from .preprocess import preprocess
 
@@ -264,11 +265,24 @@ class Detector:
         self.class_names = self.meta.get("class_names")
         self.cat_ids = self.meta.get("cat_ids")
 
-    def __call__(self, images: Sequence[Any], score_thr: float | None = None) -> list[dict[str, np.ndarray]]:
+    def configure(self, **changes: Any) -> Detector:
+        """Change the test settings (``score_thr``, ``nms_pre``, ``nms_iou``, ``max_per_img``; the exported file's
+        own are the default), checked by the same rules as the PyTorch model's ``GFL.configure``: the one way to
+        change them. Returns the detector."""
+        unknown = sorted(set(changes) - set(TEST_SETTINGS))
+        if unknown:
+            raise GfldetError(f"{self.path}: {unknown} cannot change on an exported model; configure changes "
+                              f"{list(TEST_SETTINGS)} (input sizes and the network are fixed at export)")
+        for key, value, why in test_setting_problems(changes):
+            raise GfldetError(f"{self.path}: {key}={value!r} {why}")
+        self.meta = {**self.meta, **changes}
+        return self
+
+    def __call__(self, images: Sequence[Any]) -> list[dict[str, np.ndarray]]:
         batch, sizes, scales, originals = preprocess(images, self.meta)
         with self._lock:
             outputs = self.backend.run(batch)
-        return postprocess(outputs, sizes, self.meta, scales, originals, score_thr=score_thr)
+        return postprocess(outputs, sizes, self.meta, scales, originals)
 
     def as_module(self) -> Any:
         """A ``torch.nn.Module`` whose forward is this detector's, with tensors in and out (what

@@ -1,7 +1,8 @@
 """The one rule for the device a run or a command uses: :func:`check_device` (the name is one gfldet runs on and
 this machine has it) and :func:`resolve_device` (the ``torch.device`` it means, ``auto`` resolved). ``train.device``
 (:func:`gfldet.engine.preflight.preflight`, :func:`gfldet.engine.distributed.init_distributed`), ``--device`` of
-eval / predict and the demo's device all go through them."""
+eval / predict and the demo's device all go through them. :func:`place_model` is how a command puts a model on its
+device: there, and on the CPU with the fast path taken (``GFL.optimize_for_cpu``)."""
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ import os
 import torch
 
 from ..config import ConfigError, device_name
+from ..models.detector import GFL
 
-__all__ = ["check_device", "resolve_device"]
+__all__ = ["check_device", "resolve_device", "place_model"]
 
 
 def check_device(device: str, key: str = "train.device") -> str:
@@ -45,3 +47,13 @@ def resolve_device(name: str, key: str = "--device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``; a :class:`~gfldet.GFL` on the CPU also takes the CPU fast path
+    (:meth:`~gfldet.GFL.optimize_for_cpu`), and leaves it elsewhere (the fused modules would run their plain
+    forward there anyway). The one place the commands (train, eval, predict, demo) decide it."""
+    model = model.to(device)
+    if isinstance(model, GFL):
+        model.optimize_for_cpu(torch.device(device).type == "cpu")
+    return model

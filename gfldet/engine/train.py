@@ -32,6 +32,7 @@ from ..models.zoo import backbone_state_dict, build_from_config
 from ..viz import plot_curves
 from . import distributed as D
 from . import evaluate as evaluation  # module attribute: a caller (bench/vs_torchvision.py) may wrap evaluate()
+from .device import place_model
 from .checkpoint import check_resumable, restore_training_state, rng_state, save_training_checkpoint, set_rng_state
 from .amp import autocast_dtype
 from .ema import ModelEMA
@@ -95,7 +96,7 @@ class _Run:
                                   weights_backbone=None if resume else cfg.model.weights_backbone)
         if cfg.model.init and not resume:  # logs what was loaded and what kept its initialisation
             load_weights_into(model, cfg.model.init, strict=cfg.model.init_strict)
-        self.model = model.to(self.device)
+        self.model = place_model(model, self.device)  # on the CPU with the fast path (GFL.optimize_for_cpu)
         if cfg.train.channels_last:  # weights NHWC: oneDNN then keeps the activations NHWC as well
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.norm_init_batches > 0 and not resume:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import GfldetError
+from ..settings import TEST_SETTINGS, test_setting_problems
 
 __all__ = ["ModelConfig", "RUNTIME_FIELDS", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
            "backbone_regime"]
@@ -176,11 +177,9 @@ class ModelConfig:
             (self.min_size is None or self.min_size >= 1, "min_size", self.min_size, "must be >= 1 or None"),
             (self.max_size is None or self.max_size >= 1, "max_size", self.max_size, "must be >= 1 or None"),
             (all(s >= 1 for s in sizes), "train_min_sizes", self.train_min_sizes, "must be sizes >= 1 or None"),
-            (0 <= self.score_thr <= 1, "score_thr", self.score_thr, "must be in [0, 1]"),
-            (self.nms_pre >= 1, "nms_pre", self.nms_pre, "must be >= 1"),
-            (0 <= self.nms_iou <= 1, "nms_iou", self.nms_iou, "must be in [0, 1]"),
-            (self.max_per_img >= 1, "max_per_img", self.max_per_img, "must be >= 1"),
         ]
+        checks += [(False, key, value, why)
+                   for key, value, why in test_setting_problems({k: getattr(self, k) for k in TEST_SETTINGS})]
         for ok, key, value, why in checks:
             if not ok:
                 raise FieldError(key, value, why)

@@ -25,9 +25,11 @@ from torch import Tensor, nn
 from ..errors import GfldetError
 from .assemble import assemble
 from .config import RUNTIME_FIELDS, ModelConfig
-from .criterion import GFLTargets
+from .criterion import Criterion, GFLTargets
 from .fusion import set_fusion
-from .transform import BatchMeta
+from .parts import AssignerPart, BoxRepresentationPart, PriorGeneratorPart, QualityEstimatorPart
+from .postprocess import Postprocessor
+from .transform import BatchMeta, DetectionTransform
 
 __all__ = ["GFL", "BatchMeta"]
 
@@ -36,24 +38,41 @@ class GFL(nn.Module):
     """A dense detector assembled from parts; by default Generalized Focal Loss on a ResNet-FPN.
 
     ``GFL(config, class_names)`` builds the parts from the config (gfldet.models.assemble); any part can be
-    handed in instead as a keyword argument: ``transform``, ``prior_generator``, ``box`` (representation),
-    ``quality`` (estimator), ``assigner``, ``backbone``, ``neck``, ``head``, ``criterion``, ``postprocessor``.
+    handed in instead as a keyword argument (their contracts: gfldet.models.parts). Those not given are built from
+    the config and from the parts before them (the head's channels come from the box representation, the quality
+    estimator and the prior generator).
     """
 
-    def __init__(self, config: ModelConfig | None = None, class_names: Sequence[str] | None = None, **parts):
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        class_names: Sequence[str] | None = None,
+        *,
+        transform: DetectionTransform | None = None,
+        prior_generator: PriorGeneratorPart | None = None,
+        box: BoxRepresentationPart | None = None,
+        quality: QualityEstimatorPart | None = None,
+        assigner: AssignerPart | None = None,
+        backbone: nn.Module | None = None,
+        neck: nn.Module | None = None,
+        head: nn.Module | None = None,
+        criterion: Criterion | None = None,
+        postprocessor: Postprocessor | None = None,
+    ):
         super().__init__()
         cfg = config or ModelConfig()
         self.config = cfg
         self.class_names = list(class_names) if class_names is not None else None
         if self.class_names is not None and len(self.class_names) != cfg.num_classes:
             raise GfldetError(f"{len(self.class_names)} class names given for num_classes={cfg.num_classes}")
-        p = assemble(cfg, **parts)
+        p = assemble(cfg, transform=transform, prior_generator=prior_generator, box=box, quality=quality,
+                     assigner=assigner, backbone=backbone, neck=neck, head=head, criterion=criterion,
+                     postprocessor=postprocessor)
         self.transform = p["transform"]
         self.backbone, self.neck, self.head = p["backbone"], p["neck"], p["head"]
         self.box = p["box"]  # registered here so that its buffers follow the model's device
         self.prior_generator, self.quality, self.assigner = p["prior_generator"], p["quality"], p["assigner"]
         self.criterion, self.postprocessor = p["criterion"], p["postprocessor"]
-        set_fusion(self, "training")  # a module starts in training mode: the same fast path as after train()
 
     # ------------------------------------------------------------------ settings
     def configure(self, **changes: Any) -> GFL:
@@ -136,8 +155,13 @@ class GFL(nn.Module):
         cls_logits, reg_logits = self.forward_features(batch)
         return self.transform.to_images(self.decode(cls_logits, reg_logits, meta.image_sizes), meta)
 
-    def train(self, mode: bool = True):
-        """``nn.Module.train``, and the CPU fast path of the mode (gfldet.models.fusion): fused convolutions for
-        inference in eval mode, the backbone's frozen-statistics BatchNorm folded into its convolutions in training."""
-        super().train(mode)
-        return set_fusion(self, "training" if mode else "inference")
+    # ------------------------------------------------------------------ speed
+    def optimize_for_cpu(self, enabled: bool = True) -> GFL:
+        """Take (or, with ``enabled=False``, leave) the CPU fast path (gfldet.models.fusion): the ResNet backbone,
+        FPN and head towers become their fused subclasses, which on float32 CPU tensors run pre-packed oneDNN
+        convolutions with BatchNorm, ReLU and residual additions folded in (in training, only where no gradient
+        flows, and the frozen-statistics BatchNorm folded inside the autograd graph) and otherwise run the plain
+        forward (CUDA, gradients, tracing, hooks, autocast). Same function, same parameters and state_dict; float
+        rounding differs by about 1e-6 relative. The commands (train, eval, predict, demo) take it on the CPU;
+        a model built in Python runs the plain modules until this is called. Returns the model."""
+        return set_fusion(self, enabled)

@@ -1,17 +1,16 @@
-"""The CPU fast path as module classes swapped in by :func:`set_fusion`, each falling back to the plain forward
-wherever the plain modules must run (gradients, tracing, hooks, autocast).
+"""The CPU fast path: fused subclasses of ResNetBackbone, FPN and the head's ConvGN, swapped in by
+:func:`set_fusion` (what ``GFL.optimize_for_cpu()`` calls, once, explicitly; the commands do it on the CPU).
 
-``set_fusion(model, "inference")`` (what ``GFL.eval()`` does) turns every ResNetBackbone, FPN and head ConvGN in
-``model`` into its fused subclass: the backbone in channels_last with frozen BatchNorm folded into pre-packed oneDNN
-convolutions and the ReLU / residual addition fused in, the FPN's top-down addition fused into its lateral
-convolutions, the head's convolutions pre-packed (gfldet.ops.fast_conv). ``"training"`` (``GFL.train()``) fuses
-only the backbone, whose frozen stages need no gradient and whose trainable stages then fold their frozen-statistics
-BatchNorm into the convolutions inside the autograd graph; ``None`` restores the plain classes everywhere. The swap
-changes the instances' class only (as torch.nn.utils.parametrize does): the same parameters, buffers, hooks and
-state_dict keys, and ``isinstance`` still holds. Each fused forward computes the plain function (float rounding
-differs by about 1e-6 relative: tests/models/test_fusion.py) and runs the plain modules where they are needed:
-under tracing (torch.export / ONNX, torch.compile, jit), where a gradient must flow through a module, where a
-module has forward hooks or a padding mode other than zeros, and under CPU autocast. Measured effect: docs/speed.md.
+A fused module computes its plain module's function: on float32 CPU tensors the backbone runs in channels_last with
+frozen BatchNorm folded into pre-packed oneDNN convolutions and the ReLU / residual addition fused in, the FPN's
+top-down addition is fused into its lateral convolutions, the head's convolutions are pre-packed
+(gfldet.ops.fast_conv). Where a gradient must flow, the backbone folds its frozen-statistics BatchNorm into the
+convolutions inside the autograd graph, and the FPN and towers run their plain forward. Each fused forward runs the
+plain one wherever the plain modules must run: on other devices than the CPU, under tracing (torch.export / ONNX,
+torch.compile, jit), for modules with forward hooks or a padding mode other than zeros, and under CPU autocast.
+The swap changes the instances' class only (as torch.nn.utils.parametrize does): the same parameters, buffers,
+hooks and state_dict keys, and ``isinstance`` still holds; train() / eval() leave it as it is. Float rounding
+differs from the plain modules by about 1e-6 relative (tests/models/test_fusion.py). Measured effect: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -30,9 +29,7 @@ from gfldet.ops import fast_conv
 
 from ..errors import GfldetError
 
-__all__ = ["set_fusion", "FusedResNetBackbone", "FusedFPN", "FusedConvGN", "MODES"]
-
-MODES = ("inference", "training", None)
+__all__ = ["set_fusion", "is_fused", "FusedResNetBackbone", "FusedFPN", "FusedConvGN"]
 
 
 def tracing() -> bool:
@@ -147,7 +144,9 @@ class FusedResNetBackbone(ResNetBackbone):
     gradient is needed, the block itself otherwise (ordinary BatchNorm in training, hooks, deformable conv2)."""
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        if tracing():  # channels_last would make the tracer guard on the batch size (a size-1 dim has ambiguous strides)
+        # tracing: channels_last would make the tracer guard on the batch size (a size-1 dim has ambiguous strides);
+        # other devices: their own kernels and layouts (channels_last is not forced on CUDA)
+        if tracing() or x.device.type != "cpu":
             return super().forward(x)
         x = x.contiguous(memory_format=torch.channels_last)
         if _foldable(x, (self.conv1, self.bn1, self.relu)):
@@ -205,15 +204,19 @@ _FUSED: dict[type[nn.Module], type[nn.Module]] = {ResNetBackbone: FusedResNetBac
 _PLAIN = {fused: plain for plain, fused in _FUSED.items()}
 
 
-def set_fusion(module: nn.Module, mode: str | None) -> nn.Module:
-    """Swap the fused classes in or out of every ResNetBackbone, FPN and ConvGN in ``module`` (itself included;
-    subclasses of them are left alone): ``"inference"`` all three, ``"training"`` the backbone only, ``None`` none.
-    Parameters, buffers, hooks and state_dict are untouched. Returns ``module``."""
-    if mode not in MODES:
-        raise GfldetError(f"fusion mode must be one of {MODES}, got {mode!r}")
+def set_fusion(module: nn.Module, enabled: bool) -> nn.Module:
+    """Swap the fused classes into (``enabled``) or out of every ResNetBackbone, FPN and ConvGN in ``module`` (itself
+    included; subclasses of them are left alone). Parameters, buffers, hooks and state_dict are untouched. Returns
+    ``module``."""
+    if not isinstance(enabled, bool):
+        raise GfldetError(f"set_fusion takes enabled=True or False, got {enabled!r}")
     for m in module.modules():
         plain = _PLAIN.get(type(m), type(m))
         if plain in _FUSED:
-            fuse = mode == "inference" or (mode == "training" and plain is ResNetBackbone)
-            m.__class__ = _FUSED[plain] if fuse else plain
+            m.__class__ = _FUSED[plain] if enabled else plain
     return module
+
+
+def is_fused(module: nn.Module) -> bool:
+    """Whether any module in ``module`` runs a fused class (the CPU fast path is on)."""
+    return any(type(m) in _PLAIN for m in module.modules())

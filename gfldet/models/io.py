@@ -110,19 +110,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return check_gfldet(read_torch_file(path, map_location), path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any):
-    """Build the :class:`~gfldet.GFL` a checkpoint describes and load its weights (eval mode).
-    ``overrides`` change non-architecture settings such as ``score_thr`` or ``min_size``."""
-    return model_from_checkpoint(load_checkpoint(path, map_location), path, **overrides)
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", **settings: Any):
+    """Build the :class:`~gfldet.GFL` a checkpoint describes and load its weights (eval mode). ``settings``
+    (input sizes and test settings, e.g. ``score_thr=0.3``) are applied by ``GFL.configure``, the one way to
+    change them; the network is the checkpoint's."""
+    return model_from_checkpoint(load_checkpoint(path, map_location), path).configure(**settings)
 
 
-def model_from_checkpoint(obj: dict[str, Any], path: str | os.PathLike, **overrides: Any):
+def model_from_checkpoint(obj: dict[str, Any], path: str | os.PathLike):
     """:func:`load_model` for a checkpoint already read with :func:`load_checkpoint` (``path`` names it in
     errors), so that a command needing both its metadata and its model reads the file once."""
-    cfg_dict = dict(obj["model_config"])
-    cfg_dict.update(overrides)
     try:
-        cfg = ModelConfig.from_dict(cfg_dict)
+        cfg = ModelConfig.from_dict(dict(obj["model_config"]))
     except (TypeError, ValueError) as e:
         raise GfldetError(f"{path}: bad model_config: {e}") from e
     try:

@@ -146,22 +146,22 @@ def pretrained_file(name: str, *, progress: bool = True) -> str:
 
 
 def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, trusted: bool = False,
-                    **overrides: Any) -> GFL:
+                    **settings: Any) -> GFL:
     """A ready :class:`GFL` (eval mode) with published COCO weights: a name of :data:`PRETRAINED` (downloaded once,
     see :func:`pretrained_file`) or the path of an mmdetection / GFocalV2 checkpoint file. The test settings of the
-    published AP apply (:class:`ModelConfig`'s defaults, :data:`COCO_TEST_FIELDS`); ``overrides`` (ModelConfig
-    fields, e.g. ``score_thr=0.3``) replace them. A model with COCO's 80 classes is labelled with COCO's names.
+    published AP apply (:class:`ModelConfig`'s defaults, :data:`COCO_TEST_FIELDS`); ``settings`` (input sizes and
+    test settings, e.g. ``score_thr=0.3``) replace them through ``GFL.configure``. A model with COCO's 80 classes is labelled with COCO's names.
     ``trusted``: allow full unpickling (only for files you trust; the published ones need not)."""
     text = os.fspath(name_or_path)
     if os.path.isfile(text):
-        return _label_coco(from_mmdet(text, trusted=trusted, **overrides), text, published=False)
+        return _label_coco(from_mmdet(text, trusted=trusted), text, published=False).configure(**settings)
     if text not in PRETRAINED and ("/" in text or os.sep in text or text.endswith((".pth", ".pt"))):
         raise FileNotFoundError(f"weights file not found: {text} (or a name of published weights: "
                                 f"{', '.join(PRETRAINED)})")
     w = get_pretrained(text)
     path = pretrained_file(text, progress=progress)
     try:
-        model = from_mmdet(path, trusted=trusted, **overrides)
+        model = from_mmdet(path, trusted=trusted)
     except ValueError as e:
         if w.sha256 and not sha256_file(path).startswith(w.sha256):
             raise PretrainedError(f"{path}: the cached file of {text} is damaged (its SHA-256 does not start with "
@@ -175,7 +175,7 @@ def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, t
         raise PretrainedError(f"{path} is not the {w.arch} that {text} names (it has {wrong}): delete it to download "
                               f"it again from {w.url}")
     log.info("loaded %s: %s, published COCO box AP %s", text, w.arch, w.box_ap)
-    return _label_coco(model, path, published=True)
+    return _label_coco(model, path, published=True).configure(**settings)
 
 
 def _label_coco(model: GFL, path: str, published: bool) -> GFL:

@@ -1,8 +1,11 @@
-"""resolve_device: the one rule for train.device, --device and the demo's device, and its three callers."""
+"""resolve_device: the one rule for train.device, --device and the demo's device, and its three callers; place_model: where
+the commands take the CPU fast path."""
 from __future__ import annotations
 
 import pytest
 import torch
+
+import gfldet
 
 from gfldet.engine.device import resolve_device
 from gfldet.engine.distributed import init_distributed
@@ -66,3 +69,15 @@ def test_demo_refuses_a_device_before_making_data(no_cuda, tmp_path):
     with pytest.raises(GfldetError, match=r"^device: 'gpu' is not a device gfldet runs on"):
         run_demo(tmp_path / "demo", device="gpu", cache_dir=tmp_path / "cache")
     assert not any(tmp_path.iterdir())
+
+
+def test_place_model_takes_the_cpu_fast_path_on_the_cpu_only():
+    from gfldet.engine.device import place_model
+    from gfldet.models.fusion import is_fused
+
+    torch.manual_seed(0)
+    model = gfldet.gfl_resnet18_fpn(num_classes=2, fpn_channels=32, head_channels=32, stacked_convs=1)
+    assert not is_fused(model)
+    assert place_model(model, torch.device("cpu")) is model and is_fused(model)
+    meta = place_model(model, torch.device("meta"))  # any other device: moved there, plain modules
+    assert not is_fused(meta) and next(meta.parameters()).device.type == "meta"

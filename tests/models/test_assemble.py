@@ -283,7 +283,7 @@ def test_a_new_quality_estimator_is_a_part_handed_to_the_detector():
         d = m(imgs)[0]
     q = torch.sigmoid(torch.tensor(-3.0))
     assert d["scores"].numel() > 0 and (d["scores"] <= q * q * (1 + 1e-6)).all()
-    with pytest.raises(TypeError, match="unknown detector parts"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'qualty'"):  # a misspelt part is no silent default
         gfldet.GFL(cfg, qualty=SquaredCenterness())
 
 

@@ -25,17 +25,17 @@ def _randomise_norms(net: nn.Module, seed: int = 0) -> None:
 def _plain(net: ResNetBackbone, x: torch.Tensor) -> list[torch.Tensor]:
     """``net(x)`` with the plain modules, ``net`` left as it was (fused or not)."""
     fused = type(net) is FusedResNetBackbone
-    set_fusion(net, None)
+    set_fusion(net, False)
     try:
         return net(x)
     finally:
-        set_fusion(net, "inference" if fused else None)
+        set_fusion(net, fused)
 
 
 @pytest.mark.parametrize("depth,groups,wpg", [(18, 1, 64), (50, 1, 64), (50, 4, 16)])
 def test_fast_inference_path_equals_plain_modules(depth, groups, wpg):
     torch.manual_seed(0)
-    net = set_fusion(ResNetBackbone(depth, groups, wpg).eval(), "inference")
+    net = set_fusion(ResNetBackbone(depth, groups, wpg).eval(), True)
     _randomise_norms(net)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_training_gradients_unchanged_by_fast_path(depth, groups, wpg):
     grads, feats = [], []
     for fast in (True, False):
         net.zero_grad()
-        set_fusion(net, "training" if fast else None)
+        set_fusion(net, fast)
         assert (type(net) is FusedResNetBackbone) == fast
         out = net(x)
         sum(f.square().mean() for f in out).backward()
@@ -77,7 +77,7 @@ def test_training_gradients_unchanged_by_fast_path(depth, groups, wpg):
 def test_folded_weights_follow_parameter_updates():
     """The folded-weight cache must notice in-place updates (optimizer steps, load_state_dict)."""
     torch.manual_seed(0)
-    net = set_fusion(ResNetBackbone(18).eval(), "inference")
+    net = set_fusion(ResNetBackbone(18).eval(), True)
     _randomise_norms(net)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -127,7 +127,7 @@ def test_base_channels_scales_every_stage(depth):
     """base_channels=32 halves the stem and every stage's width (mmdetection's base_channels); the C3-C5 maps
     keep their strides, out_channels tells the FPN their widths, and the fast path still equals the plain one."""
     torch.manual_seed(0)
-    net = set_fusion(ResNetBackbone(depth, base_channels=32).eval(), "inference")
+    net = set_fusion(ResNetBackbone(depth, base_channels=32).eval(), True)
     _randomise_norms(net)
     expansion = 4 if depth == 50 else 1
     assert net.conv1.out_channels == 32 and net.layer1[0].conv1.out_channels == 32

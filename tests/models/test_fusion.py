@@ -1,4 +1,4 @@
-"""The CPU fast path (gfldet.models.fusion over gfldet.ops.fast_conv) is swapped in by eval(), computes what the
+"""The CPU fast path (gfldet.models.fusion over gfldet.ops.fast_conv) is taken by GFL.optimize_for_cpu(), computes what the
 plain modules compute at any input size, follows in-place weight updates, and leaves the plain modules to
 training, gradients, tracing and hooks; the swap leaves parameters and state_dict as they are."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 
 import gfldet
 from gfldet.models.backbone import FPN, ResNetBackbone
-from gfldet.models.fusion import FusedConvGN, FusedFPN, FusedResNetBackbone, set_fusion
+from gfldet.errors import GfldetError
+from gfldet.models.fusion import FusedConvGN, FusedFPN, FusedResNetBackbone, is_fused, set_fusion
 from gfldet.models.head import ConvGN
 from gfldet.ops import fast_conv
 
@@ -22,11 +23,11 @@ pytestmark = pytest.mark.skipif(not fast_conv.available(), reason="this torch bu
 
 def _plain(model, fn):
     """Run ``fn`` with the plain modules everywhere in ``model`` (their own forward), then fuse them again."""
-    set_fusion(model, None)
+    set_fusion(model, False)
     try:
         return fn()
     finally:
-        set_fusion(model, "inference")
+        set_fusion(model, True)
 
 
 def _spy(monkeypatch) -> list[int]:
@@ -43,7 +44,7 @@ def _convs(module: torch.nn.Module) -> set[int]:
 
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=64, head_channels=64).eval()
+    model = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=64, head_channels=64).optimize_for_cpu().eval()
     with torch.no_grad():  # non-trivial head / FPN weights and biases, so a wrong weight or a dropped bias shows
         for p in list(model.neck.parameters()) + list(model.head.parameters()):
             p.add_(torch.randn_like(p) * 0.05)
@@ -165,7 +166,7 @@ def test_model_built_and_changed_under_inference_mode():
 
 def test_fpn_with_gradient_on_a_coarser_input_only():
     """The FPN looks at all its inputs: a frozen FPN fed C4/C5 that need gradients must let them flow."""
-    fpn = set_fusion(FPN([4, 8, 16], 8).requires_grad_(False), "inference")
+    fpn = set_fusion(FPN([4, 8, 16], 8).requires_grad_(False), True)
     feats = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8, requires_grad=True), torch.randn(1, 16, 4, 4, requires_grad=True)]
     sum(o.sum() for o in fpn(feats)).backward()
     assert feats[1].grad is not None and feats[1].grad.abs().sum() > 0
@@ -184,7 +185,7 @@ def test_hooks_and_padding_modes_run_the_modules_own_forward(monkeypatch):
     assert [seen.count(m) for m in hooked] == [5, 1, 1, 1], "a forward hook must fire wherever its module runs"
     assert not set(calls) & (_convs(model.head.cls_convs[0]) | _convs(model.neck) | _convs(model.backbone.layer3[0]))
     assert id(model.backbone.layer4[0].conv1) in calls, "modules without hooks stay fused"
-    fpn = set_fusion(FPN([4, 8, 16], 8).eval(), "inference")
+    fpn = set_fusion(FPN([4, 8, 16], 8).eval(), True)
     fpn.fpn_convs[0].padding_mode = "reflect"
     feats = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)]
     with torch.no_grad():
@@ -205,24 +206,40 @@ def test_cache_entries_go_with_their_model(monkeypatch):
     assert ref() is None, "the fast-path cache must not keep a deleted model alive"
 
 
-def test_eval_swaps_in_the_fused_modules_and_train_restores_the_plain_ones(monkeypatch):
-    model = _model()
-    assert type(model.backbone) is FusedResNetBackbone and type(model.neck) is FusedFPN
-    assert all(type(m) is FusedConvGN for m in list(model.head.cls_convs) + list(model.head.reg_convs))
+def test_the_fast_path_is_taken_explicitly_and_kept_across_train_and_eval(monkeypatch):
+    torch.manual_seed(0)
+    model = gfldet.gfl_resnet18_fpn(num_classes=3, fpn_channels=64, head_channels=64)
+    for step in (model.eval, model.train, model.eval):  # a model built in Python runs the plain modules: no swap
+        step()
+        assert type(model.backbone) is ResNetBackbone and type(model.neck) is FPN and not is_fused(model)
     calls = _spy(monkeypatch)
     with torch.no_grad():
         model([torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)])
+    assert calls == [], "without optimize_for_cpu() no fused convolution runs"
+    assert model.optimize_for_cpu() is model
+    assert type(model.backbone) is FusedResNetBackbone and type(model.neck) is FusedFPN
+    assert all(type(m) is FusedConvGN for m in list(model.head.cls_convs) + list(model.head.reg_convs))
+    with torch.no_grad():
+        model([torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)])
     assert set(calls) == _convs(model.backbone) | _convs(model.neck) | _convs(model.head.cls_convs) | _convs(
-        model.head.reg_convs), "on CPU every backbone, FPN and tower convolution runs fused after eval()"
-    model.train()  # training: the backbone keeps its fast path (frozen stages fused, BatchNorm folded in the graph)
-    assert type(model.neck) is FPN and all(type(m) is ConvGN for m in model.head.modules() if isinstance(m, ConvGN))
-    assert type(model.backbone) is FusedResNetBackbone
-    set_fusion(model, None)
-    assert type(model.backbone) is ResNetBackbone
-    model.eval()
-    assert type(model.neck) is FusedFPN
-    with pytest.raises(ValueError, match="fusion mode"):
-        set_fusion(model, "fast")
+        model.head.reg_convs), "on CPU every backbone, FPN and tower convolution runs fused"
+    model.train()  # train() / eval() keep the classes: each fused forward decides per call
+    assert type(model.backbone) is FusedResNetBackbone and type(model.neck) is FusedFPN
+    assert model.optimize_for_cpu(False) is model and not is_fused(model)
+    assert all(type(m) is ConvGN for m in model.head.modules() if isinstance(m, ConvGN))
+    with pytest.raises(GfldetError, match="set_fusion takes"):
+        set_fusion(model, "inference")
+
+
+def test_fused_backbone_runs_its_plain_forward_off_the_cpu(monkeypatch):
+    """On another device the fused backbone neither forces channels_last nor calls the CPU kernels (checked on
+    the meta device, which any machine has)."""
+    model = _model()
+    calls = _spy(monkeypatch)
+    x = torch.randn(1, 3, 64, 64, device="meta")
+    with torch.no_grad():
+        feats = model.to("meta").backbone(x)
+    assert calls == [] and all(f.device.type == "meta" and f.is_contiguous() for f in feats)
 
 
 def test_fusion_leaves_parameters_and_state_dict_as_they_are():
