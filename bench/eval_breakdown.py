@@ -10,7 +10,7 @@ min and median of the wall clock, min of the process CPU time of both threads):
   preprocess    ``model.preprocess([img])`` (normalise, pad)
   backbone+FPN  ``model.neck(model.backbone(batch))``
   head          ``model.head(feats)``
-  decode+NMS    ``model.decode(cls_logits, reg_logits, image_sizes)``
+  decode+NMS    ``model.decode(cls_logits, reg_outputs, image_sizes)``
   total         ``model([img])`` end to end (timed separately, not the sum of the parts)
 and, as a same-machine yardstick, torchvision's ``resnet_fpn_backbone("resnet50")`` with P3-P7 outputs (the
 same network as gfldet's backbone+FPN) on the same batch.
@@ -84,10 +84,10 @@ def main() -> None:
     with torch.inference_mode():
         batch, meta = model.preprocess([img])
         feats = model.neck(model.backbone(batch))
-        cls_logits, reg_logits = model.head(feats)
+        cls_logits, reg_outputs = model.head(feats)
         print("feature maps", [tuple(f.shape[-2:]) for f in feats], "batch", tuple(batch.shape))
         load0 = count_load(model, cls_logits, meta.image_sizes)
-        ndet0 = model.decode(cls_logits, reg_logits, meta.image_sizes)[0]["boxes"].shape[0]
+        ndet0 = model.decode(cls_logits, reg_outputs, meta.image_sizes)[0]["boxes"].shape[0]
 
         # Loaded decode: a copy with classifier bias 0 (all scores ~0.5) and regressor weights with a larger
         # spread (varied box sizes); and the same outputs shifted to ~1000 passing pairs per level.
@@ -105,7 +105,7 @@ def main() -> None:
             "preprocess": (lambda: model.preprocess([img]), None),
             "backbone+FPN": (lambda: model.neck(model.backbone(batch)), None),
             "head": (lambda: model.head(feats), None),
-            "decode+NMS": (lambda: model.decode(cls_logits, reg_logits, meta.image_sizes), None),
+            "decode+NMS": (lambda: model.decode(cls_logits, reg_outputs, meta.image_sizes), None),
             "total": (lambda: model([img]), None),
             "decode+NMS, bias 0": (lambda: model_b.decode(cls_b, reg_b, meta.image_sizes), None),
             "total, bias 0": (lambda: model_b([img]), None),

@@ -8,7 +8,7 @@ IMAGENET1K_V1``).
     python bench/vs_torchvision.py --arch gfl_mobilenet_v2_fpn --weights-backbone IMAGENET1K_V1   # fine-tuned pair
     python bench/vs_torchvision.py --epochs 6 --fcos-epochs 8         # FCOS given more epochs (equal wall-clock time)
 
-Data: the cluttered scenes of ``gfldet.data.synthetic_scenes`` (8 shape classes with non-contiguous category ids,
+Data: the cluttered scenes of ``synth.scenes`` (8 shape classes with non-contiguous category ids,
 textured objects on cluttered backgrounds, heavy on small objects, elongated sticks, occlusion, truncation, low
 contrast), generated into the cache on first use (``scenes_data``: ``$GFLDET_CACHE`` or ``~/.cache/gfldet``, or
 ``--cache-dir``) and read by both models through ``gfldet.data.coco.CocoDetection``.
@@ -95,7 +95,7 @@ import gfldet.engine.evaluate as gfl_eval  # noqa: E402
 from gfldet.data.coco import CocoDetection, collate  # noqa: E402
 from gfldet.data.folders import cached_splits, claim_dir as _claim_dir, generation_workers  # noqa: E402
 from gfldet.data.synthetic import write_coco  # noqa: E402
-from gfldet.data.synthetic_scenes import scenes_data  # noqa: E402
+from synth.scenes import scenes_data  # noqa: E402
 
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0, help="data order, flips and initialisation of both runs")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated scenes")
     ap.add_argument("--data", choices=("scenes", "shapes6"), default="scenes",
-                    help="scenes: gfldet.data.synthetic_scenes; shapes6: the demo's generator with 6 classes")
+                    help="scenes: synth.scenes; shapes6: the demo's generator with 6 classes")
     ap.add_argument("--fcos-lr", type=float, default=0.01, help="the reference's FCOS command")
     ap.add_argument("--fcos-warmup-iters", type=int, default=None,
                     help="FCOS warm-up length (default: the reference's min(1000, iterations per epoch - 1))")

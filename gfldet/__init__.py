@@ -49,16 +49,10 @@ _COMPAT = {
     "save_checkpoint": "gfldet.models.io",  # gfldet.models.io
     "Integral": "gfldet.ops",  # gfldet.ops
 }
-_SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "errors", "export", "models",
-                "ops", "predict", "ship", "viz"}
+_SUBPACKAGES = {"analysis", "cli", "config", "data", "demo", "deploy", "engine", "errors", "evaluate", "export",
+                "files", "models", "ops", "predict", "settings", "ship", "viz"}
 
-__all__ = [
-    "GFL", "build_model", "gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_resnext101_32x4d_fpn",
-    "gflv2_resnet50_fpn", "gflv2_resnet101_fpn", "gflv2_resnext101_32x4d_fpn", "gfl_mobilenet_v2_fpn",
-    "gfl_mobilenet_v3_large_fpn", "gfl_shufflenet_v2_x1_0_fpn", "gfl_efficientnet_b0_fpn", "from_mmdet", "load_model",
-    "load_pretrained", "ModelConfig", "Config", "GfldetError", "quality_focal_loss", "quality_focal_loss_sparse",
-    "distribution_focal_loss", "generalized_focal_loss", "giou_loss", "atss_assign", "__version__",
-]  # = _EXPORTS' names
+__all__ = [*_EXPORTS, "__version__"]  # the public face is _EXPORTS, written once
 
 if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time
     from .config import Config

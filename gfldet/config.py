@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models.config import REGIME_FIELDS, REGIMES, ConfigError, FieldError, ModelConfig, Regime, backbone_regime
+from .models.config import RENAMED_FIELDS, REGIME_FIELDS, ConfigError, FieldError, ModelConfig
 from .models.zoo import ARCH_DEFAULT_FIELDS, ARCH_FIELDS, ARCHS, arch_config, arch_defaults, check_imagenet_width
 
 __all__ = ["Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
            "ModelConfig", "load_config", "apply_override", "validate_config", "format_config", "read_yaml", "load_yaml",
-           "device_name", "model_fields", "Regime", "REGIMES", "backbone_regime"]
+           "device_name", "model_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # The model section: the run's own settings, then every ModelConfig field but those that come from elsewhere
 # (the builder named by arch fixes the ResNet's depth and groups; the class count comes from the annotation
 # file; the input sizes from the input section). Generated from ModelConfig, so a new detector setting is a
-# config key at once. frozen_stages / norm_eval take null: the regime's (REGIMES) for this run's weights;
+# config key at once. frozen_stages / norm_eval take null: the regime's (gfldet.engine.recipe.REGIMES) for this run's weights;
 # fpn_channels, head_channels, stacked_convs, head_conv take null: the architecture's (GFL's 256 / 256 / 4 / conv
 # for ResNets, a light 96 / 96 / 2 / dwsep head for the small torchvision backbones; gfldet.models.zoo.arch_defaults).
 NOT_IN_MODEL_SECTION = frozenset({*ARCH_FIELDS, "num_classes", "min_size", "max_size", "train_min_sizes"})
@@ -227,6 +227,8 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    if cls is ModelSettings:  # a config written before a model field was renamed
+        data = {RENAMED_FIELDS.get(k, k): v for k, v in data.items()}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)}")

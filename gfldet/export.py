@@ -109,15 +109,15 @@ class ExportModule(nn.Module):
         m = self.model
         # normalisation and zero-padding up to a multiple of the size divisor: the model's own transform
         x = m.transform.pad(m.transform.normalize(images))
-        cls_logits, reg_logits = m.forward_features(x)
+        cls_logits, reg_outputs = m.forward_features(x)
         if self.mode == "raw":  # GFLV2: the joint score's logits and the distribution logits, as GFL's outputs
             n = m.head.box_channels
-            joint = [m.quality.joint(c, r[:, n:] if m.head.quality_channels else None) for c, r in zip(cls_logits, reg_logits)]
-            return (*joint, *(r[:, :n] for r in reg_logits))
+            joint = [m.quality.joint(c, r[:, n:] if m.head.quality_channels else None) for c, r in zip(cls_logits, reg_outputs)]
+            return (*joint, *(r[:, :n] for r in reg_outputs))
         # the model's prior generator and box representation (identical floats to the eager model)
         per_level = m.prior_generator.grid([tuple(c.shape[-2:]) for c in cls_logits], x.device)
         centers, strides = box_centers(torch.cat(per_level)), m.prior_generator.anchor_strides(per_level)  # (A, 2), (A,)
-        cls, box, quality = m.head.split(cls_logits, reg_logits)
+        cls, box, quality = m.head.split(cls_logits, reg_outputs)
         scores = m.quality.joint(cls, None if quality is None else quality[..., None]).sigmoid()  # GFLV2: joint
         boxes = m.box.decode(box, centers, strides[:, None])
         extras = m.box.extras(box, strides)

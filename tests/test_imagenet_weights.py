@@ -103,7 +103,7 @@ def test_fine_tuning_from_imagenet_beats_training_from_scratch_at_equal_iteratio
     independent, so their difference must exceed 3 standard errors of a difference (one-sided z test, chance of a
     false pass ~1e-3). Measured on the project's machine (docs/light.md): AP50 0.128-0.147 against 0.024, AP
     0.043-0.054 against 0.009, z of about 6 on these 160 validation images."""
-    from gfldet.data.synthetic_scenes import write_scenes_coco
+    from bench.synth.scenes import write_scenes_coco
 
     data = {}
     for split, n, seed in (("train", 240, 11), ("val", 160, 12)):

@@ -32,6 +32,7 @@ LAYERS = {  # module prefix -> (rank, group)
     "gfldet.errors": (-1, "errors"),
     "gfldet.ops": (0, "ops"),
     "gfldet.files": (0, "files"),
+    "gfldet.settings": (0, "settings"),
     "gfldet.models": (1, "models"),
     "gfldet.config": (2, "config"),
     "gfldet.data": (3, "data"),
@@ -41,6 +42,7 @@ LAYERS = {  # module prefix -> (rank, group)
     "gfldet.export": (5, "export"),
     "gfldet.deploy": (5, "deploy"),
     "gfldet.predict": (6, "predict"),
+    "gfldet.evaluate": (6, "evaluate"),
     "gfldet.demo": (6, "demo"),
     "gfldet.ship": (6, "ship"),
     "gfldet.cli": (7, "cli"),
@@ -217,6 +219,10 @@ def test_public_face():
     for name in gfldet.__all__:
         assert getattr(gfldet, name) is not None, name
     assert not any(n.startswith("_") and n != "__version__" for n in gfldet.__all__)
+    tree = ast.parse((PKG / "__init__.py").read_text())  # the names for type checkers mirror _EXPORTS, the one list
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    typed = {a.asname or a.name for n in ast.walk(block) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert typed == set(gfldet._EXPORTS) and set(gfldet.__all__) == set(gfldet._EXPORTS) | {"__version__"}
     import gfldet.ops  # lazy too: its __all__ is written out for readers and linters, and must name what it resolves
 
     assert set(gfldet.ops.__all__) == set(gfldet.ops._EXPORTS)

@@ -1,7 +1,7 @@
 """Folders: the cache of generated data sets, and run folders that never overwrite an earlier run.
 
 One implementation for the demo's data (:func:`gfldet.demo.demo_data`), the benchmark scenes
-(:func:`gfldet.data.synthetic_scenes.scenes_data`) and run folders that must not be reused (results folders:
+(:func:`bench.synth.scenes.scenes_data`) and run folders that must not be reused (results folders:
 :func:`gfldet.files.check_output_folder`).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The graph (``gfldet export``, ``decoded`` mode: ``docs/onnx.md``) already decodes every prior with the model's
 own code: boxes, scores, the edge distributions and their uncertainty summaries. What is left is the selection the
-PyTorch model makes after decoding (``gfldet.models.postprocess.decode_image``), written here once in NumPy and
+PyTorch model makes after decoding (``gfldet.models.postprocess.postprocess_image``), written here once in NumPy and
 tested against it: per level, scores above ``score_thr`` and the ``nms_pre`` best (prior, class) pairs; boxes
 clipped to the image; boxes of zero width or height dropped; class-aware NMS; the ``max_per_img`` best; then
 boxes and ``edge_std`` mapped back to the images given. No torch: this runs where only NumPy and a runtime are.

@@ -7,10 +7,40 @@ import copy
 import math
 from typing import Any
 
+from dataclasses import dataclass
+
 from ..config import Config, TrainConfig
+from ..models.config import BackboneRegime
 from ..models.zoo import arch_defaults, arch_regime
 
-__all__ = ["resolve_training", "lr_factor", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION"]
+__all__ = ["resolve_training", "lr_factor", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION",
+           "Regime", "REGIMES", "training_regime"]
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A training regime: how the backbone trains (gfldet.models.config.BackboneRegime: frozen stages, BatchNorm
+    mode; the builders apply it) and the optimisation policy that goes with it."""
+
+    backbone: BackboneRegime
+    lr_per_16: float  # base learning rate for a total batch of 16 images (scaled linearly)
+    grad_clip: float  # 0: none
+
+    @property
+    def name(self) -> str:
+        return self.backbone.name
+
+
+# The optimisation policy by where the weights come from: the paper's (lr 0.01 per 16 images, no clipping) from
+# pretrained weights; from scratch (cf. He et al., "Rethinking ImageNet Pre-training", 2019: normalisation trained,
+# lr 0.02 per 16 images) twice the paper's rate with gradients clipped. The light backbones' pretrained regime trains
+# at the paper's rate as well (docs/light.md).
+REGIMES = {True: dict(lr_per_16=0.01, grad_clip=0.0), False: dict(lr_per_16=0.02, grad_clip=35.0)}
+
+
+def training_regime(arch: str, pretrained: bool) -> Regime:
+    """The regime of a run of builder ``arch`` from pretrained weights (``True``) or from random ones."""
+    return Regime(arch_regime(arch, pretrained), **REGIMES[bool(pretrained)])
 
 WARMUP_ITERS = 500  # the paper's
 WARMUP_MAX_FRACTION = 0.1  # the automatic warm-up never takes more than this share of the run
@@ -39,7 +69,7 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
     out = copy.deepcopy(cfg)
     m, t = out.model, out.train
     pretrained = bool(m.weights_backbone or m.init)
-    regime = arch_regime(m.arch, pretrained)
+    regime = training_regime(m.arch, pretrained)
     why = (f"model.weights_backbone={m.weights_backbone}" if m.weights_backbone else f"model.init={m.init}") if pretrained \
         else "no model.weights_backbone or model.init"
     chosen, explicit = [], []
@@ -56,8 +86,8 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
     for key, value in arch_defaults(m.arch).items():  # the neck and head sizes of the architecture
         if getattr(m, key) is None:
             setattr(m, key, value)
-    pick(m, "frozen_stages", regime.frozen_stages, "model.frozen_stages")
-    pick(m, "norm_eval", regime.norm_eval, "model.norm_eval")
+    pick(m, "frozen_stages", regime.backbone.frozen_stages, "model.frozen_stages")
+    pick(m, "norm_eval", regime.backbone.norm_eval, "model.norm_eval")
     pick(t, "lr", round(regime.lr_per_16 * total_batch / 16, 10), "train.lr")
     pick(t, "grad_clip", regime.grad_clip, "train.grad_clip")
     pick(t, "warmup_iters", warmup_length(t, total_iters), "train.warmup_iters")

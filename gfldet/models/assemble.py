@@ -8,7 +8,7 @@ GFL is the default assembly; the representations the paper compares in its ablat
   plain focal-loss classifier; ``"centerness"`` / ``"iou"`` that classifier plus a branch (gfldet.models.quality);
 * ``box``: ``"distribution"`` the general distribution over ``n + 1`` bins of width ``bin_width`` (GFL);
   ``"dirac"`` direct distances; ``"gaussian"`` mean and log-variance trained with KL-Loss, ``"gaussian_nll"`` the
-  same with the plain NLL (gfldet.models.box_coders);
+  same with the plain NLL (gfldet.models.box_representations);
 * ``assigner``: ``"atss"``, ``"fcos"`` or ``"retina"`` (gfldet.models.assigners), and the anchors per location
   (``anchor_ratios`` x ``scales_per_octave``; RetinaNet uses 3 x 3).
 
@@ -23,7 +23,7 @@ from typing import Any
 from .config import ModelConfig
 from .assigners import ATSSAssigner, FCOSAssigner, MaxIoUAssigner
 from .backbone import FPN, ResNetBackbone
-from .box_coders import DiracBox, DistributionBox, GaussianBox, GaussianNLLBox
+from .box_representations import DiracBox, DistributionBox, GaussianBox, GaussianNLLBox
 from .criterion import Criterion
 from .head import TOWER_LAYERS, GFLHead
 from .postprocess import Postprocessor
@@ -56,7 +56,7 @@ def atss_config(**overrides) -> ModelConfig:
 
 def _focal_estimator(kind: type, cfg: ModelConfig):
     """A focal-loss classifier, with or without a quality branch (the ablations' estimators)."""
-    return kind(cfg.focal_alpha, cfg.focal_gamma, cfg.loss_qfl_weight, cfg.loss_quality_weight)
+    return kind(cfg.focal_alpha, cfg.focal_gamma, cfg.loss_cls_weight, cfg.loss_quality_weight)
 
 
 # name (the ModelConfig field's value) -> the part built from the config: a new representation, estimator or
@@ -69,8 +69,8 @@ BOX_PARTS: dict[str, Callable[[ModelConfig], Any]] = {
     "gaussian_nll": lambda cfg: GaussianNLLBox(cfg.loss_dfl_weight),
 }
 QUALITY_PARTS: dict[str, Callable[[ModelConfig], Any]] = {
-    "qfl": lambda cfg: JointQFL(cfg.qfl_beta, cfg.loss_qfl_weight),
-    "dgqp": lambda cfg: JointDGQP(cfg.qfl_beta, cfg.loss_qfl_weight, cfg.reg_max, cfg.reg_topk, cfg.reg_channels,
+    "qfl": lambda cfg: JointQFL(cfg.qfl_beta, cfg.loss_cls_weight),
+    "dgqp": lambda cfg: JointDGQP(cfg.qfl_beta, cfg.loss_cls_weight, cfg.reg_max, cfg.reg_topk, cfg.reg_channels,
                                   cfg.add_mean),
     "none": lambda cfg: _focal_estimator(FocalClassifier, cfg),
     "centerness": lambda cfg: _focal_estimator(CenternessBranch, cfg),

@@ -1,10 +1,10 @@
 """The assigners of the criterion: ATSS (GFL), FCOS-style and RetinaNet-style (max-IoU), as small callables.
 
-Each calls :mod:`gfldet.ops.assign` / :mod:`gfldet.ops.assigners`.
+Each calls :mod:`gfldet.ops.atss` / :mod:`gfldet.ops.fcos_retina`.
 
 Each is called as ``assigner(priors, valid, gt_boxes, gt_ignore)`` with the :class:`~gfldet.models.priors.Priors`
 of the batch, ``valid (N, A)`` bool, per image ``(M_i, 4)`` GT boxes and optional ignore regions, and returns an
-:class:`~gfldet.ops.assign.AssignResult`.
+:class:`~gfldet.ops.assign_result.AssignResult`.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..ops.assign import AssignResult, atss_assign
-from ..ops.assigners import fcos_assign, fcos_regress_ranges, retina_assign
+from ..ops.assign_result import AssignResult
+from ..ops.atss import atss_assign
+from ..ops.fcos_retina import fcos_assign, fcos_regress_ranges, retina_assign
 from .priors import Priors
 
 __all__ = ["ATSSAssigner", "FCOSAssigner", "MaxIoUAssigner"]

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import GfldetError
 from ..settings import TEST_SETTINGS, test_setting_problems
 
-__all__ = ["ModelConfig", "RUNTIME_FIELDS", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "Regime", "REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
+__all__ = ["ModelConfig", "RUNTIME_FIELDS", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "BackboneRegime", "BACKBONE_REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
            "backbone_regime"]
 
 
@@ -35,6 +35,9 @@ ASSIGNERS = ("atss", "fcos", "retina")
 
 # The settings a built detector may change (GFL.configure): the input sizes and the test settings. Every other field
 # defines the network or its training targets: change those by building another model.
+# old name -> new name, for checkpoints and run configs written before the rename (ModelConfig.from_dict reads both)
+RENAMED_FIELDS = {"loss_qfl_weight": "loss_cls_weight"}  # it weighs a focal loss in the ablations' assemblies
+
 RUNTIME_FIELDS = ("min_size", "max_size", "train_min_sizes", "score_thr", "nms_pre", "nms_iou", "max_per_img")
 
 
@@ -97,7 +100,7 @@ class ModelConfig:
     # ignores anchors mostly inside a crowd box (IoF > 0.5) when targets carry "iscrowd". <= 0 disables.
     ignore_iof_thr: float = 0.5
     qfl_beta: float = 2.0
-    loss_qfl_weight: float = 1.0
+    loss_cls_weight: float = 1.0
     loss_bbox_weight: float = 2.0
     loss_dfl_weight: float = 0.25  # also the weight of the Gaussian NLL when box="gaussian" or "gaussian_nll"
     # test
@@ -204,6 +207,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = {RENAMED_FIELDS.get(k, k): v for k, v in d.items()}  # files written before a field was renamed
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
@@ -213,39 +217,36 @@ class ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Training regimes. The paper's recipe (frozen stem + layer1, frozen BatchNorm statistics, lr 0.01 per 16 images,
-# no clipping) is for an ImageNet-initialised backbone; applied to a random one it freezes random layers and
+# What a backbone trains as, by where its weights come from. The paper's recipe (frozen stem + layer1, frozen
+# BatchNorm statistics) is for an ImageNet-initialised backbone; applied to a random one it freezes random layers and
 # "normalises" with statistics that are mean 0 / variance 1, i.e. not at all. torchvision's detection builders
 # switch on the same condition (FrozenBatchNorm2d and 3 trainable layers with weights, BatchNorm2d and 5 without).
-# From scratch (cf. He et al., "Rethinking ImageNet Pre-training", 2019: normalisation trained, lr 0.02 per 16
-# images) gfldet trains every layer with ordinary BatchNorm at twice the paper's rate, with gradients clipped.
-# The builders take frozen_stages / norm_eval from here; the trainer (gfldet.engine.recipe) the rest.
+# The builders (gfldet.models.zoo) take frozen_stages / norm_eval from here; the training policy that goes with each
+# (learning rate, gradient clipping) is the engine's (gfldet.engine.recipe.Regime).
 
 
 @dataclass(frozen=True)
-class Regime:
-    name: str
+class BackboneRegime:
+    name: str  # "pretrained", "from scratch", "pretrained, light backbone": named in the training log
     frozen_stages: int
     norm_eval: bool
-    lr_per_16: float  # base learning rate for a total batch of 16 images (scaled linearly)
-    grad_clip: float  # 0: none
 
 
-REGIMES = {
-    True: Regime("pretrained", frozen_stages=1, norm_eval=True, lr_per_16=0.01, grad_clip=0.0),
-    False: Regime("from scratch", frozen_stages=0, norm_eval=False, lr_per_16=0.02, grad_clip=35.0),
+BACKBONE_REGIMES = {
+    True: BackboneRegime("pretrained", frozen_stages=1, norm_eval=True),
+    False: BackboneRegime("from scratch", frozen_stages=0, norm_eval=False),  # every layer, ordinary BatchNorm
 }
 # The lightweight torchvision backbones (MobileNet, ShuffleNet, EfficientNet) fine-tuned from ImageNet: the same
-# frozen stem + stride-4 layers and rate, but BatchNorm trained (batch statistics, running ones updated), as
-# NanoDet and YOLO train theirs. Frozen ImageNet statistics cost these networks accuracy in gfldet's fine-tuning
-# runs (docs/light.md: 3x less AP on the cluttered scenes, about equal on the demo's shapes); ResNets keep the paper's.
-LIGHT_PRETRAINED = Regime("pretrained, light backbone", frozen_stages=1, norm_eval=False, lr_per_16=0.01, grad_clip=0.0)
+# frozen stem + stride-4 layers, but BatchNorm trained (batch statistics, running ones updated), as NanoDet and YOLO
+# train theirs. Frozen ImageNet statistics cost these networks accuracy in gfldet's fine-tuning runs (docs/light.md);
+# ResNets keep the paper's.
+LIGHT_PRETRAINED = BackboneRegime("pretrained, light backbone", frozen_stages=1, norm_eval=False)
 REGIME_FIELDS = ("frozen_stages", "norm_eval")  # the ModelConfig fields a regime chooses when they are not set
 
 
-def backbone_regime(pretrained: bool, backbone: str = "resnet") -> Regime:
-    """The regime of a model that starts from pretrained weights (``True``) or from random ones, for its
-    ``backbone`` family (``ModelConfig.backbone``: ``resnet`` or a lightweight torchvision network)."""
+def backbone_regime(pretrained: bool, backbone: str = "resnet") -> BackboneRegime:
+    """How the backbone of a model that starts from pretrained weights (``True``) or from random ones trains, for
+    its ``backbone`` family (``ModelConfig.backbone``: ``resnet`` or a lightweight torchvision network)."""
     if pretrained and backbone != "resnet":
         return LIGHT_PRETRAINED
-    return REGIMES[bool(pretrained)]
+    return BACKBONE_REGIMES[bool(pretrained)]

@@ -1,7 +1,7 @@
 """Training targets and the weighted loss terms of a batch, all levels at once, from the criterion's parts.
 
 GFL's objective (paper eq. 8) with its default parts, the ablations' with others (gfldet.models.quality,
-gfldet.models.box_coders, gfldet.models.assigners).
+gfldet.models.box_representations, gfldet.models.assigners).
 
 Shapes: N images, A anchors of all levels, C classes, K box channels per anchor, P positives of the batch.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..ops.assign import AssignResult
+from ..ops.assign_result import AssignResult
 from ..ops.boxes import box_centers, box_iou_aligned
 from ..ops.losses import EPS32, giou_loss, reduce_mean
 from .priors import Priors
@@ -66,7 +66,7 @@ class Criterion:
     """Assignment, targets and the weighted loss terms, from its parts:
 
     * ``assigner``: ``(priors, valid, gt_boxes, gt_ignore) -> AssignResult`` (gfldet.models.assigners);
-    * ``box``: the box representation (gfldet.models.box_coders): distances from its outputs, its loss term;
+    * ``box``: the box representation (gfldet.models.box_representations): distances from its outputs, its loss term;
     * ``quality``: the quality estimator (gfldet.models.quality): classification loss, box-loss weights, branch.
 
     Terms, in this order: the classification term of the quality estimator, ``loss_bbox`` (GIoU of the decoded

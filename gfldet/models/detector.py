@@ -124,7 +124,7 @@ class GFL(nn.Module):
     def compute_losses(
         self,
         cls_logits: Sequence[Tensor],
-        reg_logits: Sequence[Tensor],
+        reg_outputs: Sequence[Tensor],
         gt_boxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
         pad_shapes: Sequence[tuple[int, int]],
@@ -133,15 +133,15 @@ class GFL(nn.Module):
         """Weighted losses from raw head outputs and boxes in the network-input frame."""
         targets = self.compute_targets(cls_logits, gt_boxes, gt_labels, pad_shapes, gt_ignore)
         priors = self.prior_generator([tuple(m.shape[-2:]) for m in cls_logits], cls_logits[0].device)
-        return self.criterion(*self.head.split(cls_logits, reg_logits), priors, targets)
+        return self.criterion(*self.head.split(cls_logits, reg_outputs), priors, targets)
 
     # ------------------------------------------------------------------ inference
     def decode(
-        self, cls_logits: Sequence[Tensor], reg_logits: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+        self, cls_logits: Sequence[Tensor], reg_outputs: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """Detections (in the network-input frame, clipped to each image's size) from raw head outputs."""
         priors = self.prior_generator([tuple(m.shape[-2:]) for m in cls_logits], cls_logits[0].device)
-        return self.postprocessor(*self.head.split(cls_logits, reg_logits), priors, self.prior_generator.strides,
+        return self.postprocessor(*self.head.split(cls_logits, reg_outputs), priors, self.prior_generator.strides,
                                   image_sizes)
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
@@ -150,10 +150,10 @@ class GFL(nn.Module):
         batch, meta = self.transform(images)
         if self.training:  # check the targets before the expensive forward pass
             boxes, labels, ignore = self.transform.targets(targets, meta, self.config.num_classes, batch.device)
-            cls_logits, reg_logits = self.forward_features(batch)
-            return self.compute_losses(cls_logits, reg_logits, boxes, labels, meta.pad_shapes, ignore)
-        cls_logits, reg_logits = self.forward_features(batch)
-        return self.transform.to_images(self.decode(cls_logits, reg_logits, meta.image_sizes), meta)
+            cls_logits, reg_outputs = self.forward_features(batch)
+            return self.compute_losses(cls_logits, reg_outputs, boxes, labels, meta.pad_shapes, ignore)
+        cls_logits, reg_outputs = self.forward_features(batch)
+        return self.transform.to_images(self.decode(cls_logits, reg_outputs, meta.image_sizes), meta)
 
     # ------------------------------------------------------------------ speed
     def optimize_for_cpu(self, enabled: bool = True) -> GFL:

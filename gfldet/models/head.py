@@ -145,10 +145,10 @@ class GFLHead(nn.Module):
         a = self.num_anchors
         return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1] // a) for m in maps], dim=1)
 
-    def split(self, cls_logits: Sequence[Tensor], reg_logits: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    def split(self, cls_logits: Sequence[Tensor], reg_outputs: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per-level outputs -> ``cls (N, A, C)``, ``box (N, A, K)`` and ``quality (N, A)`` logits (None: no branch)."""
         if not self.quality_channels:
-            return self.flatten(cls_logits), self.flatten(reg_logits), None
+            return self.flatten(cls_logits), self.flatten(reg_outputs), None
         n = self.num_anchors * self.box_channels
-        quality = self.flatten([m[:, n:] for m in reg_logits])[..., 0]
-        return self.flatten(cls_logits), self.flatten([m[:, :n] for m in reg_logits]), quality
+        quality = self.flatten([m[:, n:] for m in reg_outputs])[..., 0]
+        return self.flatten(cls_logits), self.flatten([m[:, :n] for m in reg_outputs]), quality

@@ -122,11 +122,11 @@ def model_from_checkpoint(obj: dict[str, Any], path: str | os.PathLike):
     errors), so that a command needing both its metadata and its model reads the file once."""
     try:
         cfg = ModelConfig.from_dict(dict(obj["model_config"]))
-    except (TypeError, ValueError) as e:
+    except (TypeError, GfldetError) as e:  # TypeError: a value of the wrong type compared by a rule
         raise GfldetError(f"{path}: bad model_config: {e}") from e
     try:
         model = GFL(cfg, class_names=obj.get("class_names"))
-    except ValueError as e:
+    except GfldetError as e:  # a user's error (a bug inside keeps its own traceback)
         raise GfldetError(f"{path}: {e}") from e
     load_state(model, obj["state_dict"], path)
     return model.eval()
@@ -147,7 +147,7 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str, dict[str, Any
                           "not a dict of tensors")
     try:
         return convert_mmdet_state_dict(mmdet_state_dict(obj, path)[0]), "mmdetection checkpoint", None
-    except ValueError as e:
+    except GfldetError as e:
         raise GfldetError(f"{path}: neither a gfldet checkpoint nor an mmdetection one: {e}") from e
 
 

@@ -2,7 +2,7 @@
 criterion, the postprocessor and the exporter call on each, with shapes and meaning. An implementation need not
 inherit anything; these are structural types (``typing.Protocol``), checkable with ``isinstance`` for the presence of
 the members (``runtime_checkable``), not their signatures. The implementations in gfldet: box representations in
-``box_coders.py``, quality estimators in ``quality.py``, assigners in ``assigners.py``, the prior generator in
+``box_representations.py``, quality estimators in ``quality.py``, assigners in ``assigners.py``, the prior generator in
 ``priors.py``; ``assemble.py`` builds them by name (``BOX_PARTS``, ``QUALITY_PARTS``, ``ASSIGNER_PARTS``).
 
 Shapes: N images, A priors of all levels, C classes, K box channels per prior, P positives (or D detections),
@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from ..ops.assign import AssignResult
+from ..ops.assign_result import AssignResult
 from .criterion import GFLTargets
 from .priors import Priors
 
@@ -89,7 +89,7 @@ class AssignerPart(Protocol):
                  gt_ignore: Sequence[Tensor | None] | None = None) -> AssignResult:
         """From the batch's :class:`Priors`, ``valid (N, A)`` bool (inside each image's padded size), per image
         ``(M_i, 4)`` xyxy ground truths and optional ignore regions: per image and prior the assigned ground truth
-        (``gt_index``, -1 none), ``positive``, ``ignored`` (gfldet.ops.assign.AssignResult)."""
+        (``gt_index``, -1 none), ``positive``, ``ignored`` (gfldet.ops.assign_result.AssignResult)."""
 
 
 @runtime_checkable

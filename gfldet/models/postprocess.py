@@ -13,10 +13,10 @@ from torchvision.ops import batched_nms
 from ..ops.boxes import box_centers, clip_boxes
 from .priors import Priors
 
-__all__ = ["Postprocessor", "decode_image"]
+__all__ = ["Postprocessor", "postprocess_image"]
 
 
-def decode_image(
+def postprocess_image(
     cls_logits: Sequence[Tensor],
     box_logits: Sequence[Tensor],
     quality_logits: Sequence[Tensor] | None,
@@ -82,7 +82,7 @@ def decode_image(
 
 
 class Postprocessor:
-    """Detections of a batch from the head's flattened outputs, per image with :func:`decode_image`.
+    """Detections of a batch from the head's flattened outputs, per image with :func:`postprocess_image`.
 
     ``settings`` holds the test settings ``score_thr``, ``nms_pre``, ``nms_iou``, ``max_per_img`` (the detector's
     :class:`~gfldet.models.config.ModelConfig` is one), read at each call: ``model.configure(score_thr=...)`` replaces it.
@@ -101,7 +101,7 @@ class Postprocessor:
         levels = list(zip(bounds[:-1], bounds[1:]))
         s, out = self.settings, []
         for i, image_size in enumerate(image_sizes):
-            out.append(decode_image(
+            out.append(postprocess_image(
                 [cls[i, lo:hi] for lo, hi in levels],
                 [box[i, lo:hi] for lo, hi in levels],
                 None if quality is None else [quality[i, lo:hi] for lo, hi in levels],

@@ -162,7 +162,7 @@ def load_pretrained(name_or_path: str | os.PathLike, *, progress: bool = True, t
     path = pretrained_file(text, progress=progress)
     try:
         model = from_mmdet(path, trusted=trusted)
-    except ValueError as e:
+    except GfldetError as e:
         if w.sha256 and not sha256_file(path).startswith(w.sha256):
             raise PretrainedError(f"{path}: the cached file of {text} is damaged (its SHA-256 does not start with "
                                   f"{w.sha256}): delete it to download it again, or replace it with a good copy of "

@@ -6,7 +6,7 @@ them then); it may also be the path of a local state dict with torchvision's Res
 As torchvision's detection builders do, the backbone's training regime follows from the weights: with
 ``weights_backbone`` or ``weights`` the reference's frozen stem + ``layer1`` and frozen BatchNorm statistics
 (``frozen_stages=1, norm_eval=True``); without, every stage trainable with ordinary BatchNorm (``0, False``).
-Passing ``frozen_stages`` / ``norm_eval`` explicitly overrides this (:data:`gfldet.models.config.REGIMES`).
+Passing ``frozen_stages`` / ``norm_eval`` explicitly overrides this (:data:`gfldet.models.config.BACKBONE_REGIMES`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from ..errors import GfldetError
 from ..files import hash_prefix, sha256_file
-from .config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, Regime, backbone_regime
+from .config import REGIME_FIELDS, BackboneRegime, ConfigError, FieldError, ModelConfig, backbone_regime
 from .detector import GFL
 from .io import load_weights_into
 from .tv_backbone import TV_BACKBONES
@@ -78,9 +78,9 @@ def check_imagenet_width(base_channels: int) -> None:
                          "is not the standard width: ImageNet weights (model.weights_backbone) fit base_channels=64 only")
 
 
-def arch_regime(arch: str, pretrained: bool) -> Regime:
-    """The training regime of builder ``arch`` started from pretrained weights or from random ones (the backbone
-    family decides between the ResNets' and the light backbones' pretrained regimes)."""
+def arch_regime(arch: str, pretrained: bool) -> BackboneRegime:
+    """How the backbone of builder ``arch`` trains when started from pretrained weights or from random ones (the
+    backbone family decides between the ResNets' and the light backbones' pretrained regimes)."""
     check_arch(arch)
     return backbone_regime(pretrained, ARCHS[arch][0]["backbone"])
 

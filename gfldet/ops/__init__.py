@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "AssignResult": "assign", "atss_assign": "assign",
+    "AssignResult": "assign_result", "atss_assign": "atss",
     "box_area": "boxes", "box_centers": "boxes", "box_giou_aligned": "boxes", "box_iof": "boxes", "box_iou": "boxes",
     "box_iou_aligned": "boxes", "box_to_distance": "boxes", "clip_boxes": "boxes", "distance_to_box": "boxes",
     "Integral": "integral", "distribution_expectation": "integral", "edge_distributions": "integral",
@@ -27,7 +27,8 @@ __all__ = [
 ]  # = _EXPORTS' names (tests/test_layers.py::test_public_face checks it)
 
 if TYPE_CHECKING:  # for type checkers and IDEs: what __getattr__ resolves at run time
-    from .assign import AssignResult, atss_assign
+    from .assign_result import AssignResult
+    from .atss import atss_assign
     from .boxes import (box_area, box_centers, box_giou_aligned, box_iof, box_iou, box_iou_aligned, box_to_distance,
                         clip_boxes, distance_to_box)
     from .integral import Integral, distribution_expectation, edge_distributions

@@ -9,8 +9,8 @@ import torch
 import gfldet
 from gfldet import ModelConfig
 from gfldet.config import Config
-from gfldet.models.assemble import atss_config
-from gfldet.models.box_coders import DistributionBox, GaussianBox, GaussianNLLBox
+from gfldet.models.assemble import QUALITY_PARTS, atss_config
+from gfldet.models.box_representations import DistributionBox, GaussianBox, GaussianNLLBox
 from gfldet.models.head import GFLHead
 from gfldet.models.quality import CenternessBranch
 from gfldet.ops.boxes import box_centers, box_giou_aligned, centerness_target, distance_to_box
@@ -100,9 +100,9 @@ def test_head_channels():
     assert type(small().head) is GFLHead and small().head.gfl_quality is None
 
 
-def _expected_scores_and_boxes(m, cls_logits, reg_logits):
+def _expected_scores_and_boxes(m, cls_logits, reg_outputs):
     """Per prior: sigmoid(cls) * sigmoid(quality) (A, C) and the decoded box (A, 4), image 0, from raw outputs."""
-    cls, box, quality = m.head.split(cls_logits, reg_logits)
+    cls, box, quality = m.head.split(cls_logits, reg_outputs)
     priors = m.prior_generator([tuple(c.shape[-2:]) for c in cls_logits], cls[0].device)
     scores = cls[0].sigmoid() * quality[0].sigmoid()[:, None]
     boxes = distance_to_box(box_centers(priors.anchors), m.box.distances(box[0]) * priors.strides[:, None])
@@ -117,9 +117,9 @@ def test_decode_score_is_class_times_quality(quality):
         m.head.gfl_quality.bias.fill_(-3.0)  # quality around 0.047: products below score_thr = 0.05
         img = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         batch, meta = m.preprocess([img])
-        cls_logits, reg_logits = m.forward_features(batch)
-        dets = m.decode(cls_logits, reg_logits, meta.image_sizes)[0]
-    cls_p, expected, boxes = _expected_scores_and_boxes(m, cls_logits, reg_logits)
+        cls_logits, reg_outputs = m.forward_features(batch)
+        dets = m.decode(cls_logits, reg_outputs, meta.image_sizes)[0]
+    cls_p, expected, boxes = _expected_scores_and_boxes(m, cls_logits, reg_outputs)
     assert dets["boxes"].shape[0] > 0
     # mmdetection's ATSS: the threshold applies to the class score, the product is the NMS and output score
     assert (dets["scores"] < m.config.score_thr).all()
@@ -137,9 +137,9 @@ def test_decode_score_plain_classifier():
     with torch.no_grad():
         m.head.gfl_cls.bias.fill_(-1.0)
         batch, meta = m.preprocess([torch.full((3, 64, 64), 128, dtype=torch.uint8)])
-        cls_logits, reg_logits = m.forward_features(batch)
-        d = m.decode(cls_logits, reg_logits, meta.image_sizes)[0]
-        cls, _, _ = m.head.split(cls_logits, reg_logits)
+        cls_logits, reg_outputs = m.forward_features(batch)
+        d = m.decode(cls_logits, reg_outputs, meta.image_sizes)[0]
+        cls, _, _ = m.head.split(cls_logits, reg_outputs)
     assert d["scores"].shape[0] > 0 and "edge_std" in d
     all_scores = cls[0].sigmoid().reshape(-1)
     for s in d["scores"]:
@@ -175,11 +175,11 @@ def test_atss_baseline_config_and_centerness_weighted_giou():
     # recompute loss_bbox: sum over positives of centerness * (1 - GIoU), over the sum of centerness targets
     batch, meta = m.preprocess(imgs)
     with torch.no_grad():
-        cls_logits, reg_logits = m.forward_features(batch)
+        cls_logits, reg_outputs = m.forward_features(batch)
         tg = m.compute_targets(cls_logits, [t["boxes"] for t in targets], [t["labels"] for t in targets],
                                meta.pad_shapes)
         priors = m.prior_generator([tuple(c.shape[-2:]) for c in cls_logits], batch.device)
-        _, box, _ = m.head.split(cls_logits, reg_logits)
+        _, box, _ = m.head.split(cls_logits, reg_outputs)
         n, a = tg.positive.nonzero(as_tuple=True)
         s = priors.strides[a][:, None]
         centers = box_centers(priors.anchors[a]) / s
@@ -243,6 +243,19 @@ def test_old_configs_and_run_config():
     assert mc.num_anchors == 9 and mc.anchor_ratios == (0.5, 1.0, 2.0)
     assert "anchor_ratios" in cfg.to_yaml()
     assert ModelConfig.from_dict(mc.to_dict()) == mc
+
+
+def test_renamed_fields_of_old_checkpoints_and_run_configs_are_read(tmp_path):
+    """loss_qfl_weight became loss_cls_weight (it weighs a plain focal loss in the ablations' assemblies): a
+    checkpoint's model_config and a run config written with the old name keep their value."""
+    d = ModelConfig(depth=18, num_classes=4).to_dict()
+    d.pop("loss_cls_weight")
+    d["loss_qfl_weight"] = 0.7
+    assert ModelConfig.from_dict(d).loss_cls_weight == 0.7
+    from gfldet.config import load_config
+    (tmp_path / "old.yaml").write_text("model:\n  loss_qfl_weight: 0.5\n")
+    assert load_config(tmp_path / "old.yaml").model.loss_cls_weight == 0.5
+    assert QUALITY_PARTS["none"](ModelConfig(loss_cls_weight=0.3)).loss_weight == 0.3
 
 
 def test_atss_yaml_config():

@@ -4,7 +4,7 @@ It deliberately shares no code with ``gfldet.ops``: it follows the reference ste
 *valid* anchors only (as mmdetection's ATSS/GFL heads do, which assign ``flat_anchors[inside_flags]``
 with ``num_level_anchors_inside``), and maps the result back onto all anchors.
 
-Conventions of the returned tensors (those of ``gfldet.ops.assign.AssignResult`` for one image):
+Conventions of the returned tensors (those of ``gfldet.ops.assign_result.AssignResult`` for one image):
 ``gt_index`` (A,) int64, 0-based GT index or -1; ``ignored`` (A,) bool, invalid anchors or anchors the
 reference marked -1 (ignore regions) that did not end up positive; ``num_candidates`` (M,) int64.
 """

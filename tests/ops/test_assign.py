@@ -1,4 +1,4 @@
-"""Tests of ``gfldet.ops.assign.atss_assign`` against a slow per-image re-implementation of mmdetection's
+"""Tests of ``gfldet.ops.atss.atss_assign`` against a slow per-image re-implementation of mmdetection's
 ``ATSSAssigner`` (``tests/ops/_atss_reference.py``), run on each image's valid anchors only.
 
 Boxes are random floats (never grid aligned) so that no two anchors are at exactly the same distance from
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfldet.ops.assign import atss_assign
+from gfldet.ops.atss import atss_assign
 from gfldet.ops.priors import grid_anchors, valid_anchor_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -311,7 +311,7 @@ _CROWDED_SCRIPT = textwrap.dedent(
     """
     import json, math, resource, sys, time
     import torch
-    from gfldet.ops.assign import atss_assign
+    from gfldet.ops.atss import atss_assign
     from gfldet.ops.priors import grid_anchors, valid_anchor_flags
 
     out = sys.argv[1]

@@ -1,4 +1,4 @@
-"""The windowed ATSS candidate search (gfldet.ops.assign) gives exactly the assignment of the search over
+"""The windowed ATSS candidate search (gfldet.ops.atss) gives exactly the assignment of the search over
 whole levels: random float boxes, integer boxes and centres placed between anchors (ties, which fall back to
 the whole-level search), partially valid anchors, crowd regions, GTs at the borders and beyond them."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from gfldet.ops import assign as assign_mod
-from gfldet.ops.assign import regular_grid, window_candidates, atss_assign
+from gfldet.ops import atss as assign_mod
+from gfldet.ops.atss import regular_grid, window_candidates, atss_assign
 from gfldet.ops.priors import grid_anchors, valid_anchor_flags
 
 STRIDES = (8, 16, 32, 64, 128)

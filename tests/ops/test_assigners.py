@@ -1,4 +1,4 @@
-"""The FCOS-style and RetinaNet-style assigners (gfldet.ops.assigners)."""
+"""The FCOS-style and RetinaNet-style assigners (gfldet.ops.fcos_retina)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gfldet.ops.assigners import fcos_assign, fcos_regress_ranges, retina_assign
+from gfldet.ops.fcos_retina import fcos_assign, fcos_regress_ranges, retina_assign
 from gfldet.ops.priors import multi_anchors
 
 

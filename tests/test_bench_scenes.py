@@ -1,4 +1,4 @@
-"""The cluttered-scenes generator (gfldet.data.synthetic_scenes): determinism, valid COCO output, its categories,
+"""The cluttered-scenes generator (bench.synth.scenes): determinism, valid COCO output, its categories,
 tight boxes, aspect ratios, and the cached splits."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gfldet.data.coco import CocoDetection
-from gfldet.data.synthetic_scenes import (CATEGORIES, KINDS, TEXTURES, split_scene, make_scene, scenes_data,
+from bench.synth.scenes import (CATEGORIES, KINDS, TEXTURES, split_scene, make_scene, scenes_data,
                                           write_scenes_coco)
 
 SIZE = (96, 96)
@@ -146,7 +146,7 @@ def test_scenes_data_caches_atomically(tmp_path):
 
 
 def test_data_layer_does_not_import_the_apps():
-    import gfldet.data.synthetic_scenes as mod
+    import bench.synth.scenes as mod
 
     tree = ast.parse(Path(mod.__file__).read_text())
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

@@ -1,6 +1,6 @@
 """Assignment schemes other than ATSS (the paper's Table 1(c)): FCOS-style and RetinaNet-style.
 
-Both return an :class:`~gfldet.ops.assign.AssignResult`, like :func:`~gfldet.ops.assign.atss_assign`, so the
+Both return an :class:`~gfldet.ops.assign_result.AssignResult`, like :func:`~gfldet.ops.atss.atss_assign`, so the
 rest of the training targets does not depend on the scheme. Both are vectorised over the images of a batch and
 over the boxes: the ground truths of the batch are padded to ``(N, M)`` and every rule is a tensor operation on
 ``(N, M, a)`` blocks of ``a`` anchors (a loop over anchor chunks bounds the memory, never a loop over boxes).
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import GfldetError
-from .assign import AssignResult
+from .assign_result import AssignResult
 from .boxes import box_centers, box_iof
 
 __all__ = ["fcos_assign", "retina_assign", "fcos_regress_ranges"]

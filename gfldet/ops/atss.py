@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .assign_result import AssignResult
 from .boxes import box_centers, box_iof, box_iou_aligned
 
-__all__ = ["atss_assign", "AssignResult", "regular_grid", "window_candidates"]
+__all__ = ["atss_assign", "regular_grid", "window_candidates"]
 
 # The reference marks ignored anchors with this distance; invalid anchors (outside an image's padded
 # size) get +inf so that they are never preferred over ignored ones.
@@ -35,24 +35,6 @@ _IGNORE_DIST = 100000000.0
 # more than this many anchors, a GT's k nearest anchors are first looked for in a small window of the grid
 # around its centre; the result is used only where it provably equals the search over the whole level.
 _WINDOW_MIN_ANCHORS = 1024
-
-
-@dataclass
-class AssignResult:
-    """What ATSS decided for every anchor of every image.
-
-    Attributes:
-        gt_index: ``(N, A)`` int64, the index of the assigned GT within its image's GT list, or -1.
-        positive: ``(N, A)`` bool, anchors assigned to a GT.
-        ignored: ``(N, A)`` bool, anchors inside an ignore region or invalid for the image; they are
-            neither positive nor negative (weight 0 in the classification loss).
-        num_candidates: ``(G,)`` the number of candidates each GT had.
-    """
-
-    gt_index: Tensor
-    positive: Tensor
-    ignored: Tensor
-    num_candidates: Tensor
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic_common import hsv_to_rgb
+from gfldet.data.synthetic_common import hsv_to_rgb
 
 __all__ = ["background", "blend", "box_iou", "contrasting", "distractor", "object_size", "place", "rotation", "segment",
            "shape_polygons", "smooth_noise", "texture_fill"]

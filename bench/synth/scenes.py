@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import GfldetError
-from .folders import cached_splits, generation_workers
+from gfldet.data.folders import cached_splits, generation_workers
+from gfldet.data.synthetic_common import hsv_to_rgb, overlap_window, write_generated_coco
+from gfldet.errors import GfldetError
+
 from . import scene_draw as art
-from .synthetic_common import hsv_to_rgb, overlap_window, write_generated_coco
 
 __all__ = [
     "CATEGORIES",
