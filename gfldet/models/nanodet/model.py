@@ -130,7 +130,10 @@ class NanoDet(nn.Module):
     def load_official_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Load an official NanoDet state dict (or checkpoint ``state_dict``) strictly, via :func:`official_to_gfldet`."""
         mapped = official_to_gfldet(state_dict, self.spec)
-        missing, unexpected = self.network.load_state_dict(mapped, strict=False)
+        try:
+            missing, unexpected = self.network.load_state_dict(mapped, strict=False)
+        except RuntimeError as e:  # shapes that differ: another NanoDet's weights
+            raise GfldetError(f"the state dict does not fit {self.spec}: {e}") from None
         if missing or unexpected:
             raise GfldetError(f"the state dict does not fit {self.spec}: missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}")
