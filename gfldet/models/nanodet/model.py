@@ -164,6 +164,7 @@ def official_to_gfldet(state_dict: Mapping[str, Tensor], spec: NanoDetSpec | Non
         if k.startswith("head.gfl_reg.") and (spec is None or spec.neck == "pan"):
             continue
         out[k] = v
+    log.debug("official NanoDet state dict: %d tensors kept, %d dropped", len(out), len(sd) - len(out))
     return out
 
 
