@@ -242,3 +242,25 @@ def test_user_errors():
         model("nanodet-m")([torch.zeros(4, 8, 8, dtype=torch.uint8)])
     with pytest.raises(GfldetError, match="training"):
         build_nanodet("nanodet-m")([torch.zeros(3, 8, 8, dtype=torch.uint8)])
+
+
+def test_float_images_take_the_same_positions():
+    """A float image in [0, 1] (not the official path) is warped at the same 1/32-pixel positions with exact weights:
+    it differs from the uint8 result by the latter's rounding only (at most half a grey level)."""
+    img = common()["images_bgr"][2]
+    m, size = resize_matrix((img.shape[1], img.shape[0]), (320, 320), False)
+    exact = warp_perspective_bilinear(img.float(), m, size)
+    rounded = warp_perspective_bilinear(img, m, size).float()
+    assert (exact - rounded).abs().max().item() <= 0.5 + 1e-3
+    rgb = rgb_images()[2]
+    a = model("nanodet-plus-m_320").preprocess([rgb]).images
+    b = model("nanodet-plus-m_320").preprocess([rgb.float() / 255]).images
+    assert (a - b).abs().max().item() <= (0.5 + 1e-3) / 57.12 + 1e-5  # half a level over the smallest std
+
+
+def test_legacy_head_without_shared_tower():
+    from gfldet.models.nanodet.heads import NanoDetHead
+
+    head = NanoDetHead(3, 16, 16, share_cls_reg=False).eval()
+    out = head([torch.randn(2, 16, 8, 8), torch.randn(2, 16, 4, 4), torch.randn(2, 16, 2, 2)])
+    assert out.shape == (2, 64 + 16 + 4, 3 + 32) and hasattr(head, "gfl_reg")
