@@ -1,0 +1,150 @@
+"""NanoDet's input geometry without OpenCV: the resize matrix of its val pipeline, ``cv2.warpPerspective``'s bilinear
+sampling of uint8 images reproduced bit for bit, and the inverse warp of boxes.
+
+The official val pipeline (``ShapeTransform`` with no augmentation) resizes an image with ``cv2.warpPerspective``
+and a pure scale matrix (``keep_ratio`` False: stretch to the input size), or a scale about the centre into the
+smallest canvas that holds the scaled image (``keep_ratio`` True). That warp does not sample like ``cv2.resize``
+or ``F.interpolate``: OpenCV 4.x (<= 4.10; 4.11 replaced the warp kernels) maps every destination pixel ``(x, y)``
+through the inverted matrix in double precision, rounds the source position to 1/32 pixel
+(``round_half_even(32 * X)``), and interpolates with integer weights ``w = (32 - a_x or a_x) (32 - a_y or a_y) * 32``
+(15 fractional bits, summing to 2^15), ``out = (sum p * w + 2^14) >> 15``; source pixels outside the image read as 0
+(``BORDER_CONSTANT``), so the last row and column of an upscaled image blend with black.
+
+Details reproduced, each of which changes some pixels: the matrix is inverted with OpenCV's closed-form 3x3 inverse
+(cofactors times ``1 / det``, not LAPACK); rows are processed in blocks of ``bw0`` columns and a pixel's source x is
+``(M0 * x_block + M1 * y + M2) + M0 * x_in_block`` (the sum OpenCV forms); the weight table's entry at offset
+(0, 0) is (32767, 0, 0, 1) in OpenCV (saturation of 32768 to a short and its correction), which gives the same uint8
+result as (32768, 0, 0, 0) for every input and is computed as the latter.
+
+Shapes: images ``(H, W, C)`` (HWC, as OpenCV), matrices 3x3 float64.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ...errors import GfldetError
+
+__all__ = ["resize_matrix", "cv_invert3x3", "warp_perspective_bilinear", "warp_boxes"]
+
+INTER_BITS = 5
+INTER_TAB_SIZE = 1 << INTER_BITS  # 1/32 pixel
+REMAP_BITS = 15  # INTER_REMAP_COEF_BITS
+BLOCK_SZ = 32  # WarpPerspectiveInvoker's block: 1024 destination pixels
+INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+def resize_matrix(src_wh: tuple[int, int], dst_wh: tuple[int, int], keep_ratio: bool) -> tuple[Tensor, tuple[int, int]]:
+    """The official val pipeline's warp matrix of an image of size ``src_wh = (w, h)`` for the input size
+    ``dst_wh``, and the size of the warped image.
+
+    ``keep_ratio`` False: ``diag(dst_w / w, dst_h / h, 1)``, the warped image is ``dst_wh``. True: the smallest canvas
+    ``(int(r w), int(r h))`` with ``r`` the ratio that fits the image into ``dst_wh``; then the ratio is recomputed
+    from that canvas (the official ``get_resize_matrix`` is called with it) and the matrix scales about the image
+    centre into the canvas centre: ``x' = r (x - w / 2) + canvas_w / 2``. Floating point as the official NumPy code.
+    """
+    w, h = (int(v) for v in src_wh)
+    dw, dh = (int(v) for v in dst_wh)
+    if min(w, h, dw, dh) < 1:
+        raise GfldetError(f"image size {src_wh} and input size {dst_wh} must be positive")
+    if not keep_ratio:
+        m = [[dw / w, 0.0, 0.0], [0.0, dh / h, 0.0], [0.0, 0.0, 1.0]]
+        return torch.tensor(m, dtype=torch.float64), (dw, dh)
+    ratio = dh / h if w / h < dw / dh else dw / w
+    cw, ch = int(ratio * w), int(ratio * h)  # get_minimum_dst_shape, no divisor in the val pipeline
+    if min(cw, ch) < 1:
+        raise GfldetError(f"image of size {src_wh} is too elongated for the input size {dst_wh}")
+    ratio = ch / h if w / h < cw / ch else cw / w
+    m = [[ratio, 0.0, ratio * (-w / 2) + 0.5 * cw], [0.0, ratio, ratio * (-h / 2) + 0.5 * ch], [0.0, 0.0, 1.0]]
+    return torch.tensor(m, dtype=torch.float64), (cw, ch)
+
+
+def cv_invert3x3(m: Tensor) -> list[float]:
+    """``cv::invert`` of a 3x3 double matrix (its closed form: cofactors times ``1 / det``), row-major, as floats."""
+    s = [[float(v) for v in row] for row in m.tolist()]
+    det = (s[0][0] * (s[1][1] * s[2][2] - s[1][2] * s[2][1]) - s[0][1] * (s[1][0] * s[2][2] - s[1][2] * s[2][0])
+           + s[0][2] * (s[1][0] * s[2][1] - s[1][1] * s[2][0]))
+    if det == 0:
+        raise GfldetError("the warp matrix is singular")
+    d = 1.0 / det
+    return [(s[1][1] * s[2][2] - s[1][2] * s[2][1]) * d, (s[0][2] * s[2][1] - s[0][1] * s[2][2]) * d,
+            (s[0][1] * s[1][2] - s[0][2] * s[1][1]) * d, (s[1][2] * s[2][0] - s[1][0] * s[2][2]) * d,
+            (s[0][0] * s[2][2] - s[0][2] * s[2][0]) * d, (s[0][2] * s[1][0] - s[0][0] * s[1][2]) * d,
+            (s[1][0] * s[2][1] - s[1][1] * s[2][0]) * d, (s[0][1] * s[2][0] - s[0][0] * s[2][1]) * d,
+            (s[0][0] * s[1][1] - s[0][1] * s[1][0]) * d]
+
+
+def _source_positions(minv: Sequence[float], dst_w: int, dst_h: int) -> tuple[Tensor, Tensor]:
+    """``(dst_h, dst_w)`` int64 source positions in 1/32 pixel, as WarpPerspectiveInvoker computes them."""
+    f64 = torch.float64
+    bh0 = min(BLOCK_SZ // 2, dst_h)
+    bw0 = min(BLOCK_SZ * BLOCK_SZ // bh0, dst_w)
+    x = torch.arange(dst_w, dtype=torch.int64)
+    xb = ((x // bw0) * bw0).to(f64)[None, :]  # block start
+    x1 = (x % bw0).to(f64)[None, :]  # offset in the block
+    y = torch.arange(dst_h, dtype=f64)[:, None]
+    m0, m1, m2, m3, m4, m5, m6, m7, m8 = minv
+    x0 = (m0 * xb + m1 * y) + m2  # each product and sum rounded to double, in C's order
+    y0 = (m3 * xb + m4 * y) + m5
+    w0 = (m6 * xb + m7 * y) + m8
+    w = w0 + m6 * x1
+    w = torch.where(w != 0, INTER_TAB_SIZE / torch.where(w != 0, w, torch.ones_like(w)), torch.zeros_like(w))
+    fx = ((x0 + m0 * x1) * w).clamp(INT_MIN, INT_MAX)
+    fy = ((y0 + m3 * x1) * w).clamp(INT_MIN, INT_MAX)
+    return torch.round(fx).to(torch.int64), torch.round(fy).to(torch.int64)  # cvRound: half to even
+
+
+def warp_perspective_bilinear(img: Tensor, m: Tensor, dst_wh: tuple[int, int]) -> Tensor:
+    """``cv2.warpPerspective(img, m, dst_wh)`` (bilinear, constant border 0) of an ``(H, W, C)`` image: bit for bit
+    for uint8 (OpenCV <= 4.10 on x86-64). Float images use the same 1/32-pixel positions with exact float weights (a
+    float image is not what the official pipeline reads; close to OpenCV's float path, not bit for bit)."""
+    if img.dim() != 3:
+        raise GfldetError(f"expected an (H, W, C) image, got shape {tuple(img.shape)}")
+    dst_w, dst_h = (int(v) for v in dst_wh)
+    h, w, c = img.shape
+    X, Y = _source_positions(cv_invert3x3(m), dst_w, dst_h)
+    sx = (X >> INTER_BITS).clamp(-(2 ** 15), 2 ** 15 - 1)  # saturate_cast<short>
+    sy = (Y >> INTER_BITS).clamp(-(2 ** 15), 2 ** 15 - 1)
+    ax, ay = X & (INTER_TAB_SIZE - 1), Y & (INTER_TAB_SIZE - 1)
+    # zero border: pad one pixel all round; positions further out read the pad too (their 2x2 patch is all border)
+    exact = img.dtype == torch.uint8
+    src = torch.nn.functional.pad(img.permute(2, 0, 1).to(torch.int64 if exact else torch.float32), (1, 1, 1, 1))
+    px0, px1 = (sx + 1).clamp(0, w + 1), (sx + 2).clamp(0, w + 1)
+    py0, py1 = (sy + 1).clamp(0, h + 1), (sy + 2).clamp(0, h + 1)
+    wx1, wy1 = ax, ay
+    wx0, wy0 = INTER_TAB_SIZE - ax, INTER_TAB_SIZE - ay
+    scale = 1 << (REMAP_BITS - 2 * INTER_BITS)  # (k / 32) (m / 32) * 2^15 = k m * 32
+    flat = src.reshape(c, -1)
+    stride = w + 2
+
+    def tap(py: Tensor, px: Tensor) -> Tensor:
+        return flat[:, (py * stride + px).reshape(-1)].reshape(c, dst_h, dst_w)
+
+    terms = ((py0, px0, wy0 * wx0), (py0, px1, wy0 * wx1), (py1, px0, wy1 * wx0), (py1, px1, wy1 * wx1))
+    if exact:
+        acc = sum(tap(py, px) * (wt * scale) for py, px, wt in terms)
+        out = ((acc + (1 << (REMAP_BITS - 1))) >> REMAP_BITS).clamp(0, 255).to(torch.uint8)
+    else:
+        acc = sum(tap(py, px) * (wt.to(torch.float32) / INTER_TAB_SIZE ** 2) for py, px, wt in terms)
+        out = acc.to(img.dtype)
+    return out.permute(1, 2, 0).contiguous()
+
+
+def warp_boxes(boxes: Tensor, m: Tensor, width: int, height: int) -> Tensor:
+    """``(D, 4)`` xyxy boxes through the 3x3 matrix ``m``: the four corners mapped (float64), their bounding box,
+    clipped to ``[0, width] x [0, height]``, as float32 (the official ``warp_boxes``)."""
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4).to(torch.float32)
+    b = boxes.to(torch.float64)
+    x1, y1, x2, y2 = b.unbind(-1)
+    corners = torch.stack([torch.stack([x1, y1], -1), torch.stack([x2, y2], -1), torch.stack([x1, y2], -1),
+                           torch.stack([x2, y1], -1)], dim=1)  # (D, 4, 2)
+    xy = torch.cat([corners, torch.ones_like(corners[..., :1])], -1) @ m.to(torch.float64).T
+    xy = xy[..., :2] / xy[..., 2:3]
+    lo, hi = xy.amin(1), xy.amax(1)
+    out = torch.stack([lo[:, 0].clamp(0, width), lo[:, 1].clamp(0, height), hi[:, 0].clamp(0, width),
+                       hi[:, 1].clamp(0, height)], dim=-1)
+    return out.to(torch.float32)
+
