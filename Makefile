@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/gfldet demo
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check gfldet tests bench
+	$(VENV)/bin/ruff check gfldet tests bench tools
 	$(VPY) -m pytest -q tests
 
 bench: $(VENV)/.installed

@@ -3,7 +3,7 @@
 
 - priors are points, one per location, at ``(i + offset) * stride``: offset 0 for NanoDet-Plus, 0.5 for the
   legacy NanoDet (GFL/mmdetection: 0 for anchor centres);
-- boxes: GFL's integral decode (:meth:`gfldet.models.box_coders.DistributionBox.decode`), clamped to the padded
+- boxes: GFL's integral decode (:meth:`gfldet.models.box_representations.DistributionBox.decode`), clamped to the padded
   network input of the whole batch (not to each image's own size);
 - no per-level top-k (``nms_pre``): every (prior, class) pair whose sigmoid score is strictly above ``score_thr``
   is a candidate, in row-major (prior, class) order; no removal of empty boxes;
@@ -26,7 +26,7 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from ...ops.boxes import clip_boxes
-from ..box_coders import DistributionBox
+from ..box_representations import DistributionBox
 from .warp import warp_boxes
 
 __all__ = ["NanoDetDecoder", "center_priors", "offset_class_nms"]
