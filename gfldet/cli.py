@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ann", default=None, help="COCO annotation JSON the images come from: predictions.json then "
                     "carries its image ids (none: an image's position in the sorted inputs)")
     pr.add_argument("--score-thr", type=float, default=0.3,
-                    help="lowest score kept (default: %(default)s, for boxes worth drawing; eval's is the model's own)")
+                    help="lowest score kept: a threshold for boxes worth drawing (eval's default is the model's own)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     pr.add_argument("--no-draw", action="store_true", help="write only the JSON")
     pr.add_argument("--force", action="store_true", help="replace predictions.json and pictures in OUT")

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import GfldetError
 from ..files import TORCH_SUFFIXES, file_kind, first_line
-from ..settings import TEST_SETTINGS, test_setting_problems
+from ..settings import TEST_SETTINGS, invalid_test_settings
 from .postprocess import postprocess
 from .preprocess import preprocess
 
@@ -273,7 +273,7 @@ class Detector:
         if unknown:
             raise GfldetError(f"{self.path}: {unknown} cannot change on an exported model; configure changes "
                               f"{list(TEST_SETTINGS)} (input sizes and the network are fixed at export)")
-        for key, value, why in test_setting_problems(changes):
+        for key, value, why in invalid_test_settings(changes):
             raise GfldetError(f"{self.path}: {key}={value!r} {why}")
         self.meta = {**self.meta, **changes}
         return self

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import GfldetError
-from ..settings import TEST_SETTINGS, test_setting_problems
+from ..settings import TEST_SETTINGS, invalid_test_settings
 
 __all__ = ["ModelConfig", "RUNTIME_FIELDS", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "BackboneRegime", "BACKBONE_REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
            "backbone_regime"]
@@ -182,7 +182,7 @@ class ModelConfig:
             (all(s >= 1 for s in sizes), "train_min_sizes", self.train_min_sizes, "must be sizes >= 1 or None"),
         ]
         checks += [(False, key, value, why)
-                   for key, value, why in test_setting_problems({k: getattr(self, k) for k in TEST_SETTINGS})]
+                   for key, value, why in invalid_test_settings({k: getattr(self, k) for k in TEST_SETTINGS})]
         for ok, key, value, why in checks:
             if not ok:
                 raise FieldError(key, value, why)
