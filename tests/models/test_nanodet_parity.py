@@ -167,13 +167,16 @@ def test_raw_outputs(name):
 
 
 def test_float32_noise_is_below_the_raw_tolerance():
-    """The tolerance's justification: float32 against float64 on the same weights and input."""
+    """The tolerance's justification: float32 against float64 on the same weights and input. The official output
+    and gfldet's each differ from the exact value by at most this noise, so they differ from each other by at most
+    twice it: RAW_TOL must be at least 2x the noise. (Measured 2.3e-5 with AVX-512 kernels, 3.0e-5 with
+    ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default: the summation order moves it.)"""
     m = build_nanodet("nanodet-plus-m_320").eval()
     m.load_official_state_dict(official_state("nanodet-plus-m_320"))
     batch, raw, _ = run("nanodet-plus-m_320")
     with torch.no_grad():
         raw64 = m.double().network(batch.images[:1].double())
-    assert (raw[:1].double() - raw64).abs().max().item() <= RAW_TOL / 4
+    assert (raw[:1].double() - raw64).abs().max().item() <= RAW_TOL / 2
 
 
 # --- detections ---------------------------------------------------------------------------------------------------
