@@ -1,4 +1,6 @@
-"""ONNX export of a GFL detector (``gfldet export``); the contract is documented in ``docs/onnx.md``.
+"""ONNX export of a GFL detector (``gfldet export``); the contract is documented in ``docs/onnx.md``. NanoDet
+(gfldet.models.nanodet) exports through the same graph: it has the parts read here, and states the rules in which
+its runtime differs (its ``export_settings``: warp resize, BGR, NanoDet's selection and NMS) in the metadata.
 
 One input, ``images``: ``(N, 3, H, W)`` float32 RGB in 0..255, any N, H, W (dynamic). Resizing is the caller's
 job (:func:`gfldet.deploy.preprocess` does it the way the model does); normalisation and zero-padding to a
@@ -126,6 +128,18 @@ class ExportModule(nn.Module):
 
 
 def _metadata(model: nn.Module, mode: str, class_names: list[str] | None, cat_ids: list[int] | None) -> dict[str, str]:
+    if hasattr(model, "export_settings"):  # a detector that states its own runtime rules (NanoDet)
+        settings = model.export_settings()
+        num_classes, strides = int(settings["num_classes"]), settings["strides"]
+        names = class_names or getattr(model, "class_names", None) or [str(i) for i in range(num_classes)]
+        meta = {"gfldet.format": str(FORMAT), "gfldet.mode": json.dumps(mode)}
+        meta.update({f"gfldet.{k}": json.dumps(v) for k, v in settings.items()})
+        meta.update({
+            "gfldet.class_names": json.dumps(list(names)),
+            "gfldet.cat_ids": json.dumps(list(cat_ids) if cat_ids else list(range(1, num_classes + 1))),
+            "gfldet.outputs": json.dumps(output_names(mode, len(strides))),
+        })
+        return meta
     cfg = model.config
     names = class_names or model.class_names or [str(i) for i in range(cfg.num_classes)]
     return {
@@ -171,11 +185,12 @@ def export_onnx(
     refuse_existing([path], overwrite)
     # A feature map of size 1 in the traced example makes the exporter specialise the image size (torch.export
     # treats sizes 0 and 1 as constants), so every level must be at least 2 x 2 in the example.
-    need = 2 * max(model.config.strides)
+    strides = tuple(model.prior_generator.strides)
+    need = 2 * max(strides)
     if min(example_size) < need:
         raise GfldetError(f"example_size {tuple(example_size)} is too small to trace dynamic shapes: each side must be "
                           f">= {need} (twice the coarsest stride) so that no feature map is 1 pixel wide")
-    dcn = tuple(getattr(model.config, "stage_with_dcn", ()))
+    dcn = tuple(getattr(getattr(model, "config", None), "stage_with_dcn", ()))
     if opset is None:
         opset = DCN_OPSET if any(dcn) else 18
     elif any(dcn) and opset < DCN_OPSET:
@@ -183,7 +198,7 @@ def export_onnx(
                           f"DeformConv from opset {DCN_OPSET} on: pass opset >= {DCN_OPSET} (gfldet export --opset), got {opset}")
     was_training = model.training
     wrapper = ExportModule(model, mode).eval()
-    names = output_names(mode, len(model.config.strides))
+    names = output_names(mode, len(strides))
     # a batch of 2: torch.export specialises a dimension whose example size is 1 as soon as a reshape reads it
     # (GFLV2's DGQP reshapes the distributions per image)
     example = torch.randint(0, 256, (2, 3, *example_size), dtype=torch.float32, device=model.transform.pixel_mean.device)

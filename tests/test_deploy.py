@@ -23,6 +23,8 @@ from gfldet.errors import GfldetError
 from gfldet.models.io import load_model
 from gfldet.predict import read_image
 
+from ._no_torch import NO_TORCH_RUN
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 ov = pytest.importorskip("openvino")
@@ -260,22 +262,6 @@ def test_bad_requests_are_refused_by_name(files, capsys):
         load(files["fp32.xml"], backend="onnxruntime")
 
 
-_NO_TORCH_RUN = r'''
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):  # a runtime-only install: none of these can be imported
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torch", "torchvision", "onnx", "onnxscript", "openvino", "nncf"):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-sys.meta_path.insert(0, Block())
-import numpy as np
-from gfldet.deploy import load
-images = list(np.load(sys.argv[2]).values())
-dets = load(sys.argv[1])(images)
-np.savez(sys.argv[3], **{f"{i}_{k}": v for i, d in enumerate(dets) for k, v in d.items()})
-assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "onnx")], "torch was imported"
-'''
-
-
 def test_runtime_detects_as_the_eager_model_without_torch(files, tmp_path):
     """The acceptance of the torch-free runtime: the demo model's ONNX export, run where torch (and onnx, openvino)
     cannot be imported, gives the eager model's detections on six images of several sizes: same labels, boxes
@@ -288,7 +274,7 @@ def test_runtime_detects_as_the_eager_model_without_torch(files, tmp_path):
     imgs[3] = imgs[3][:, 20:, 30:].contiguous()
     imgs[4] = torch.nn.functional.interpolate(imgs[4][None].float(), size=(301, 389))[0].round().to(torch.uint8)
     np.savez(tmp_path / "images.npz", *[im.numpy() for im in imgs])
-    run = subprocess.run([sys.executable, "-c", _NO_TORCH_RUN, files["fp32.onnx"], str(tmp_path / "images.npz"),
+    run = subprocess.run([sys.executable, "-c", NO_TORCH_RUN, files["fp32.onnx"], str(tmp_path / "images.npz"),
                           str(tmp_path / "dets.npz")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     got = np.load(tmp_path / "dets.npz")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from .runtime import cpu_has_vnni, read_metadata
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEAD_OUTPUT_WEIGHTS", "ONNX_QUANTIZED_OPS", "float_scope_onnx", "float_scope_openvino", "calibration_batches", "calibration_files",
+__all__ = ["HEAD_OUTPUT_WEIGHTS", "is_head_output_weight", "ONNX_QUANTIZED_OPS", "float_scope_onnx", "float_scope_openvino", "calibration_batches", "calibration_files",
            "calibration_input", "quantize_onnx",
            "to_openvino"]
 
@@ -37,8 +38,16 @@ __all__ = ["HEAD_OUTPUT_WEIGHTS", "ONNX_QUANTIZED_OPS", "float_scope_onnx", "flo
 # MaxPool...: in a gfldet graph those include the GroupNorm's affine Mul/Add and the normalisation around
 # InstanceNormalization, which costs AP where Conv alone costs none (docs/deploy.md, "What INT8 quantises").
 ONNX_QUANTIZED_OPS = ("Conv",)
-# the initializers (ONNX) / constants (OpenVINO) of the head's output convolutions' weights in an exported graph
+# the initializers (ONNX) of the head's output convolutions' weights in an exported graph: GFL's shared
+# model.head.gfl_cls / gfl_reg, NanoDet's per-level model.network.head.gfl_cls.<level> (classes and boxes in one conv)
 HEAD_OUTPUT_WEIGHTS = ("model.head.gfl_cls.weight", "model.head.gfl_reg.weight")
+_HEAD_OUTPUT_WEIGHT = re.compile(r"model\.(network\.)?head\.gfl_(cls|reg)(\.\d+)?\.weight")
+
+
+def is_head_output_weight(name: str) -> bool:
+    """Whether an initializer is the weight of one of the head's output convolutions (:data:`HEAD_OUTPUT_WEIGHTS`,
+    or a per-level one of NanoDet's)."""
+    return _HEAD_OUTPUT_WEIGHT.fullmatch(name) is not None
 
 
 def _downstream(start: Iterable[Any], consumers) -> list[Any]:
@@ -64,7 +73,7 @@ def float_scope_onnx(proto: Any) -> list[str]:
     for node in graph.node:
         for name in node.input:
             by_input.setdefault(name, []).append(node)
-    heads = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in HEAD_OUTPUT_WEIGHTS]
+    heads = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and is_head_output_weight(n.input[1])]
     if not heads:
         raise GfldetError(f"no head output convolution (weights {HEAD_OUTPUT_WEIGHTS}) in the graph: not a gfldet export")
     scope = _downstream(heads, lambda n: [c for out in n.output for c in by_input.get(out, [])])

@@ -1,4 +1,8 @@
-"""The deployment runtime's input side in NumPy: the model's image checks, keep-ratio resize and batch padding.
+"""The deployment runtime's input side in NumPy: the model's image checks, its resize and batch padding.
+
+Two resizes, chosen by the file's ``gfldet.resize``: ``keep_ratio`` (gfldet's GFL, the default) and ``warp``
+(NanoDet: OpenCV's ``warpPerspective`` with the val pipeline's scale matrix, :func:`warp_bilinear`, bit for bit with
+gfldet.models.nanodet.warp for uint8 images; ``gfldet.input_size`` and ``gfldet.keep_ratio`` pick the matrix).
 
 The rules themselves live once in :mod:`gfldet.ops.resize` (what an image may be, the resized size); the bilinear
 interpolation here computes what the PyTorch model's ``F.interpolate(mode="bilinear", align_corners=False)``
@@ -14,16 +18,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import GfldetError
-from ..ops.resize import check_image, keep_ratio_size
+from ..ops.resize import check_image, cv_invert3x3, keep_ratio_size, warp_resize_matrix
 
-__all__ = ["preprocess", "image_as_float", "resize_bilinear"]
+__all__ = ["preprocess", "image_as_float", "resize_bilinear", "warp_bilinear", "RESIZES"]
+
+RESIZES = ("keep_ratio", "warp")  # gfldet.resize of a file (absent: keep_ratio)
 
 DEFAULT_MEAN = (123.675, 116.28, 103.53)
 
 
-def image_as_float(i: int, img: Any) -> np.ndarray:
+def checked_image(i: int, img: Any) -> np.ndarray:
     """Image ``i`` (a ``(3, H, W)`` RGB array, or anything ``np.asarray`` takes, e.g. a CPU tensor; uint8 or float in
-    [0, 1]) checked by :func:`gfldet.ops.resize.check_image` -> float32 0..255."""
+    [0, 1]) as an array, checked by :func:`gfldet.ops.resize.check_image`."""
     a = np.asarray(img)
 
     def value_range() -> tuple[bool, float, float]:
@@ -33,6 +39,12 @@ def image_as_float(i: int, img: Any) -> np.ndarray:
         return bool(np.isfinite(x).all()), float(x.min()), float(x.max())
 
     check_image(i, a.shape, a.dtype, a.dtype == np.uint8, np.issubdtype(a.dtype, np.floating), value_range, "array")
+    return a
+
+
+def image_as_float(i: int, img: Any) -> np.ndarray:
+    """:func:`checked_image` -> float32 0..255."""
+    a = checked_image(i, img)
     if a.dtype == np.uint8:
         return a.astype(np.float32)
     return a.astype(np.float32) * np.float32(255.0)
@@ -67,22 +79,100 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return t[:, :h] * wy0[:, None] + t[:, h:] * wy1[:, None]
 
 
+# ------------------------------------------------------------------------------------------------ NanoDet's warp
+# cv2.warpPerspective's bilinear kernel (OpenCV <= 4.10), as gfldet.models.nanodet.warp computes it in torch (its
+# docstring has the derivation): 1/32-pixel source positions, 15-bit integer weights, zero border.
+_INTER_BITS, _INTER_TAB = 5, 32
+_REMAP_BITS = 15
+_BLOCK = 32
+_INT_MIN, _INT_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+def _warp_positions(minv: Sequence[float], dst_w: int, dst_h: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(dst_h, dst_w)`` int64 source positions in 1/32 pixel, as OpenCV's WarpPerspectiveInvoker (blocks of
+    ``bw0`` columns, each product and sum rounded to double in C's order, ``cvRound`` half to even)."""
+    bh0 = min(_BLOCK // 2, dst_h)
+    bw0 = min(_BLOCK * _BLOCK // bh0, dst_w)
+    x = np.arange(dst_w, dtype=np.int64)
+    xb = ((x // bw0) * bw0).astype(np.float64)[None, :]
+    x1 = (x % bw0).astype(np.float64)[None, :]
+    y = np.arange(dst_h, dtype=np.float64)[:, None]
+    m0, m1, m2, m3, m4, m5, m6, m7, m8 = minv
+    x0 = (m0 * xb + m1 * y) + m2
+    y0 = (m3 * xb + m4 * y) + m5
+    w = ((m6 * xb + m7 * y) + m8) + m6 * x1
+    nonzero = w != 0
+    w = np.where(nonzero, _INTER_TAB / np.where(nonzero, w, 1.0), 0.0)
+    fx = np.clip((x0 + m0 * x1) * w, _INT_MIN, _INT_MAX)
+    fy = np.clip((y0 + m3 * x1) * w, _INT_MIN, _INT_MAX)
+    return np.rint(fx).astype(np.int64), np.rint(fy).astype(np.int64)
+
+
+def warp_bilinear(img: np.ndarray, m: Sequence[Sequence[float]], dst_wh: tuple[int, int]) -> np.ndarray:
+    """``cv2.warpPerspective(img, m, dst_wh)`` (bilinear, constant border 0) of a ``(C, H, W)`` image -> ``(C, h, w)``
+    of its dtype: bit for bit with :func:`gfldet.models.nanodet.warp.warp_perspective_bilinear` (and OpenCV <= 4.10)
+    for uint8; float32 images with the same positions and float weights, as that function."""
+    dst_w, dst_h = (int(v) for v in dst_wh)
+    c, h, w = img.shape
+    X, Y = _warp_positions(cv_invert3x3(m), dst_w, dst_h)
+    sx = np.clip(X >> _INTER_BITS, -(2 ** 15), 2 ** 15 - 1)  # saturate_cast<short>
+    sy = np.clip(Y >> _INTER_BITS, -(2 ** 15), 2 ** 15 - 1)
+    ax, ay = X & (_INTER_TAB - 1), Y & (_INTER_TAB - 1)
+    exact = img.dtype == np.uint8
+    src = np.pad(img.astype(np.int64 if exact else np.float32), ((0, 0), (1, 1), (1, 1)))  # the zero border
+    px0, px1 = np.clip(sx + 1, 0, w + 1), np.clip(sx + 2, 0, w + 1)
+    py0, py1 = np.clip(sy + 1, 0, h + 1), np.clip(sy + 2, 0, h + 1)
+    wx0, wy0 = _INTER_TAB - ax, _INTER_TAB - ay
+    flat = src.reshape(c, -1)
+    stride = w + 2
+    terms = ((py0, px0, wy0 * wx0), (py0, px1, wy0 * ax), (py1, px0, ay * wx0), (py1, px1, ay * ax))
+    if exact:
+        scale = 1 << (_REMAP_BITS - 2 * _INTER_BITS)
+        acc = sum(flat[:, py * stride + px] * (wt * scale) for py, px, wt in terms)
+        return np.clip((acc + (1 << (_REMAP_BITS - 1))) >> _REMAP_BITS, 0, 255).astype(np.uint8)
+    acc = sum(flat[:, py * stride + px] * (wt.astype(np.float32) / np.float32(_INTER_TAB ** 2)) for py, px, wt in terms)
+    return acc.astype(np.float32)
+
+
+def _warp_inputs(images: Sequence[Any], meta: dict[str, Any]) -> tuple[list[np.ndarray], list, list]:
+    """Per image the warped float32 0..255 image, its 3x3 warp matrix and its original ``(H, W)``."""
+    arrs, matrices, originals = [], [], []
+    for k, img in enumerate(images):
+        a = checked_image(k, img)
+        if a.dtype != np.uint8:  # as the eager model: a float image scaled to 0..255, warped with float weights
+            a = a.astype(np.float32) * np.float32(255)
+        h, w = int(a.shape[1]), int(a.shape[2])
+        m, size = warp_resize_matrix((w, h), tuple(meta["input_size"]), bool(meta["keep_ratio"]))
+        arrs.append(warp_bilinear(a, m, size).astype(np.float32))
+        matrices.append(m)
+        originals.append((h, w))
+    return arrs, matrices, originals
+
+
 def preprocess(images: Sequence[Any], meta: dict[str, Any]) -> tuple[np.ndarray, list, list, list]:
     """``(3, H, W)`` RGB images (uint8, or float in [0, 1]) -> the ``images`` input of an exported model (float32
-    0..255, resized as the model does, padded to a common size with the pixel mean, which the graph normalises
-    to 0 as the model's zero padding), the resized ``(H, W)``, the ``(sx, sy)`` scales and the original sizes."""
+    0..255 RGB, resized as the model does, padded to a common size with the pixel mean, which the graph normalises
+    to 0 as the model's zero padding), the resized ``(H, W)``, per image how it was resized (``keep_ratio``: the
+    ``(sx, sy)`` scales; ``warp``: the 3x3 warp matrix) and the original sizes."""
     if len(images) == 0:
         raise GfldetError("expected a non-empty list of (3, H, W) images")
+    resize = meta.get("resize", "keep_ratio")
+    if resize not in RESIZES:
+        raise GfldetError(f"the file's resize {resize!r} is not one of {RESIZES}: exported by a newer gfldet?")
     mean = np.asarray(meta.get("pixel_mean", DEFAULT_MEAN), np.float32)
-    arrs, sizes, scales, originals = [], [], [], []
-    for k, img in enumerate(images):
-        x = image_as_float(k, img)
-        h, w = int(x.shape[1]), int(x.shape[2])
-        nh, nw = keep_ratio_size(h, w, meta.get("min_size"), meta.get("max_size"))
-        arrs.append(resize_bilinear(x, (nh, nw)))
-        sizes.append((nh, nw))
-        scales.append((nw / w, nh / h))
-        originals.append((h, w))
+    if resize == "warp":
+        arrs, scales, originals = _warp_inputs(images, meta)
+        sizes = [(int(a.shape[1]), int(a.shape[2])) for a in arrs]
+    else:
+        arrs, sizes, scales, originals = [], [], [], []
+        for k, img in enumerate(images):
+            x = image_as_float(k, img)
+            h, w = int(x.shape[1]), int(x.shape[2])
+            nh, nw = keep_ratio_size(h, w, meta.get("min_size"), meta.get("max_size"))
+            arrs.append(resize_bilinear(x, (nh, nw)))
+            sizes.append((nh, nw))
+            scales.append((nw / w, nh / h))
+            originals.append((h, w))
     bh, bw = max(s[0] for s in sizes), max(s[1] for s in sizes)
     if len(arrs) == 1 and (bh, bw) == arrs[0].shape[1:]:
         return np.ascontiguousarray(arrs[0][None]), sizes, scales, originals

@@ -241,7 +241,10 @@ class OpenVINOBackend:
         except RuntimeError as e:
             raise GfldetError(f"{self.path}: OpenVINO cannot compile it for the CPU: {first_line(e)}") from e
         self.request = self.compiled.create_infer_request()
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        # a tensor can carry several names after OpenVINO's transformations (NanoDet's scores: also its producer's):
+        # the graph output's name where it is one of them
+        wanted = set(self.meta.get("outputs") or ())
+        self.output_names = [next(iter(sorted(wanted & o.get_names())), o.get_any_name()) for o in self.compiled.outputs]
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         res = self.request.infer({"images": batch})

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..errors import GfldetError
 from ..ops.resize import check_image, keep_ratio_size, padded_size
 
-__all__ = ["BatchMeta", "DetectionTransform"]
+__all__ = ["BatchMeta", "DetectionTransform", "pad_to_divisor"]
 
 
 @dataclass
@@ -60,6 +60,12 @@ def resize_image(x: Tensor, min_size: int | None, max_size: int | None) -> Tenso
     return F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
 
 
+def pad_to_divisor(x: Tensor, d: int) -> Tensor:
+    """``(N, C, H, W)`` -> zero-padded (bottom, right) to multiples of ``d`` (traceable with symbolic sizes)."""
+    h, w = x.shape[-2], x.shape[-1]
+    return F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+
+
 class DetectionTransform(nn.Module):
     """List of ``(3, H, W)`` uint8 or float-in-[0, 1] RGB images -> a normalised, zero-padded ``(N, 3, H', W')``
     batch and its :class:`BatchMeta`; targets into the batch's frame; detections back to the images given.
@@ -82,9 +88,7 @@ class DetectionTransform(nn.Module):
 
     def pad(self, x: Tensor) -> Tensor:
         """``(N, 3, H, W)`` -> zero-padded (bottom, right) to multiples of the size divisor (traceable)."""
-        d = self.settings.size_divisor
-        h, w = x.shape[-2], x.shape[-1]
-        return F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        return pad_to_divisor(x, self.settings.size_divisor)
 
     def forward(self, images: Sequence[Tensor]) -> tuple[Tensor, BatchMeta]:
         if isinstance(images, Tensor):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import GfldetError
 
-__all__ = ["check_image", "keep_ratio_size", "padded_size"]
+__all__ = ["check_image", "keep_ratio_size", "padded_size", "warp_resize_matrix", "cv_invert3x3"]
 
 
 def check_image(i: int, shape: Sequence[int], dtype: object, is_uint8: bool, is_float: bool,
@@ -60,3 +60,43 @@ def keep_ratio_size(h: int, w: int, min_size: float | None, max_size: float | No
 def padded_size(h: int, w: int, divisor: int) -> tuple[int, int]:
     """``(h, w)`` rounded up to multiples of ``divisor`` (the batch padding)."""
     return int(math.ceil(h / divisor) * divisor), int(math.ceil(w / divisor) * divisor)
+
+
+def warp_resize_matrix(src_wh: tuple[int, int], dst_wh: tuple[int, int], keep_ratio: bool
+                       ) -> tuple[list[list[float]], tuple[int, int]]:
+    """NanoDet's val-pipeline warp matrix (3x3, row-major floats) of an image of size ``src_wh = (w, h)`` for the
+    input size ``dst_wh``, and the ``(w, h)`` size of the warped image.
+
+    ``keep_ratio`` False: ``diag(dst_w / w, dst_h / h, 1)``, the warped image is ``dst_wh``. True: the smallest canvas
+    ``(int(r w), int(r h))`` with ``r`` the ratio that fits the image into ``dst_wh``; then the ratio is recomputed
+    from that canvas (the official ``get_resize_matrix`` is called with it) and the matrix scales about the image
+    centre into the canvas centre: ``x' = r (x - w / 2) + canvas_w / 2``. Floating point as the official NumPy code.
+    """
+    w, h = (int(v) for v in src_wh)
+    dw, dh = (int(v) for v in dst_wh)
+    if min(w, h, dw, dh) < 1:
+        raise GfldetError(f"image size {tuple(src_wh)} and input size {tuple(dst_wh)} must be positive")
+    if not keep_ratio:
+        return [[dw / w, 0.0, 0.0], [0.0, dh / h, 0.0], [0.0, 0.0, 1.0]], (dw, dh)
+    ratio = dh / h if w / h < dw / dh else dw / w
+    cw, ch = int(ratio * w), int(ratio * h)  # get_minimum_dst_shape, no divisor in the val pipeline
+    if min(cw, ch) < 1:
+        raise GfldetError(f"image of size {tuple(src_wh)} is too elongated for the input size {tuple(dst_wh)}")
+    ratio = ch / h if w / h < cw / ch else cw / w
+    return [[ratio, 0.0, ratio * (-w / 2) + 0.5 * cw], [0.0, ratio, ratio * (-h / 2) + 0.5 * ch],
+            [0.0, 0.0, 1.0]], (cw, ch)
+
+
+def cv_invert3x3(m: Sequence[Sequence[float]]) -> list[float]:
+    """``cv::invert`` of a 3x3 double matrix (its closed form: cofactors times ``1 / det``), row-major, as floats."""
+    s = [[float(v) for v in row] for row in m]
+    det = (s[0][0] * (s[1][1] * s[2][2] - s[1][2] * s[2][1]) - s[0][1] * (s[1][0] * s[2][2] - s[1][2] * s[2][0])
+           + s[0][2] * (s[1][0] * s[2][1] - s[1][1] * s[2][0]))
+    if det == 0:
+        raise GfldetError("the warp matrix is singular")
+    d = 1.0 / det
+    return [(s[1][1] * s[2][2] - s[1][2] * s[2][1]) * d, (s[0][2] * s[2][1] - s[0][1] * s[2][2]) * d,
+            (s[0][1] * s[1][2] - s[0][2] * s[1][1]) * d, (s[1][2] * s[2][0] - s[1][0] * s[2][2]) * d,
+            (s[0][0] * s[2][2] - s[0][2] * s[2][0]) * d, (s[0][2] * s[1][0] - s[0][0] * s[1][2]) * d,
+            (s[1][0] * s[2][1] - s[1][1] * s[2][0]) * d, (s[0][1] * s[2][0] - s[0][0] * s[2][1]) * d,
+            (s[0][0] * s[1][1] - s[0][1] * s[1][0]) * d]

@@ -10,6 +10,9 @@ then the four edges' distribution logits over ``R + 1`` bins (``R = reg_max``).
   ``share_cls_reg`` (NanoDet-m's setting) the same single tower and ``gfl_cls`` conv as above; without it a second
   ``reg_convs`` tower and a ``gfl_reg`` conv. The official head builds ``gfl_reg`` even when it shares the tower (and
   never uses it); gfldet does not, and the checkpoint loader drops those tensors.
+
+``forward_levels`` gives the per-level maps before flattening and ``split`` flattens per-level class and box maps
+into ``(N, A, C)`` and ``(N, A, 4 (R + 1))``, the members of gfldet's head that the exporter reads.
 """
 from __future__ import annotations
 
@@ -33,7 +36,35 @@ def _flatten_levels(outputs: Sequence[Tensor]) -> Tensor:
     return torch.cat([o.flatten(start_dim=2) for o in outputs], dim=2).permute(0, 2, 1)
 
 
-class NanoDetPlusHead(nn.Module):
+class _LevelHead(nn.Module):
+    """What both heads share: the raw output from the per-level maps, and gfldet's head members for the exporter."""
+
+    num_classes: int
+    reg_max: int
+    num_anchors = 1  # one point prior per location
+    quality_channels = 0  # the joint class-quality score: no quality branch
+
+    @property
+    def box_channels(self) -> int:
+        return 4 * (self.reg_max + 1)
+
+    def forward_levels(self, feats: Sequence[Tensor]) -> list[Tensor]:  # pragma: no cover - each head defines it
+        raise NotImplementedError
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        return _flatten_levels(self.forward_levels(feats))
+
+    @staticmethod
+    def flatten(maps: Sequence[Tensor]) -> Tensor:
+        """Per level ``(N, K, H_l, W_l)`` -> ``(N, A, K)``."""
+        return _flatten_levels(maps)
+
+    def split(self, cls_logits: Sequence[Tensor], reg_outputs: Sequence[Tensor]) -> tuple[Tensor, Tensor, None]:
+        """Per-level class logits and distribution logits -> ``cls (N, A, C)``, ``box (N, A, 4 (R + 1))``, no quality."""
+        return self.flatten(cls_logits), self.flatten(reg_outputs), None
+
+
+class NanoDetPlusHead(_LevelHead):
     """NanoDet-Plus's head: per level ``cls_convs[l]`` then ``gfl_cls[l]`` (see the module docstring)."""
 
     def __init__(self, num_classes: int, in_channels: int, feat_channels: int = 96, stacked_convs: int = 2,
@@ -46,16 +77,17 @@ class NanoDetPlusHead(nn.Module):
         self.gfl_cls = nn.ModuleList([nn.Conv2d(feat_channels, num_classes + 4 * (reg_max + 1), 1)
                                       for _ in self.strides])
 
-    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+    def forward_levels(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """Per level ``(N, C + 4 (R + 1), H_l, W_l)``."""
         outputs = []
         for x, tower, out_conv in zip(feats, self.cls_convs, self.gfl_cls):
             for conv in tower:
                 x = conv(x)
             outputs.append(out_conv(x))
-        return _flatten_levels(outputs)
+        return outputs
 
 
-class NanoDetHead(nn.Module):
+class NanoDetHead(_LevelHead):
     """The legacy NanoDet head (see the module docstring); NanoDet-m: ``share_cls_reg=True``, 3 levels."""
 
     def __init__(self, num_classes: int, in_channels: int, feat_channels: int = 96, stacked_convs: int = 2,
@@ -74,7 +106,8 @@ class NanoDetHead(nn.Module):
                                             for _ in self.strides])
             self.gfl_reg = nn.ModuleList([nn.Conv2d(feat_channels, box_channels, 1) for _ in self.strides])
 
-    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+    def forward_levels(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """Per level ``(N, C + 4 (R + 1), H_l, W_l)``."""
         outputs = []
         for l, x in enumerate(feats):
             cls_feat = x
@@ -87,4 +120,4 @@ class NanoDetHead(nn.Module):
             for conv in self.reg_convs[l]:
                 reg_feat = conv(reg_feat)
             outputs.append(torch.cat([self.gfl_cls[l](cls_feat), self.gfl_reg[l](reg_feat)], dim=1))
-        return _flatten_levels(outputs)
+        return outputs

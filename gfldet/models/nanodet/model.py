@@ -21,8 +21,11 @@ from torch import Tensor, nn
 
 from ...errors import GfldetError
 from .backbone import ShuffleNetV2Backbone
+from ..coco_classes import COCO_NAMES
+from ..quality import JointQFL
 from .heads import NanoDetHead, NanoDetPlusHead
 from .necks import GhostPAN, LegacyPAN
+from .parts import NanoDetTransform, PointPriorGenerator
 from .postprocess import NanoDetDecoder
 from .preprocess import NanoDetBatch, NanoDetPreprocessor
 
@@ -93,12 +96,23 @@ class NanoDet(nn.Module):
     ``scores (D,)``, ``labels (D,)`` (0-based), ``input_boxes`` (network-input frame). Training is not available yet.
     """
 
-    def __init__(self, spec: NanoDetSpec):
+    def __init__(self, spec: NanoDetSpec, class_names: Sequence[str] | None = None):
         super().__init__()
         self.spec = spec
         self.network = NanoDetNetwork(spec)
         self.preprocessor = NanoDetPreprocessor(spec.input_size, spec.keep_ratio)
         self.decoder = NanoDetDecoder(spec.num_classes, spec.strides, spec.reg_max, spec.prior_offset)
+        if class_names is None and spec.num_classes == len(COCO_NAMES):
+            class_names = COCO_NAMES
+        if class_names is not None and len(class_names) != spec.num_classes:
+            raise GfldetError(f"{len(class_names)} class names given for num_classes={spec.num_classes}")
+        self.class_names = None if class_names is None else list(class_names)
+        # gfldet's detector parts, which the exporter reads (docs/nanodet.md, "Export"): the graph's normalisation
+        # and padding, the point priors, the decoder's box part (one DistributionBox), the joint QFL score
+        self.transform = NanoDetTransform(self.preprocessor.mean, self.preprocessor.std, self.preprocessor.size_divisor)
+        self.prior_generator = PointPriorGenerator(spec.strides, spec.prior_offset)
+        self.box = self.decoder.box
+        self.quality = JointQFL()
 
     # the official parameter names start at the network: backbone.*, fpn.*, head.*
     @property
@@ -112,6 +126,28 @@ class NanoDet(nn.Module):
     @property
     def head(self) -> nn.Module:
         return self.network.head
+
+    def forward_features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``(N, 3, H, W)`` normalised BGR batch -> per level class logits ``(N, C, H_l, W_l)`` and distribution
+        logits ``(N, 4 (R + 1), H_l, W_l)`` (the same numbers as :attr:`network`'s raw output, not yet flattened)."""
+        levels = self.head.forward_levels(self.fpn(self.backbone(x)))
+        c = self.spec.num_classes
+        return [o[:, :c] for o in levels], [o[:, c:] for o in levels]
+
+    def export_settings(self) -> dict:
+        """What an exported file records for the torch-free runtime (gfldet.export, ``gfldet.*`` metadata): the
+        input rules (warp resize, BGR network input, mean and std in the graph input's RGB order), the decoder's
+        settings and where they differ from GFL's (no ``nms_pre``, clip to the padded batch, empty boxes kept, the
+        offset class NMS), read from this model's preprocessor and decoder."""
+        p, d = self.preprocessor, self.decoder
+        return {
+            "detector": "nanodet", "num_classes": d.num_classes, "reg_max": d.reg_max, "strides": list(d.strides),
+            "size_divisor": p.size_divisor, "pixel_mean": list(p.mean[::-1]), "pixel_std": list(p.std[::-1]),
+            "channel_order": "bgr", "resize": "warp", "input_size": list(p.input_size), "keep_ratio": p.keep_ratio,
+            "prior_offset": d.prior_offset, "min_size": None, "max_size": None, "score_thr": float(d.score_thr),
+            "nms_pre": None, "nms_iou": float(d.nms_iou), "max_per_img": int(d.max_per_img), "nms": "offset",
+            "nms_split_thr": int(d.split_thr), "clip": "batch", "drop_empty": False,
+        }
 
     def preprocess(self, images: Sequence[Tensor]) -> NanoDetBatch:
         batch = self.preprocessor(images)

@@ -27,6 +27,7 @@ from torchvision.ops import nms
 
 from ...ops.boxes import clip_boxes
 from ..box_representations import DistributionBox
+from .parts import PointPriorGenerator
 from .warp import warp_boxes
 
 __all__ = ["NanoDetDecoder", "center_priors", "offset_class_nms"]
@@ -35,17 +36,11 @@ __all__ = ["NanoDetDecoder", "center_priors", "offset_class_nms"]
 def center_priors(input_hw: tuple[int, int], strides: Sequence[int], offset: float,
                   device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """``(A, 2)`` float32 prior points ``((j + offset) * s, (i + offset) * s)`` of every level (``ceil(H / s) x
-    ceil(W / s)`` locations, row-major), and ``(A,)`` their strides."""
+    ceil(W / s)`` locations, row-major), and ``(A,)`` their strides: :class:`PointPriorGenerator`'s priors."""
     h, w = input_hw
-    points, stride_list = [], []
-    for s in strides:
-        fh, fw = math.ceil(h / s), math.ceil(w / s)
-        xs = (torch.arange(fw, dtype=torch.float32, device=device) + offset) * s
-        ys = (torch.arange(fh, dtype=torch.float32, device=device) + offset) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack([xx.flatten(), yy.flatten()], dim=-1))
-        stride_list.append(torch.full((fh * fw,), float(s), dtype=torch.float32, device=device))
-    return torch.cat(points), torch.cat(stride_list)
+    gen = PointPriorGenerator(strides, offset)
+    per_level = gen.grid([(math.ceil(h / s), math.ceil(w / s)) for s in gen.strides], device)
+    return torch.cat(per_level)[:, :2], gen.anchor_strides(per_level)
 
 
 def offset_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thr: float, split_thr: int = 10000) -> Tensor:

@@ -21,10 +21,17 @@ from ...errors import GfldetError
 from ...ops.resize import check_image, padded_size
 from .warp import resize_matrix, warp_perspective_bilinear
 
-__all__ = ["NanoDetBatch", "NanoDetPreprocessor", "NANODET_MEAN_BGR", "NANODET_STD_BGR"]
+__all__ = ["NanoDetBatch", "NanoDetPreprocessor", "NANODET_MEAN_BGR", "NANODET_STD_BGR", "official_normalize"]
 
 NANODET_MEAN_BGR = (103.53, 116.28, 123.675)
 NANODET_STD_BGR = (57.375, 57.12, 58.395)
+
+
+def official_normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(x / 255 - mean) / std``, float32, with ``mean`` and ``std`` already divided by 255 (float32) and shaped to
+    broadcast against ``x`` (0..255): the official ``_normalize``'s arithmetic, written once for the eager
+    preprocessor and the exported graph (gfldet.models.nanodet.parts.NanoDetTransform)."""
+    return (x.to(torch.float32) / 255 - mean) / std
 
 
 @dataclass
@@ -57,8 +64,7 @@ class NanoDetPreprocessor:
         """``(H, W, 3)`` BGR uint8 (or float 0..255) -> ``(3, H, W)`` float32, the official arithmetic."""
         mean = torch.tensor(self.mean, dtype=torch.float32, device=bgr.device) / 255
         std = torch.tensor(self.std, dtype=torch.float32, device=bgr.device) / 255
-        x = bgr.to(torch.float32) / 255
-        return ((x - mean) / std).permute(2, 0, 1)
+        return official_normalize(bgr, mean, std).permute(2, 0, 1)
 
     def warp(self, bgr: Tensor) -> tuple[Tensor, Tensor]:
         """``(H, W, 3)`` BGR -> the warped image ``(h', w', 3)`` and its warp matrix."""

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from ...errors import GfldetError
+from ...ops.resize import cv_invert3x3 as invert3x3
+from ...ops.resize import warp_resize_matrix
 
 __all__ = ["resize_matrix", "cv_invert3x3", "warp_perspective_bilinear", "warp_boxes"]
 
@@ -38,42 +40,15 @@ INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1
 
 def resize_matrix(src_wh: tuple[int, int], dst_wh: tuple[int, int], keep_ratio: bool) -> tuple[Tensor, tuple[int, int]]:
     """The official val pipeline's warp matrix of an image of size ``src_wh = (w, h)`` for the input size
-    ``dst_wh``, and the size of the warped image.
-
-    ``keep_ratio`` False: ``diag(dst_w / w, dst_h / h, 1)``, the warped image is ``dst_wh``. True: the smallest canvas
-    ``(int(r w), int(r h))`` with ``r`` the ratio that fits the image into ``dst_wh``; then the ratio is recomputed
-    from that canvas (the official ``get_resize_matrix`` is called with it) and the matrix scales about the image
-    centre into the canvas centre: ``x' = r (x - w / 2) + canvas_w / 2``. Floating point as the official NumPy code.
-    """
-    w, h = (int(v) for v in src_wh)
-    dw, dh = (int(v) for v in dst_wh)
-    if min(w, h, dw, dh) < 1:
-        raise GfldetError(f"image size {src_wh} and input size {dst_wh} must be positive")
-    if not keep_ratio:
-        m = [[dw / w, 0.0, 0.0], [0.0, dh / h, 0.0], [0.0, 0.0, 1.0]]
-        return torch.tensor(m, dtype=torch.float64), (dw, dh)
-    ratio = dh / h if w / h < dw / dh else dw / w
-    cw, ch = int(ratio * w), int(ratio * h)  # get_minimum_dst_shape, no divisor in the val pipeline
-    if min(cw, ch) < 1:
-        raise GfldetError(f"image of size {src_wh} is too elongated for the input size {dst_wh}")
-    ratio = ch / h if w / h < cw / ch else cw / w
-    m = [[ratio, 0.0, ratio * (-w / 2) + 0.5 * cw], [0.0, ratio, ratio * (-h / 2) + 0.5 * ch], [0.0, 0.0, 1.0]]
-    return torch.tensor(m, dtype=torch.float64), (cw, ch)
+    ``dst_wh`` (float64 tensor), and the size of the warped image: :func:`gfldet.ops.resize.warp_resize_matrix`,
+    the rule the torch-free runtime uses too."""
+    m, size = warp_resize_matrix(src_wh, dst_wh, keep_ratio)
+    return torch.tensor(m, dtype=torch.float64), size
 
 
-def cv_invert3x3(m: Tensor) -> list[float]:
-    """``cv::invert`` of a 3x3 double matrix (its closed form: cofactors times ``1 / det``), row-major, as floats."""
-    s = [[float(v) for v in row] for row in m.tolist()]
-    det = (s[0][0] * (s[1][1] * s[2][2] - s[1][2] * s[2][1]) - s[0][1] * (s[1][0] * s[2][2] - s[1][2] * s[2][0])
-           + s[0][2] * (s[1][0] * s[2][1] - s[1][1] * s[2][0]))
-    if det == 0:
-        raise GfldetError("the warp matrix is singular")
-    d = 1.0 / det
-    return [(s[1][1] * s[2][2] - s[1][2] * s[2][1]) * d, (s[0][2] * s[2][1] - s[0][1] * s[2][2]) * d,
-            (s[0][1] * s[1][2] - s[0][2] * s[1][1]) * d, (s[1][2] * s[2][0] - s[1][0] * s[2][2]) * d,
-            (s[0][0] * s[2][2] - s[0][2] * s[2][0]) * d, (s[0][2] * s[1][0] - s[0][0] * s[1][2]) * d,
-            (s[1][0] * s[2][1] - s[1][1] * s[2][0]) * d, (s[0][1] * s[2][0] - s[0][0] * s[2][1]) * d,
-            (s[0][0] * s[1][1] - s[0][1] * s[1][0]) * d]
+def cv_invert3x3(m: Tensor | Sequence[Sequence[float]]) -> list[float]:
+    """``cv::invert`` of a 3x3 double matrix (:func:`gfldet.ops.resize.cv_invert3x3`), row-major, as floats."""
+    return invert3x3(m.tolist() if isinstance(m, Tensor) else m)
 
 
 def _source_positions(minv: Sequence[float], dst_w: int, dst_h: int) -> tuple[Tensor, Tensor]:
