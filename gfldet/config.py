@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models.config import RENAMED_FIELDS, REGIME_FIELDS, ConfigError, FieldError, ModelConfig
+from .models.config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, current_field_names
 from .models.zoo import ARCH_DEFAULT_FIELDS, ARCH_FIELDS, ARCHS, arch_config, arch_defaults, check_imagenet_width
 
 __all__ = ["Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
@@ -228,7 +228,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     if cls is ModelSettings:  # a config written before a model field was renamed
-        data = {RENAMED_FIELDS.get(k, k): v for k, v in data.items()}
+        data = current_field_names(data)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)}")

@@ -9,6 +9,7 @@ from ..errors import GfldetError
 from ..settings import TEST_SETTINGS, invalid_test_settings
 
 __all__ = ["ModelConfig", "RUNTIME_FIELDS", "ConfigError", "FieldError", "BACKBONES", "HEAD_CONVS", "QUALITIES", "BOXES", "ASSIGNERS", "BackboneRegime", "BACKBONE_REGIMES", "LIGHT_PRETRAINED", "REGIME_FIELDS",
+           "RENAMED_FIELDS", "current_field_names",
            "backbone_regime"]
 
 
@@ -33,11 +34,18 @@ BOXES = ("distribution", "dirac", "gaussian", "gaussian_nll")
 ASSIGNERS = ("atss", "fcos", "retina")
 
 
-# The settings a built detector may change (GFL.configure): the input sizes and the test settings. Every other field
-# defines the network or its training targets: change those by building another model.
 # old name -> new name, for checkpoints and run configs written before the rename (ModelConfig.from_dict reads both)
 RENAMED_FIELDS = {"loss_qfl_weight": "loss_cls_weight"}  # it weighs a focal loss in the ablations' assemblies
 
+
+def current_field_names(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the fields of :data:`RENAMED_FIELDS` under their current names (a checkpoint's model_config or a
+    run config's model section written before a rename)."""
+    return {RENAMED_FIELDS.get(k, k): v for k, v in d.items()}
+
+
+# The settings a built detector may change (GFL.configure): the input sizes and the test settings. Every other field
+# defines the network or its training targets: change those by building another model.
 RUNTIME_FIELDS = ("min_size", "max_size", "train_min_sizes", "score_thr", "nms_pre", "nms_iou", "max_per_img")
 
 
@@ -207,7 +215,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        d = {RENAMED_FIELDS.get(k, k): v for k, v in d.items()}  # files written before a field was renamed
+        d = current_field_names(d)
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
