@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..errors import GfldetError
 from ..ops.resize import check_image, keep_ratio_size, padded_size
 
-__all__ = ["BatchMeta", "DetectionTransform", "pad_to_divisor"]
+__all__ = ["BatchMeta", "DetectionTransform", "pad_to_divisor", "check_targets"]
 
 
 @dataclass
@@ -117,42 +117,16 @@ class DetectionTransform(nn.Module):
 
     @staticmethod
     def targets(targets: Sequence[dict], meta: BatchMeta, num_classes: int, device: torch.device):
-        """Checks the targets (``boxes (M, 4)`` xyxy pixels, ``labels (M,)``, optional ``iscrowd (M,)``) and scales
-        their boxes into the batch's frame. Returns per image boxes, labels and crowd boxes (ignore regions, or None).
-        """
-        if len(targets) != len(meta.image_sizes):
-            raise GfldetError(f"got {len(targets)} targets for {len(meta.image_sizes)} images")
+        """Checks the targets (:func:`check_targets`) and scales their boxes into the batch's frame. Returns per
+        image boxes, labels and crowd boxes (ignore regions, or None)."""
         boxes_out, labels_out, ignore_out = [], [], []
-        for i, t in enumerate(targets):
-            if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
-                raise GfldetError(f"target {i}: expected a dict with 'boxes' (M, 4) and 'labels' (M,)")
-            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4) if len(t["boxes"]) else torch.zeros(0, 4, device=device)
-            labels = torch.as_tensor(t["labels"], device=device).reshape(-1).long()
-            if boxes.shape[0] != labels.shape[0]:
-                raise GfldetError(f"target {i}: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
-            bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            if bad.any():
-                j = int(bad.nonzero()[0])
-                raise GfldetError(
-                    f"target {i}: box {j} {boxes[j].tolist()} is degenerate (need finite x1 < x2 and y1 < y2, xyxy pixels)"
-                )
-            lab_bad = (labels < 0) | (labels >= num_classes)
-            if lab_bad.any():
-                j = int(lab_bad.nonzero()[0])
-                raise GfldetError(f"target {i}: label {int(labels[j])} of box {j} is outside [0, {num_classes})")
+        for i, (boxes, labels, crowd) in enumerate(check_targets(targets, len(meta.image_sizes), num_classes, device)):
             sx, sy = meta.scales[i]
             boxes = boxes * boxes.new_tensor([sx, sy, sx, sy])
-            crowd = t.get("iscrowd")
-            if crowd is not None:
-                crowd = torch.as_tensor(crowd, device=device).reshape(-1).bool()
-                if crowd.shape[0] != boxes.shape[0]:
-                    raise GfldetError(f"target {i}: 'iscrowd' has {crowd.shape[0]} entries for {boxes.shape[0]} boxes")
-                ignore_out.append(boxes[crowd])
-                boxes, labels = boxes[~crowd], labels[~crowd]
-            else:
-                ignore_out.append(None)
-            boxes_out.append(boxes)
-            labels_out.append(labels)
+            ignore_out.append(None if crowd is None else boxes[crowd])
+            keep = slice(None) if crowd is None else ~crowd
+            boxes_out.append(boxes[keep])
+            labels_out.append(labels[keep])
         return boxes_out, labels_out, ignore_out
 
     @staticmethod
@@ -165,3 +139,37 @@ class DetectionTransform(nn.Module):
                 if "edge_std" in d:  # pixels of the network input -> pixels of the image given
                     d["edge_std"] = d["edge_std"] / d["edge_std"].new_tensor([sx, sy, sx, sy])
         return detections
+
+
+def check_targets(targets: Sequence[dict], num_images: int, num_classes: int, device: torch.device
+                  ) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+    """The training targets of ``num_images`` images, checked: per image ``boxes (M, 4)`` float32 xyxy pixels of
+    the image given (finite, x1 < x2, y1 < y2), ``labels (M,)`` int64 in ``[0, num_classes)`` and the optional
+    ``iscrowd (M,)`` as a bool mask (None without it). A GfldetError names the image, the box and the value."""
+    if len(targets) != num_images:
+        raise GfldetError(f"got {len(targets)} targets for {num_images} images")
+    out = []
+    for i, t in enumerate(targets):
+        if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
+            raise GfldetError(f"target {i}: expected a dict with 'boxes' (M, 4) and 'labels' (M,)")
+        boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4) if len(t["boxes"]) else torch.zeros(0, 4, device=device)
+        labels = torch.as_tensor(t["labels"], device=device).reshape(-1).long()
+        if boxes.shape[0] != labels.shape[0]:
+            raise GfldetError(f"target {i}: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            raise GfldetError(
+                f"target {i}: box {j} {boxes[j].tolist()} is degenerate (need finite x1 < x2 and y1 < y2, xyxy pixels)"
+            )
+        lab_bad = (labels < 0) | (labels >= num_classes)
+        if lab_bad.any():
+            j = int(lab_bad.nonzero()[0])
+            raise GfldetError(f"target {i}: label {int(labels[j])} of box {j} is outside [0, {num_classes})")
+        crowd = t.get("iscrowd")
+        if crowd is not None:
+            crowd = torch.as_tensor(crowd, device=device).reshape(-1).bool()
+            if crowd.shape[0] != boxes.shape[0]:
+                raise GfldetError(f"target {i}: 'iscrowd' has {crowd.shape[0]} entries for {boxes.shape[0]} boxes")
+        out.append((boxes, labels, crowd))
+    return out

@@ -6,6 +6,9 @@ then the four edges' distribution logits over ``R + 1`` bins (``R = reg_max``).
 
 - :class:`NanoDetPlusHead`: per level its own ``cls_convs`` (``stacked_convs`` depthwise-separable k x k convs,
   k = 5) and one 1x1 ``gfl_cls`` conv to ``C + 4 (R + 1)`` channels (classes and boxes share the tower).
+- :class:`SimpleConvHead`: NanoDet-Plus's auxiliary head (training only): shared over the levels, separate class
+  and box towers of ``stacked_convs`` 3x3 conv + GroupNorm + LeakyReLU, 3x3 ``gfl_cls`` and ``gfl_reg`` convs, the
+  box output multiplied by a learnt per-level ``scales[l]``.
 - :class:`NanoDetHead`: the legacy head (NanoDet-m): per level 3x3 depthwise-separable convs; with
   ``share_cls_reg`` (NanoDet-m's setting) the same single tower and ``gfl_cls`` conv as above; without it a second
   ``reg_convs`` tower and a ``gfl_reg`` conv. The official head builds ``gfl_reg`` even when it shares the tower (and
@@ -21,9 +24,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .blocks import DepthwiseSeparable
+from .blocks import ConvGNAct, DepthwiseSeparable
 
-__all__ = ["NanoDetPlusHead", "NanoDetHead"]
+__all__ = ["NanoDetPlusHead", "NanoDetHead", "SimpleConvHead", "Scale"]
 
 
 def _tower(in_channels: int, feat_channels: int, stacked_convs: int, kernel_size: int, activation: str) -> nn.ModuleList:
@@ -120,4 +123,44 @@ class NanoDetHead(_LevelHead):
             for conv in self.reg_convs[l]:
                 reg_feat = conv(reg_feat)
             outputs.append(torch.cat([self.gfl_cls[l](cls_feat), self.gfl_reg[l](reg_feat)], dim=1))
+        return outputs
+
+
+class Scale(nn.Module):
+    """A learnt scalar factor ``scale`` (official ``Scale``)."""
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(value, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class SimpleConvHead(_LevelHead):
+    """NanoDet-Plus's auxiliary head (the official ``SimpleConvHead``; see the module docstring). Its input is the
+    concatenation of the neck's and the auxiliary neck's maps (twice the neck's width)."""
+
+    def __init__(self, num_classes: int, in_channels: int, feat_channels: int = 192, stacked_convs: int = 4,
+                 strides: Sequence[int] = (8, 16, 32, 64), reg_max: int = 7, activation: str = "LeakyReLU"):
+        super().__init__()
+        self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
+        self.cls_convs = nn.ModuleList([ConvGNAct(in_channels if i == 0 else feat_channels, feat_channels,
+                                                  activation=activation) for i in range(stacked_convs)])
+        self.reg_convs = nn.ModuleList([ConvGNAct(in_channels if i == 0 else feat_channels, feat_channels,
+                                                  activation=activation) for i in range(stacked_convs)])
+        self.gfl_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(feat_channels, 4 * (reg_max + 1), 3, padding=1)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
+
+    def forward_levels(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """Per level ``(N, C + 4 (R + 1), H_l, W_l)``."""
+        outputs = []
+        for x, scale in zip(feats, self.scales):
+            cls_feat, reg_feat = x, x
+            for conv in self.cls_convs:
+                cls_feat = conv(cls_feat)
+            for conv in self.reg_convs:
+                reg_feat = conv(reg_feat)
+            outputs.append(torch.cat([self.gfl_cls(cls_feat), scale(self.gfl_reg(reg_feat)).float()], dim=1))
         return outputs

@@ -1,10 +1,12 @@
-"""The NanoDet detectors (inference): NanoDet-Plus-m, NanoDet-Plus-m-1.5x and the legacy NanoDet-m, module for
-module as the official configs (RangiLyu/nanodet, the commit in docs/nanodet.md), and the official checkpoint's
-state dict loaded by name.
+"""The NanoDet detectors: NanoDet-Plus-m, NanoDet-Plus-m-1.5x and the legacy NanoDet-m, module for module as the
+official configs (RangiLyu/nanodet, the commit in docs/nanodet.md), and the official checkpoint's state dict loaded
+by name. NanoDet-Plus also trains as the official trainer does (gfldet.models.nanodet.loss, .augment).
 
 >>> model = nanodet_plus_m(input_size=320).eval()
 >>> dets = model([image])            # (3, H, W) RGB uint8 tensors -> [{"boxes", "scores", "labels"}], image frame
 >>> batch = model.preprocess([image]); raw = model.network(batch.images)   # the official model(img): (N, A, C + 32)
+>>> model = build_nanodet("nanodet-plus-m_320", num_classes=3, training=True).train()
+>>> losses = model(images, targets)   # targets: [{"boxes" (M, 4) xyxy pixels, "labels" (M,)}]
 
 Parameter names are the official ones (``backbone.*``, ``fpn.*``, ``head.*``); :func:`official_to_gfldet` maps an
 official state dict (its ``model.`` / ``avg_model.`` prefixes, the training-only aux branch, the Integral buffer) to
@@ -13,6 +15,7 @@ this model's, :meth:`NanoDet.load_official_state_dict` loads it strictly.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -20,10 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import GfldetError
+from ..transform import check_targets
 from .backbone import ShuffleNetV2Backbone
 from ..coco_classes import COCO_NAMES
 from ..quality import JointQFL
-from .heads import NanoDetHead, NanoDetPlusHead
+from .augment import NanoDetAugment
+from .heads import NanoDetHead, NanoDetPlusHead, SimpleConvHead
+from .loss import NanoDetPlusLoss
 from .necks import GhostPAN, LegacyPAN
 from .parts import NanoDetTransform, PointPriorGenerator
 from .postprocess import NanoDetDecoder
@@ -49,6 +55,7 @@ class NanoDetSpec:
     num_classes: int = 80
     reg_max: int = 7
     stacked_convs: int = 2
+    detach_epoch: int = 10  # NanoDet-Plus training: from this epoch the auxiliary branch no longer trains the network
 
 
 _PLUS = dict(neck="ghost_pan", strides=(8, 16, 32, 64), keep_ratio=False, prior_offset=0.0)
@@ -64,9 +71,13 @@ NANODET_SPECS: dict[str, NanoDetSpec] = {
 
 
 class NanoDetNetwork(nn.Module):
-    """backbone -> fpn -> head: a ``(N, 3, H, W)`` normalised BGR batch -> the raw ``(N, A, C + 4 (R + 1))``."""
+    """backbone -> fpn -> head: a ``(N, 3, H, W)`` normalised BGR batch -> the raw ``(N, A, C + 4 (R + 1))``.
 
-    def __init__(self, spec: NanoDetSpec):
+    With ``aux`` (NanoDet-Plus training), also the official training-only branch: ``aux_fpn`` (a second GhostPAN of
+    the same shape) and ``aux_head`` (:class:`SimpleConvHead` on the two necks' maps concatenated, twice the neck's
+    width), which :meth:`forward_train` runs."""
+
+    def __init__(self, spec: NanoDetSpec, aux: bool = False):
         super().__init__()
         self.backbone = ShuffleNetV2Backbone(spec.model_size, (2, 3, 4), "LeakyReLU")
         c = spec.channels
@@ -83,9 +94,60 @@ class NanoDetNetwork(nn.Module):
                                     share_cls_reg=True)
         else:
             raise GfldetError(f"NanoDet neck {spec.neck!r} is not 'ghost_pan' or 'pan'")
+        if aux:
+            if spec.neck != "ghost_pan":
+                raise GfldetError("training is available for NanoDet-Plus (the legacy NanoDet-m trains with ATSS and "
+                                  "no auxiliary head, which gfldet does not implement)")
+            self.aux_fpn = GhostPAN(self.backbone.out_channels, c, use_depthwise=True, kernel_size=5, num_extra_level=1)
+            self.aux_head = SimpleConvHead(spec.num_classes, 2 * c, 2 * c, 4, spec.strides, spec.reg_max)
+        init_official(self)
+
+    @property
+    def has_aux(self) -> bool:
+        return hasattr(self, "aux_head")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.fpn(self.backbone(x)))
+
+    def forward_train(self, x: Tensor, detach_aux: bool) -> tuple[Tensor, Tensor]:
+        """The head's and the auxiliary head's raw outputs, as the official ``NanoDetPlus.forward_train``: the
+        auxiliary branch reads the backbone's and the neck's maps detached when ``detach_aux`` (from the config's
+        ``detach_epoch`` on), so that its loss then trains only itself."""
+        feats = self.backbone(x)
+        fpn_feats = self.fpn(feats)
+        if detach_aux:
+            aux_feats = self.aux_fpn([f.detach() for f in feats])
+            dual = [torch.cat([f.detach(), a], dim=1) for f, a in zip(fpn_feats, aux_feats)]
+        else:
+            aux_feats = self.aux_fpn(feats)
+            dual = [torch.cat([f, a], dim=1) for f, a in zip(fpn_feats, aux_feats)]
+        return self.head(fpn_feats), self.aux_head(dual)
+
+
+def init_official(network: nn.Module) -> None:
+    """The official initialisation: ShuffleNetV2 convs N(0, 1 / in_channels_per_group) with BatchNorm weight 1, bias
+    1e-4; the necks PyTorch's defaults; every head conv N(0, 0.01) with bias 0, but the bias of each ``gfl_cls``
+    conv -4.595 (sigmoid 0.01) on all its channels (NanoDet-Plus's carries the box logits too, where a constant
+    leaves the softmax unchanged)."""
+    for m in network.backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0, 1.0 / m.weight.shape[1])
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.constant_(m.bias, 0.0001)
+            nn.init.zeros_(m.running_mean)
+    heads = [network.head] + ([network.aux_head] if hasattr(network, "aux_head") else [])
+    for head in heads:
+        for m in head.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0, 0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        outputs = head.gfl_cls if isinstance(head.gfl_cls, nn.ModuleList) else [head.gfl_cls]
+        for conv in outputs:
+            nn.init.constant_(conv.bias, -4.595)
 
 
 class NanoDet(nn.Module):
@@ -93,13 +155,22 @@ class NanoDet(nn.Module):
     :attr:`decoder` (the official post-processing; its settings are attributes: ``model.decoder.score_thr = 0.3``).
 
     ``model(images)`` in eval mode: ``(3, H, W)`` RGB images -> per image ``boxes (D, 4)`` xyxy in the image's pixels,
-    ``scores (D,)``, ``labels (D,)`` (0-based), ``input_boxes`` (network-input frame). Training is not available yet.
+    ``scores (D,)``, ``labels (D,)`` (0-based), ``input_boxes`` (network-input frame).
+
+    Built with ``training=True`` (NanoDet-Plus), it also carries the auxiliary branch and trains as the official
+    trainer: ``model.train(); losses = model(images, targets)`` with ``targets`` per image ``boxes (M, 4)`` xyxy
+    pixels and ``labels (M,)`` (``iscrowd`` boxes are dropped, as the official assigner ignores nothing) gives the
+    six weighted terms (gfldet.models.nanodet.loss), after the official training augmentation (:attr:`augment`).
+    :meth:`set_epoch` tells it the epoch (the auxiliary branch is detached from ``spec.detach_epoch`` on).
     """
 
-    def __init__(self, spec: NanoDetSpec, class_names: Sequence[str] | None = None):
+    def __init__(self, spec: NanoDetSpec, class_names: Sequence[str] | None = None, training: bool = False):
         super().__init__()
         self.spec = spec
-        self.network = NanoDetNetwork(spec)
+        self.network = NanoDetNetwork(spec, aux=training)
+        self.epoch = 0
+        self.augment = NanoDetAugment(spec.input_size)
+        self.criterion = NanoDetPlusLoss(spec.num_classes, spec.reg_max)
         self.preprocessor = NanoDetPreprocessor(spec.input_size, spec.keep_ratio)
         self.decoder = NanoDetDecoder(spec.num_classes, spec.strides, spec.reg_max, spec.prior_offset)
         if class_names is None and spec.num_classes == len(COCO_NAMES):
@@ -157,29 +228,61 @@ class NanoDet(nn.Module):
     def postprocess(self, raw: Tensor, batch: NanoDetBatch) -> list[dict[str, Tensor]]:
         return self.decoder(raw, batch.input_hw, batch.warp_matrices, batch.original_sizes)
 
-    def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        if self.training:
-            raise GfldetError("NanoDet training is not available yet: call model.eval() for inference")
-        batch = self.preprocess(images)
-        return self.postprocess(self.network(batch.images), batch)
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch (0-based) that begins: the auxiliary branch is detached from ``spec.detach_epoch``."""
+        self.epoch = int(epoch)
+
+    def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
+        if not self.training:
+            batch = self.preprocess(images)
+            return self.postprocess(self.network(batch.images), batch)
+        if not self.network.has_aux:
+            raise GfldetError("this NanoDet was built for inference: build it with training=True (the auxiliary "
+                              "branch that assigns the targets), or call model.eval() to detect")
+        if targets is None:
+            raise GfldetError("in training mode the model needs targets: model(images, targets)")
+        device = next(self.network.parameters()).device
+        checked = check_targets(targets, len(images), self.spec.num_classes, device)
+        boxes = [b if crowd is None else b[~crowd] for b, _, crowd in checked]
+        labels = [lab if crowd is None else lab[~crowd] for _, lab, crowd in checked]
+        batch, boxes = self.augment([img.to(device) for img in images], boxes)
+        return self.losses(batch, boxes, labels)
+
+    def losses(self, batch: Tensor, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The official training objective of a network-input ``batch (N, 3, H, W)`` with per image boxes in its
+        pixels and labels: the head's terms and the auxiliary head's (``loss_aux_*``)."""
+        head_out, aux_out = self.network.forward_train(batch, detach_aux=self.epoch >= self.spec.detach_epoch)
+        h, w = int(batch.shape[-2]), int(batch.shape[-1])
+        sizes = [(math.ceil(h / s), math.ceil(w / s)) for s in self.prior_generator.strides]
+        priors = self.prior_generator(sizes, batch.device)
+        points, strides = priors.anchors[:, :2], priors.strides
+        targets = self.criterion.targets(aux_out, points, strides, gt_boxes, gt_labels)
+        return {**self.criterion(head_out, points, strides, targets, "loss_"),
+                **self.criterion(aux_out, points, strides, targets, "loss_aux_")}
 
     def load_official_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Load an official NanoDet state dict (or checkpoint ``state_dict``) strictly, via :func:`official_to_gfldet`."""
-        mapped = official_to_gfldet(state_dict, self.spec)
+        mapped = official_to_gfldet(state_dict, self.spec, keep_aux=self.network.has_aux)
         try:
             missing, unexpected = self.network.load_state_dict(mapped, strict=False)
         except RuntimeError as e:  # shapes that differ: another NanoDet's weights
             raise GfldetError(f"the state dict does not fit {self.spec}: {e}") from None
+        aux_missing = [k for k in missing if k.startswith(("aux_fpn.", "aux_head."))]
+        if aux_missing and len(aux_missing) == len(missing) and not unexpected:
+            log.info("the state dict has no auxiliary branch (an inference export): aux_fpn and aux_head keep their "
+                     "initialisation (%d tensors)", len(aux_missing))
+            missing = []
         if missing or unexpected:
             raise GfldetError(f"the state dict does not fit {self.spec}: missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}")
 
 
-def official_to_gfldet(state_dict: Mapping[str, Tensor], spec: NanoDetSpec | None = None) -> dict[str, Tensor]:
+def official_to_gfldet(state_dict: Mapping[str, Tensor], spec: NanoDetSpec | None = None, keep_aux: bool = False
+                       ) -> dict[str, Tensor]:
     """An official NanoDet state dict -> :class:`NanoDetNetwork`'s, the official loader's rules first: a key
     ``avg_model.X`` (the EMA weights of a training checkpoint) replaces ``model.X``; then the ``module.`` and
     ``model.`` prefixes go. Dropped: ``aux_fpn.*`` and ``aux_head.*`` (NanoDet-Plus's training-only assigner
-    branch), ``head.distribution_project.project`` (the Integral's fixed ``0..reg_max``, checked), and the legacy
+    branch; kept with ``keep_aux``, for a model built to train), ``head.distribution_project.project`` (the Integral's fixed ``0..reg_max``, checked), and the legacy
     head's ``head.gfl_reg.*`` (built but unused when it shares the tower). Every other name is kept as it is."""
     sd = dict(state_dict)
     for k in list(sd):
@@ -190,7 +293,7 @@ def official_to_gfldet(state_dict: Mapping[str, Tensor], spec: NanoDetSpec | Non
         for prefix in ("module.", "model."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
-        if k.startswith(("aux_fpn.", "aux_head.")):
+        if k.startswith(("aux_fpn.", "aux_head.")) and not keep_aux:
             continue
         if k == "head.distribution_project.project":
             reg_max = spec.reg_max if spec is not None else v.numel() - 1
@@ -204,9 +307,10 @@ def official_to_gfldet(state_dict: Mapping[str, Tensor], spec: NanoDetSpec | Non
     return out
 
 
-def build_nanodet(name: str, *, num_classes: int | None = None, input_size: int | tuple[int, int] | None = None
-                  ) -> NanoDet:
-    """A NanoDet of :data:`NANODET_SPECS` (random weights), optionally with another class count or input size."""
+def build_nanodet(name: str, *, num_classes: int | None = None, input_size: int | tuple[int, int] | None = None,
+                  training: bool = False) -> NanoDet:
+    """A NanoDet of :data:`NANODET_SPECS` (random weights, the official initialisation), optionally with another
+    class count or input size; ``training``: with the auxiliary branch that NanoDet-Plus trains with."""
     if name not in NANODET_SPECS:
         raise GfldetError(f"unknown NanoDet {name!r}: choose one of {sorted(NANODET_SPECS)}")
     spec = NANODET_SPECS[name]
@@ -219,7 +323,7 @@ def build_nanodet(name: str, *, num_classes: int | None = None, input_size: int 
         if len(wh) != 2 or min(wh) < 32:
             raise GfldetError(f"input_size must be a size >= 32 or a (w, h) pair, got {input_size}")
         spec = replace(spec, input_size=(int(wh[0]), int(wh[1])))
-    return NanoDet(spec)
+    return NanoDet(spec, training=training)
 
 
 def nanodet_plus_m(*, num_classes: int = 80, input_size: int | tuple[int, int] = 416) -> NanoDet:
