@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .models.config import REGIME_FIELDS, ConfigError, FieldError, ModelConfig, current_field_names
-from .models.zoo import ARCH_DEFAULT_FIELDS, ARCH_FIELDS, ARCHS, arch_config, arch_defaults, check_imagenet_width
+from .models.zoo import (ARCH_DEFAULT_FIELDS, ARCH_FIELDS, ARCHS, arch_config, arch_defaults, check_imagenet_width,
+                         is_nanodet)
 
 __all__ = ["Config", "ModelSettings", "DataConfig", "SplitConfig", "InputConfig", "TrainConfig", "ConfigError",
            "ModelConfig", "load_config", "apply_override", "validate_config", "format_config", "read_yaml", "load_yaml",
@@ -102,13 +103,18 @@ class InputConfig:
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 2  # images per process
-    lr: float | None = None  # None: the regime's rate per 16 images scaled linearly (0.01 pretrained, the paper; 0.02 from scratch)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float | None = None  # None: the regime's rate per 16 images scaled linearly (0.01 pretrained, the paper; 0.02 from scratch); NanoDet-Plus: 0.001
+    # null: the architecture's recipe (gfldet.engine.recipe.RECIPES): "sgd" for GFL, "adamw" for NanoDet-Plus
+    optimizer: str | None = None
+    momentum: float = 0.9  # SGD's
+    weight_decay: float | None = None  # null: the recipe's (1e-4 GFL, the paper's; 0.05 NanoDet-Plus)
     # None: 500 (the paper's), but at most WARMUP_MAX_FRACTION of the run's iterations. An explicit value wins.
     warmup_iters: int | None = None
-    warmup_ratio: float = 0.001
-    schedule: str = "step"  # "step" (x gamma at each milestone epoch) or "cosine"
+    warmup_ratio: float | None = None  # the warm-up's first factor; null: the recipe's (0.001 GFL; 1e-4 NanoDet-Plus)
+    # "step" (x gamma at each milestone epoch) or "cosine" (per iteration, down to final_lr_ratio x lr); null: the
+    # recipe's (step for GFL, cosine for NanoDet-Plus)
+    schedule: str | None = None
+    final_lr_ratio: float | None = None  # where cosine ends, a fraction of lr; null: the recipe's (0; NanoDet-Plus 0.05)
     # None: the paper's [8, 11] of 12 epochs scaled to train.epochs (2/3 and 11/12 of the run, rounded down:
     # [16, 22] for 24 epochs, mmdetection's 2x; [4, 5] for 6). An explicit list wins.
     milestones: list[int] | None = None
@@ -121,7 +127,7 @@ class TrainConfig:
     # float32 (emulated bf16 would be slower). Evaluation stays float32 on the CPU.
     amp: bool = False
     channels_last: bool = False  # NHWC activations and weights (oneDNN's own layout on the CPU; docs/demo.md)
-    ema: bool = False
+    ema: bool | None = None  # null: the recipe's (off for GFL; on for NanoDet-Plus, whose evaluation uses it)
     ema_decay: float = 0.9998
     seed: int = 0
     eval_interval: int = 1  # epochs between evaluations on data.val (0: never)
@@ -383,6 +389,25 @@ def device_name(device: str, key: str = "train.device") -> str:
     return normal
 
 
+def _check_nanodet(cfg: Config) -> None:
+    """A NanoDet-Plus run (``model.arch: nanodet_plus_*``) has its own network and input rules: the GFL settings of the
+    model section, the input sizes and multi-scale training, and the from-scratch BatchNorm initialisation do not
+    apply to it, so a value set for them is an error rather than silently unused."""
+    defaults = ModelSettings()
+    changed = [k for k in MODEL_SETTINGS if getattr(cfg.model, k) != getattr(defaults, k)]
+    if changed:
+        raise ConfigError(f"model.{changed[0]}={getattr(cfg.model, changed[0])!r}: {cfg.model.arch} is a NanoDet-Plus, "
+                          f"which has no GFL model settings ({', '.join('model.' + k for k in changed)}); remove them")
+    inp, base = cfg.input, InputConfig()
+    if (inp.min_size, inp.max_size) != (base.min_size, base.max_size) or inp.multiscale:
+        raise ConfigError(f"input.min_size / max_size / multiscale = {inp.min_size} / {inp.max_size} / {inp.multiscale}: "
+                          f"{cfg.model.arch} warps every image to the input size in its name (with the official random "
+                          "scale in training); remove these settings, or choose the _320 or _416 architecture")
+    if cfg.train.norm_init_batches:
+        raise ConfigError(f"train.norm_init_batches={cfg.train.norm_init_batches}: it sets GFL's frozen backbone "
+                          f"BatchNorm statistics; {cfg.model.arch} trains its BatchNorm (set it to 0)")
+
+
 def validate_config(cfg: Config) -> None:
     """Value checks beyond types. Also normalises ``train.device`` in place (``"0"`` -> ``"cuda:0"``)."""
     t = cfg.train
@@ -395,7 +420,11 @@ def validate_config(cfg: Config) -> None:
         (t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
         (t.lr is None or t.lr > 0, "train.lr", t.lr, "must be > 0"),
-        (t.schedule in ("step", "cosine"), "train.schedule", t.schedule, "must be 'step' or 'cosine'"),
+        (t.schedule in (None, "step", "cosine"), "train.schedule", t.schedule, "must be 'step', 'cosine' or null"),
+        (t.optimizer in (None, "sgd", "adamw"), "train.optimizer", t.optimizer, "must be 'sgd', 'adamw' or null"),
+        (t.weight_decay is None or t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0 or null"),
+        (t.final_lr_ratio is None or 0 <= t.final_lr_ratio < 1, "train.final_lr_ratio", t.final_lr_ratio,
+         "must be in [0, 1) or null"),
         (t.warmup_iters is None or t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, "must be >= 0 or null"),
         (t.milestones is None or all(m >= 1 for m in t.milestones), "train.milestones", t.milestones, "epochs must be >= 1"),
         (cfg.model.frozen_stages is None or 0 <= cfg.model.frozen_stages <= 4, "model.frozen_stages", cfg.model.frozen_stages,
@@ -404,7 +433,7 @@ def validate_config(cfg: Config) -> None:
         (t.norm_init_batches == 0 or not (cfg.model.weights_backbone or cfg.model.init), "train.norm_init_batches",
          t.norm_init_batches, "is for training from scratch: it would replace the BatchNorm statistics of "
          "model.weights_backbone / model.init (set it to 0)"),
-        (0 < t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio, "must be in (0, 1]"),
+        (t.warmup_ratio is None or 0 < t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio, "must be in (0, 1] or null"),
         (t.grad_clip is None or t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0: off) or null (the regime's)"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),
         (t.max_iters is None or t.max_iters >= 1, "train.max_iters", t.max_iters, "must be >= 1 or null"),
@@ -419,6 +448,9 @@ def validate_config(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: {value!r} {why}")
     m = cfg.model
+    if is_nanodet(m.arch):
+        _check_nanodet(cfg)
+        return
     try:  # the detector's own rules (gfldet.models.config), named as this file's keys
         fixed = ARCHS[m.arch][0] if m.arch in ARCHS else {}  # the depth decides e.g. whether DCN fits
         sizes = arch_defaults(m.arch) if m.arch in ARCHS else {}

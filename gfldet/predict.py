@@ -23,7 +23,7 @@ from .files import check_output_folder, write_json
 from .models.coco_classes import coco_category_ids
 from .models.io import load_checkpoint, load_model
 from .models.pretrained import load_pretrained
-from .ops.resize import keep_ratio_size
+from .ops.resize import network_input_size
 from .viz import draw_detections, draw_distributions
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def predict(
                         checkpoint or weights)
             cat_ids = list(range(1, model.config.num_classes + 1))
 
-        min_size, max_size = model.config.min_size, model.config.max_size
+        rules = model.export_settings() if hasattr(model, "export_settings") else \
+            {"min_size": model.config.min_size, "max_size": model.config.max_size}
 
         def run(imgs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
             with torch.inference_mode():
@@ -155,7 +156,7 @@ def predict(
         detector = load(checkpoint, backend=backend, threads=threads, precision=precision).configure(score_thr=score_thr)
         names = detector.class_names
         cat_ids = detector.cat_ids
-        min_size, max_size = detector.meta.get("min_size"), detector.meta.get("max_size")
+        rules = detector.meta
 
         def run(imgs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
             dets = detector([img.numpy() for img in imgs])
@@ -193,7 +194,7 @@ def predict(
                     p = out / f"{stem}_dist{k}.png"
                     std = "/".join(f"{v:.1f}" for v in det["edge_std"][k].tolist())
                     # bins -> pixels of this image: a bin is one stride of the resized network input
-                    nh, nw = keep_ratio_size(int(img.shape[1]), int(img.shape[2]), min_size, max_size)
+                    nh, nw = network_input_size(int(img.shape[1]), int(img.shape[2]), rules)
                     px_per_bin = float(det["strides"][k]) * img.shape[2] / nw
                     draw_distributions(img, det["boxes"][k], det["distributions"][k], p, stride=px_per_bin,
                                        title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}, "

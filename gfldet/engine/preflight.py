@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..config import Config, ConfigError, validate_config
-from ..models.zoo import ARCHS, check_arch, looks_like_path, torchvision_weights
+from ..models.zoo import check_arch, imagenet_name, looks_like_path, torchvision_weights
 from .device import check_device
 
 __all__ = ["preflight", "check_device"]  # check_device: here for existing callers; it lives in gfldet.engine.device
@@ -38,9 +38,9 @@ def preflight(cfg: Config, resume: bool = False) -> None:
         if looks_like_path(m.weights_backbone):
             raise FileNotFoundError(
                 f"model.weights_backbone={m.weights_backbone!r}: no such file; set it to the path of a state dict with "
-                f"torchvision's ResNet parameter names, to a torchvision weights name such as IMAGENET1K_V1, or to "
+                f"torchvision's parameter names, to a torchvision weights name such as IMAGENET1K_V1, or to "
                 f"null to train from scratch")
-        torchvision_weights(m.arch, m.weights_backbone, ARCHS[m.arch][1])
+        torchvision_weights(m.arch, m.weights_backbone, imagenet_name(m.arch))
     check_device(cfg.train.device)
     for split in ("train", "val"):
         s = getattr(cfg.data, split)

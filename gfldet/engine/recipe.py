@@ -1,6 +1,7 @@
-"""The training recipe a run resolves: the regime (pretrained or from scratch) fills every automatic (null) setting
-of the model and training sections; warm-up length and step milestones scale with the run's length; the learning-rate
-factor of each iteration follows from them."""
+"""The training recipe a run resolves: the architecture's recipe (GFL's or NanoDet-Plus's: optimiser, weight decay,
+schedule, EMA) and, for GFL, the regime (pretrained or from scratch) fill every automatic (null) setting of the model
+and training sections; warm-up length and step milestones scale with the run's length; the learning-rate factor of
+each iteration follows from them."""
 from __future__ import annotations
 
 import copy
@@ -11,10 +12,24 @@ from dataclasses import dataclass
 
 from ..config import Config, TrainConfig
 from ..models.config import BackboneRegime
-from ..models.zoo import arch_defaults, arch_regime
+from ..models.zoo import arch_defaults, arch_regime, is_nanodet
 
 __all__ = ["resolve_training", "lr_factor", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION",
-           "Regime", "REGIMES", "training_regime"]
+           "Regime", "REGIMES", "training_regime", "RECIPES"]
+
+# The optimisation recipe of each detector family, for the settings left null in a run config.
+# GFL: the paper's SGD (momentum 0.9, weight decay 1e-4, linear warm-up from 0.001, step decay at 2/3 and 11/12 of the
+# run), no EMA; its rate and clipping come from the regime (REGIMES). NanoDet-Plus: the official configs'
+# (config/nanodet-plus-*.yml at the commit in docs/nanodet.md): AdamW, lr 0.001 (the official rate for a batch of 96;
+# not scaled with the batch: AdamW's step does not grow with the gradient's size), weight decay 0.05 on every
+# parameter, linear warm-up from 1e-4, cosine to 5e-5 (0.05 x lr), gradients clipped at 35, EMA of the weights
+# (decay 0.9998, the official formula; evaluated and saved as best.pt). The official cosine steps once per epoch;
+# gfldet's per iteration (the same curve at the epochs' starts, smooth in between: short runs have few epochs).
+RECIPES = {
+    "gfl": dict(optimizer="sgd", weight_decay=1e-4, warmup_ratio=0.001, schedule="step", final_lr_ratio=0.0, ema=False),
+    "nanodet": dict(optimizer="adamw", lr=0.001, weight_decay=0.05, warmup_ratio=1e-4, schedule="cosine",
+                    final_lr_ratio=0.05, ema=True, grad_clip=35.0),
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +84,6 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
     out = copy.deepcopy(cfg)
     m, t = out.model, out.train
     pretrained = bool(m.weights_backbone or m.init)
-    regime = training_regime(m.arch, pretrained)
     why = (f"model.weights_backbone={m.weights_backbone}" if m.weights_backbone else f"model.init={m.init}") if pretrained \
         else "no model.weights_backbone or model.init"
     chosen, explicit = [], []
@@ -83,17 +97,23 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
 
     total_batch = t.batch_size * world_size
     total_iters = t.epochs * iters_per_epoch if t.max_iters is None else min(t.max_iters, t.epochs * iters_per_epoch)
-    for key, value in arch_defaults(m.arch).items():  # the neck and head sizes of the architecture
-        if getattr(m, key) is None:
-            setattr(m, key, value)
-    pick(m, "frozen_stages", regime.backbone.frozen_stages, "model.frozen_stages")
-    pick(m, "norm_eval", regime.backbone.norm_eval, "model.norm_eval")
-    pick(t, "lr", round(regime.lr_per_16 * total_batch / 16, 10), "train.lr")
-    pick(t, "grad_clip", regime.grad_clip, "train.grad_clip")
+    if is_nanodet(m.arch):
+        recipe, name = RECIPES["nanodet"], "NanoDet-Plus (the official configs' recipe)"
+    else:
+        regime = training_regime(m.arch, pretrained)
+        recipe = {**RECIPES["gfl"], "lr": round(regime.lr_per_16 * total_batch / 16, 10), "grad_clip": regime.grad_clip}
+        name = regime.name
+        for key, value in arch_defaults(m.arch).items():  # the neck and head sizes of the architecture
+            if getattr(m, key) is None:
+                setattr(m, key, value)
+        pick(m, "frozen_stages", regime.backbone.frozen_stages, "model.frozen_stages")
+        pick(m, "norm_eval", regime.backbone.norm_eval, "model.norm_eval")
+    for key in ("optimizer", "lr", "weight_decay", "grad_clip", "warmup_ratio", "schedule", "final_lr_ratio", "ema"):
+        pick(t, key, recipe[key], f"train.{key}")
     pick(t, "warmup_iters", warmup_length(t, total_iters), "train.warmup_iters")
     if t.schedule == "step":
         pick(t, "milestones", step_milestones(t), "train.milestones")
-    lines = [f"training regime: {regime.name} ({why}); chosen: {', '.join(chosen) or 'nothing'}"
+    lines = [f"training regime: {name} ({why}); chosen: {', '.join(chosen) or 'nothing'}"
              + (f"; set in the config: {', '.join(explicit)}" if explicit else "")]
     if cfg.train.warmup_iters is not None and total_iters and t.warmup_iters > 0.25 * total_iters:
         lines.append(f"train.warmup_iters={t.warmup_iters} is {t.warmup_iters / total_iters:.0%} of this run's "
@@ -106,17 +126,22 @@ def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
 
     Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations (the reference's LinearLR), times either
     ``gamma`` per milestone epoch reached (MultiStepLR: with milestones [8, 11] epochs 9-11 run at 0.1x and
-    epoch 12 at 0.01x) or a per-iteration cosine decay to 0 over the whole run. Null (automatic) warm-up and
-    milestones follow :func:`gfldet.engine.recipe.warmup_length` and :func:`gfldet.engine.recipe.step_milestones`.
+    epoch 12 at 0.01x) or a per-iteration cosine decay to ``final_lr_ratio`` over the whole run. Null (automatic)
+    warm-up and milestones follow :func:`gfldet.engine.recipe.warmup_length` and
+    :func:`gfldet.engine.recipe.step_milestones`; ``cfg`` is a resolved config (:func:`resolve_training`).
     """
     t = cfg.train
+    if t.schedule is None or t.warmup_ratio is None or t.final_lr_ratio is None:
+        raise ValueError("lr_factor needs a resolved config (resolve_training fills train.schedule, warmup_ratio, "
+                         "final_lr_ratio)")
     total = max(1, t.epochs * iters_per_epoch)
     warmup = warmup_length(t, total if t.max_iters is None else min(total, t.max_iters))
     warm = 1.0
     if warmup > 0 and it < warmup:
         warm = t.warmup_ratio + (1.0 - t.warmup_ratio) * it / warmup
     if t.schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+        end = t.final_lr_ratio
+        decay = end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
     else:
         decay = t.gamma ** sum(1 for m in step_milestones(t) if epoch >= m)
     return warm * decay

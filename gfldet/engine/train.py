@@ -1,4 +1,4 @@
-"""The training loop: SGD with linear warm-up and a step (or cosine) schedule, optional gradient clipping,
+"""The training loop: SGD (GFL) or AdamW (NanoDet-Plus) with linear warm-up and a step (or cosine) schedule, optional gradient clipping,
 AMP on CUDA, optional EMA, periodic COCO evaluation keeping ``best.pt``, atomic checkpoints and exact resume,
 and DDP under ``torchrun``.
 
@@ -28,7 +28,7 @@ from ..data.folders import claim_dir
 from ..data.inspect import inspect_dataset, summary_line, train_warnings
 from ..errors import GfldetError
 from ..models.io import load_weights_into, save_checkpoint
-from ..models.zoo import backbone_state_dict, build_from_config
+from ..models.zoo import backbone_state_dict, build_from_config, build_nanodet_arch, is_nanodet
 from ..viz import plot_curves
 from . import distributed as D
 from . import evaluate as evaluation  # module attribute: a caller (bench/vs_torchvision.py) may wrap evaluate()
@@ -90,10 +90,14 @@ class _Run:
             for note in notes:
                 log.info("%s", note)
             self._inspect_data()
-        mcfg = cfg.model_config(self.train_set.num_classes)
         # resuming: last.pt replaces every weight, so neither the ImageNet weights nor model.init are read again
-        model = build_from_config(cfg.model.arch, mcfg, class_names=self.train_set.classes,
-                                  weights_backbone=None if resume else cfg.model.weights_backbone)
+        weights_backbone = None if resume else cfg.model.weights_backbone
+        if is_nanodet(cfg.model.arch):
+            model = build_nanodet_arch(cfg.model.arch, num_classes=self.train_set.num_classes,
+                                       class_names=self.train_set.classes, weights_backbone=weights_backbone)
+        else:
+            model = build_from_config(cfg.model.arch, cfg.model_config(self.train_set.num_classes),
+                                      class_names=self.train_set.classes, weights_backbone=weights_backbone)
         if cfg.model.init and not resume:  # logs what was loaded and what kept its initialisation
             load_weights_into(model, cfg.model.init, strict=cfg.model.init_strict)
         self.model = place_model(model, self.device)  # on the CPU with the fast path (GFL.optimize_for_cpu)
@@ -110,7 +114,11 @@ class _Run:
                          layers, cfg.train.norm_init_batches)
         self.base_lr = float(cfg.train.lr)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+        if cfg.train.optimizer == "adamw":  # torch's default betas and eps, as the official NanoDet configs
+            self.optimizer = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=cfg.train.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.train.momentum,
+                                             weight_decay=cfg.train.weight_decay)
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.amp = self.amp_dtype == torch.float16  # CUDA float16: a GradScaler, and autocast in evaluation too
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -142,6 +150,10 @@ class _Run:
         """One line on what the training data looks like to this model, and warnings on what would silently hurt
         (boxes no anchor is assigned to, edges beyond reg_max, rare classes); ``gfldet inspect-data`` has more."""
         d = self.cfg.data.train
+        if is_nanodet(self.cfg.model.arch):  # the report is of GFL's resize, anchors and assigner
+            log.info("training data: not summarised (gfldet inspect-data reports for GFL's anchors and assigner, not "
+                     "for %s's Dynamic Soft Label Assigner)", self.cfg.model.arch)
+            return
         if self.cfg.input.min_size is None or self.cfg.input.max_size is None:
             log.info("training data: not summarised (input.min_size / max_size null: images keep their own sizes)")
             return
@@ -297,6 +309,8 @@ class _Run:
         last_metrics: dict[str, Any] | None = None
         stopped = False
         while self.epoch < t.epochs and not stopped:
+            if hasattr(self.model, "set_epoch"):  # a model whose training changes with the epoch (NanoDet-Plus)
+                self.model.set_epoch(self.epoch)
             loader = self.batches(self.epoch, self.epoch_iter)
             bar = tqdm(loader, total=self.iters_per_epoch, initial=self.epoch_iter, disable=not (self.progress and self.main),
                        desc=f"epoch {self.epoch + 1}/{t.epochs}", dynamic_ncols=True)

@@ -21,6 +21,7 @@ from ..files import TORCH_SUFFIXES, atomic_path, file_kind, first_line  # noqa: 
 from .config import ModelConfig
 from .detector import GFL
 from .mmdet import convert_mmdet_state_dict, mmdet_state_dict, model_from_mmdet
+from .nanodet import NanoDet, nanodet_from_config, official_to_gfldet
 from .transfer import load_state, transfer_weights
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "model_from_checkpoint", "load_weights_into", "from_mmdet",
@@ -43,7 +44,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
-    """Write ``model`` (a :class:`~gfldet.GFL`, possibly DDP-wrapped) and ``extra`` entries atomically."""
+    """Write ``model`` (a :class:`~gfldet.GFL` or a NanoDet, possibly DDP-wrapped) and ``extra`` entries
+    atomically; ``model_config`` is its config's ``to_dict()`` (a NanoDet's says ``detector: nanodet``)."""
     model = getattr(model, "module", model)
     obj = {
         "format": FORMAT,
@@ -119,7 +121,16 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 def model_from_checkpoint(obj: dict[str, Any], path: str | os.PathLike):
     """:func:`load_model` for a checkpoint already read with :func:`load_checkpoint` (``path`` names it in
-    errors), so that a command needing both its metadata and its model reads the file once."""
+    errors), so that a command needing both its metadata and its model reads the file once. A NanoDet-Plus
+    checkpoint of a training run is built without its training-only auxiliary branch (its tensors are not read)."""
+    if obj["model_config"].get("detector") == "nanodet":
+        try:
+            model = nanodet_from_config(obj["model_config"], class_names=obj.get("class_names"))
+        except (TypeError, GfldetError) as e:
+            raise GfldetError(f"{path}: bad NanoDet model_config: {e}") from e
+        sd = {k: v for k, v in obj["state_dict"].items() if not k.startswith(("network.aux_fpn.", "network.aux_head."))}
+        load_state(model, sd, path)
+        return model.eval()
     try:
         cfg = ModelConfig.from_dict(dict(obj["model_config"]))
     except (TypeError, GfldetError) as e:  # TypeError: a value of the wrong type compared by a rule
@@ -157,8 +168,30 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike, strict: bool = 
     what happened (:func:`gfldet.models.transfer.transfer_weights`, which also documents ``strict`` and the
     returned report)."""
     path = os.fspath(path)
-    file_sd, kind, file_config = read_weights(path)
+    if isinstance(model, NanoDet):
+        file_sd, kind, file_config = read_nanodet_weights(path, model)
+    else:
+        file_sd, kind, file_config = read_weights(path)
     return transfer_weights(model, file_sd, path, kind, file_config, strict=strict)
+
+
+def read_nanodet_weights(path: str, model: NanoDet) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None]:
+    """A NanoDet's weights file in ``model``'s names: a gfldet checkpoint of a NanoDet, or an official NanoDet
+    checkpoint or state dict (``official_to_gfldet``: the EMA weights where it has them; the auxiliary branch kept
+    when ``model`` trains with one)."""
+    obj = read_torch_file(path, what="NanoDet checkpoint")
+    if checkpoint_kind(obj) == "gfldet":
+        obj = check_gfldet(obj, path)
+        if obj["model_config"].get("detector") != "nanodet":
+            raise GfldetError(f"{path}: a gfldet checkpoint of a GFL detector, not of a NanoDet")
+        return obj["state_dict"], "gfldet checkpoint", None
+    if not isinstance(obj, dict):
+        raise GfldetError(f"{path}: not a NanoDet checkpoint: it holds a {type(obj).__name__}, not a dict of tensors")
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise GfldetError(f"{path}: not a NanoDet checkpoint (no state dict of tensors)")
+    mapped = official_to_gfldet(sd, model.spec, keep_aux=model.network.has_aux)
+    return {f"network.{k}": v for k, v in mapped.items()}, "official NanoDet checkpoint", None
 
 
 def from_mmdet(checkpoint: str | os.PathLike | dict[str, Any], *, trusted: bool = False, **overrides: Any) -> GFL:

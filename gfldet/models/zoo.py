@@ -23,6 +23,7 @@ from ..files import hash_prefix, sha256_file
 from .config import REGIME_FIELDS, BackboneRegime, ConfigError, FieldError, ModelConfig, backbone_regime
 from .detector import GFL
 from .io import load_weights_into
+from .nanodet import NANODET_SPECS, NanoDet, build_nanodet
 from .tv_backbone import TV_BACKBONES
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ __all__ = ["gfl_resnet18_fpn", "gfl_resnet50_fpn", "gfl_resnet101_fpn", "gfl_res
            "gfl_shufflenet_v2_x1_0_fpn", "gfl_efficientnet_b0_fpn", "build_model",
            "build_from_config", "arch_config", "arch_regime", "check_arch", "check_imagenet_width", "backbone_state_dict",
            "torchvision_weights", "imagenet_cache_path", "looks_like_path", "arch_defaults", "ARCHS", "ARCH_FIELDS", "ARCH_DEFAULT_FIELDS",
-           "LIGHT_HEAD"]
+           "LIGHT_HEAD", "NANODET_ARCHS", "is_nanodet", "imagenet_name", "build_nanodet_arch"]
 
 # builder name -> architecture fields and torchvision's name of the matching ImageNet classifier
 ARCHS: dict[str, tuple[dict[str, Any], str]] = {
@@ -42,6 +43,44 @@ ARCHS: dict[str, tuple[dict[str, Any], str]] = {
     "gfl_resnext101_32x4d_fpn": (dict(backbone="resnet", depth=101, groups=32, width_per_group=4), ""),
     **{f"gfl_{name}_fpn": (dict(backbone=name), name) for name in TV_BACKBONES},
 }
+
+# NanoDet-Plus, trainable (gfldet.models.nanodet): arch -> (the NanoDet spec, torchvision's ImageNet ShuffleNetV2).
+# Its input size is part of the name (the network input is that square); the GFL model section does not apply.
+NANODET_ARCHS: dict[str, tuple[str, str]] = {
+    "nanodet_plus_m_320": ("nanodet-plus-m_320", "shufflenet_v2_x1_0"),
+    "nanodet_plus_m_416": ("nanodet-plus-m_416", "shufflenet_v2_x1_0"),
+    "nanodet_plus_m_1_5x_320": ("nanodet-plus-m-1.5x_320", "shufflenet_v2_x1_5"),
+    "nanodet_plus_m_1_5x_416": ("nanodet-plus-m-1.5x_416", "shufflenet_v2_x1_5"),
+}
+assert all(spec in NANODET_SPECS for spec, _ in NANODET_ARCHS.values())
+
+
+def is_nanodet(arch: str) -> bool:
+    """``arch`` names a NanoDet-Plus architecture (:data:`NANODET_ARCHS`) rather than a GFL builder."""
+    return arch in NANODET_ARCHS
+
+
+def imagenet_name(arch: str) -> str:
+    """torchvision's name of the ImageNet classifier whose weights fit ``arch``'s backbone ("" where none does)."""
+    check_arch(arch)
+    return NANODET_ARCHS[arch][1] if is_nanodet(arch) else ARCHS[arch][1]
+
+
+def build_nanodet_arch(arch: str, *, num_classes: int, class_names: list[str] | None = None,
+                       weights_backbone: Any = None, training: bool = True) -> NanoDet:
+    """The NanoDet-Plus of ``arch`` for ``num_classes`` (the official initialisation; ``training``: with the
+    auxiliary branch), with torchvision's ImageNet ShuffleNetV2 weights ``weights_backbone`` when given (the
+    official configs train from them)."""
+    check_arch(arch)
+    model = build_nanodet(NANODET_ARCHS[arch][0], num_classes=num_classes, training=training)
+    if class_names is not None:
+        if len(class_names) != num_classes:
+            raise GfldetError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        model.class_names = list(class_names)
+    if weights_backbone is not None:
+        model.backbone.load_torchvision_weights(backbone_state_dict(arch, weights_backbone))
+    return model
+
 
 # the ModelConfig fields a builder fixes (the run config has no keys for them: model.arch chooses them)
 ARCH_FIELDS = tuple(sorted(set().union(*(fixed for fixed, _ in ARCHS.values()))))
@@ -58,6 +97,8 @@ def arch_defaults(arch: str) -> dict[str, Any]:
     """The neck/head settings of ``arch`` that apply where none is given: ModelConfig's (GFL's) for ResNets,
     :data:`LIGHT_HEAD` for the lightweight torchvision backbones."""
     check_arch(arch)
+    if is_nanodet(arch):
+        return {}  # the GFL neck and head settings do not apply
     if ARCHS[arch][0]["backbone"] == "resnet":
         return {k: ModelConfig.__dataclass_fields__[k].default for k in ARCH_DEFAULT_FIELDS}
     return dict(LIGHT_HEAD)
@@ -65,10 +106,10 @@ def arch_defaults(arch: str) -> dict[str, Any]:
 
 def check_arch(arch: str) -> None:
     """``arch`` names a builder; a ConfigError naming the value and the choices otherwise."""
-    if arch not in ARCHS:
+    if arch not in ARCHS and arch not in NANODET_ARCHS:
         hint = (f" (GFLV2 is GFL with model.quality: dgqp: model.arch: {arch.replace('gflv2_', 'gfl_')})"
                 if arch.replace("gflv2_", "gfl_") in ARCHS else "")
-        raise ConfigError(f"model.arch={arch!r} is not a known architecture; choose one of: {', '.join(sorted(ARCHS))}{hint}")
+        raise ConfigError(f"model.arch={arch!r} is not a known architecture; choose one of: {', '.join(sorted(ARCHS) + sorted(NANODET_ARCHS))}{hint}")
 
 
 def check_imagenet_width(base_channels: int) -> None:
@@ -129,8 +170,7 @@ def backbone_state_dict(arch: str, weights_backbone: Any) -> dict[str, torch.Ten
     local file, or torchvision weights (a ``WeightsEnum`` member or its name, e.g. ``IMAGENET1K_V1``) from torch
     hub's cache or downloaded into it. ``gfldet train`` calls it before reading any data, so that a missing file
     or no network stops a run at once."""
-    check_arch(arch)
-    tv_name = ARCHS[arch][1]
+    tv_name = imagenet_name(arch)
     if isinstance(weights_backbone, (str, os.PathLike)) and os.path.isfile(weights_backbone):
         # a local ImageNet state dict with torchvision's parameter names (its classifier is ignored)
         try:

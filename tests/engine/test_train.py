@@ -17,7 +17,7 @@ import gfldet
 from gfldet.cli import main
 from gfldet.config import load_config
 from gfldet.models.io import load_model
-from gfldet.engine.recipe import lr_factor
+from gfldet.engine.recipe import lr_factor, resolve_training
 from gfldet.engine.train import NonFiniteLossError, train
 from gfldet.models.backbone import FrozenStatsBatchNorm2d
 
@@ -125,14 +125,18 @@ def test_non_finite_loss_stops_with_the_term_and_step(data, tmp_path, monkeypatc
 
 
 def test_lr_schedule():
-    cfg = load_config(None, ["train.warmup_iters=10", "train.warmup_ratio=0.001", "train.milestones=[8, 11]", "train.epochs=12"])
+    cfg, _ = resolve_training(load_config(None, ["train.warmup_iters=10", "train.warmup_ratio=0.001",
+                                                 "train.milestones=[8, 11]", "train.epochs=12"]), 100)
     assert lr_factor(0, 0, 100, cfg) == pytest.approx(0.001)
     assert lr_factor(5, 0, 100, cfg) == pytest.approx(0.001 + 0.999 * 0.5)
     assert lr_factor(10, 0, 100, cfg) == 1.0
     assert lr_factor(800, 8, 100, cfg) == pytest.approx(0.1)
     assert lr_factor(1100, 11, 100, cfg) == pytest.approx(0.01)
-    cos = load_config(None, ["train.schedule=cosine", "train.warmup_iters=0", "train.epochs=2"])
+    cos, _ = resolve_training(load_config(None, ["train.schedule=cosine", "train.warmup_iters=0", "train.epochs=2"]), 10)
     assert lr_factor(0, 0, 10, cos) == 1.0 and lr_factor(10, 1, 10, cos) == pytest.approx(0.5)
+    assert lr_factor(20, 1, 10, cos) == 0.0  # GFL's cosine ends at 0 (train.final_lr_ratio 0)
+    with pytest.raises(ValueError, match="resolved"):
+        lr_factor(0, 0, 10, load_config(None, []))
 
 
 def test_default_lr_scales_with_the_batch(data, tmp_path):

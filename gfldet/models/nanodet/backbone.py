@@ -54,6 +54,18 @@ class ShuffleNetV2Backbone(nn.Module):
         self.model_size, self.out_stages = model_size, tuple(sorted(out_stages))
         self.out_channels = [channels[s - 1] for s in self.out_stages]
 
+    def load_torchvision_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """Load torchvision's ImageNet ShuffleNetV2 state dict of this width (``conv5`` and ``fc`` are dropped, as the
+        official backbone's non-strict load drops them); every tensor of this backbone must be in it."""
+        sd = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] in ("conv1", "stage2", "stage3", "stage4")}
+        try:
+            missing, unexpected = self.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shapes that differ: another width's weights
+            raise GfldetError(f"backbone weights do not fit ShuffleNetV2 {self.model_size}: {e}") from None
+        if missing or unexpected or not sd:
+            raise GfldetError(f"backbone weights do not fit ShuffleNetV2 {self.model_size}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.conv1(x))
         outs = []

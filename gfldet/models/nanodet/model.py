@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ from .parts import NanoDetTransform, PointPriorGenerator
 from .postprocess import NanoDetDecoder
 from .preprocess import NanoDetBatch, NanoDetPreprocessor
 
-__all__ = ["NanoDetSpec", "NANODET_SPECS", "NanoDet", "NanoDetNetwork", "build_nanodet", "nanodet_plus_m",
+__all__ = ["NanoDetSpec", "NanoDetConfig", "NANODET_SPECS", "NanoDet", "NanoDetNetwork", "build_nanodet", "nanodet_from_config", "nanodet_plus_m",
            "nanodet_plus_m_1_5x", "nanodet_m", "official_to_gfldet"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,43 @@ NANODET_SPECS: dict[str, NanoDetSpec] = {
     "nanodet-m": NanoDetSpec("1.0x", channels=96, input_size=(320, 320), **_LEGACY),
     "nanodet-m-416": NanoDetSpec("1.0x", channels=96, input_size=(416, 416), **_LEGACY),
 }
+
+
+TEST_SETTINGS = ("score_thr", "nms_iou", "max_per_img")  # what NanoDet.configure changes (its decoder's)
+
+
+@dataclass(frozen=True)
+class NanoDetConfig:
+    """A NanoDet's settings as a gfldet checkpoint records them (``model_config``: ``detector: nanodet``, the spec's
+    fields, the decoder's test settings). ``min_size`` / ``max_size`` are None: a NanoDet warps every image to
+    ``spec.input_size`` rather than resizing it as GFL does."""
+
+    spec: NanoDetSpec
+    score_thr: float = 0.05
+    nms_iou: float = 0.6
+    max_per_img: int = 100
+    min_size = None
+    max_size = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def to_dict(self) -> dict:
+        spec = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.spec).items()}
+        return {"detector": "nanodet", **spec, **{k: getattr(self, k) for k in TEST_SETTINGS}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> NanoDetConfig:
+        d = dict(d)
+        if d.pop("detector", None) != "nanodet":
+            raise GfldetError(f"not a NanoDet model_config: {sorted(d)[:6]}...")
+        names = {f.name for f in fields(NanoDetSpec)}
+        unknown = sorted(set(d) - names - set(TEST_SETTINGS))
+        if unknown:
+            raise GfldetError(f"unknown NanoDet model_config keys {unknown}")
+        spec = NanoDetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+        return cls(spec, **{k: d[k] for k in TEST_SETTINGS if k in d})
 
 
 class NanoDetNetwork(nn.Module):
@@ -228,6 +265,29 @@ class NanoDet(nn.Module):
     def postprocess(self, raw: Tensor, batch: NanoDetBatch) -> list[dict[str, Tensor]]:
         return self.decoder(raw, batch.input_hw, batch.warp_matrices, batch.original_sizes)
 
+    @property
+    def config(self) -> NanoDetConfig:
+        d = self.decoder
+        return NanoDetConfig(self.spec, float(d.score_thr), float(d.nms_iou), int(d.max_per_img))
+
+    def configure(self, **changes) -> NanoDet:
+        """Change the test settings (``score_thr``, ``nms_iou``, ``max_per_img``; the decoder's) as ``GFL.configure``
+        does for GFL; anything else defines the network (or is GFL's, e.g. ``nms_pre``, ``min_size``: NanoDet has
+        no pre-NMS top-k and warps to ``spec.input_size``). Returns the model."""
+        other = sorted(set(changes) - set(TEST_SETTINGS))
+        if other:
+            raise GfldetError(f"{other} cannot change on a NanoDet; configure changes {list(TEST_SETTINGS)} (its input "
+                              f"size is the architecture's, {self.spec.input_size[0]}x{self.spec.input_size[1]})")
+        if "score_thr" in changes and not 0 <= float(changes["score_thr"]) < 1:
+            raise GfldetError(f"score_thr must be in [0, 1), got {changes['score_thr']}")
+        if "nms_iou" in changes and not 0 < float(changes["nms_iou"]) <= 1:
+            raise GfldetError(f"nms_iou must be in (0, 1], got {changes['nms_iou']}")
+        if "max_per_img" in changes and int(changes["max_per_img"]) < 1:
+            raise GfldetError(f"max_per_img must be >= 1, got {changes['max_per_img']}")
+        for k, v in changes.items():
+            setattr(self.decoder, k, int(v) if k == "max_per_img" else float(v))
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """The training epoch (0-based) that begins: the auxiliary branch is detached from ``spec.detach_epoch``."""
         self.epoch = int(epoch)
@@ -305,6 +365,14 @@ def official_to_gfldet(state_dict: Mapping[str, Tensor], spec: NanoDetSpec | Non
         out[k] = v
     log.debug("official NanoDet state dict: %d tensors kept, %d dropped", len(out), len(sd) - len(out))
     return out
+
+
+def nanodet_from_config(config: NanoDetConfig | Mapping, class_names: Sequence[str] | None = None,
+                        training: bool = False) -> NanoDet:
+    """The NanoDet a :class:`NanoDetConfig` (or its ``to_dict()``) describes, with its test settings."""
+    cfg = config if isinstance(config, NanoDetConfig) else NanoDetConfig.from_dict(config)
+    model = NanoDet(cfg.spec, class_names=class_names, training=training)
+    return model.configure(**{k: getattr(cfg, k) for k in TEST_SETTINGS})
 
 
 def build_nanodet(name: str, *, num_classes: int | None = None, input_size: int | tuple[int, int] | None = None,

@@ -89,29 +89,41 @@ class NanoDetDecoder:
         boxes = clip_boxes(self.box.decode(reg_logits, points, strides[:, None]), input_hw)
         return cls_logits.sigmoid(), boxes
 
-    def detections(self, scores: Tensor, boxes: Tensor) -> dict[str, Tensor]:
+    def detections(self, scores: Tensor, boxes: Tensor, reg_logits: Tensor | None = None,
+                   strides: Tensor | None = None) -> dict[str, Tensor]:
         """One image's ``(A, C)`` scores and ``(A, 4)`` boxes -> ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)``
-        in descending score order (network-input frame)."""
+        in descending score order (network-input frame); with its ``(A, 4B)`` distribution logits and ``(A,)``
+        prior strides also ``strides (D,)`` and the box part's extras (``distributions``, ``edge_peak``,
+        ``edge_entropy``, ``edge_std`` in network-input pixels, ``loc_conf``), as a GFL detection carries them."""
         valid = scores > self.score_thr
         idx = valid.nonzero()  # (k, 2): (prior, class), row-major as the official masked_select
         cand_boxes, cand_scores, labels = boxes[idx[:, 0]], scores[valid], idx[:, 1]
-        if cand_boxes.shape[0] == 0:
-            return {"boxes": cand_boxes, "scores": cand_scores, "labels": labels}
-        keep = offset_class_nms(cand_boxes, cand_scores, labels, self.nms_iou, self.split_thr)[:self.max_per_img]
-        return {"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": labels[keep]}
+        keep = (offset_class_nms(cand_boxes, cand_scores, labels, self.nms_iou, self.split_thr)[:self.max_per_img]
+                if cand_boxes.shape[0] else idx.new_zeros(0))
+        det = {"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": labels[keep]}
+        if reg_logits is not None and strides is not None:
+            prior = idx[keep, 0]
+            det["strides"] = strides[prior]
+            det.update(self.box.extras(reg_logits[prior].float(), det["strides"]))
+        return det
 
     def __call__(self, raw: Tensor, input_hw: tuple[int, int], warp_matrices: Sequence[Tensor] | None = None,
                  original_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
         """Per image detections; with ``warp_matrices`` and ``original_sizes`` ``(H, W)`` the boxes are mapped back to
         each image (inverse warp, clipped to it) and the network-frame boxes kept as ``input_boxes``."""
         scores, boxes = self.decode_boxes(raw, input_hw)
+        reg_logits = raw[..., self.num_classes:]
+        _, strides = center_priors(input_hw, self.strides, self.prior_offset, raw.device)
         out = []
         for i in range(raw.shape[0]):
-            det = self.detections(scores[i], boxes[i])
+            det = self.detections(scores[i], boxes[i], reg_logits[i], strides)
             if warp_matrices is not None and original_sizes is not None:
                 h, w = original_sizes[i]
                 inv = torch.linalg.inv(warp_matrices[i].to(torch.float64).cpu())
                 det["input_boxes"] = det["boxes"]
                 det["boxes"] = warp_boxes(det["boxes"].detach().cpu(), inv, w, h).to(det["boxes"].device)
+                # the warp is a scale (and a shift): edge spreads in image pixels, x edges by its x scale
+                sx, sy = float(inv[0, 0]), float(inv[1, 1])
+                det["edge_std"] = det["edge_std"] * det["edge_std"].new_tensor([sx, sy, sx, sy])
             out.append(det)
         return out
