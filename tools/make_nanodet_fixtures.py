@@ -60,20 +60,25 @@ def quantise(w: torch.Tensor, std: float) -> tuple[torch.Tensor, int]:
     return q, e
 
 
+def draw_conv(name: str, m: torch.nn.Conv2d, gen: torch.Generator, packed: dict) -> None:
+    """Conv ``m``'s weight N(0, gain / sqrt(fan_in)) rounded to int8 times a power of two (packed into ``packed``
+    under ``name.weight``), its bias N(0, 0.1)."""
+    fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+    std = math.sqrt(2 / (1 + 0.1 ** 2)) / math.sqrt(fan_in)
+    q, e = quantise(torch.randn(m.weight.shape, generator=gen) * std, std)
+    m.weight.data = q.float() * 2.0 ** e
+    packed[name + ".weight"] = {"q": q, "e": e}
+    if m.bias is not None:
+        m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.1
+
+
 def randomise(model: torch.nn.Module, calib: torch.Tensor, gen: torch.Generator) -> dict:
     """Fan-in scaled int8 conv weights, random BN affine, BN statistics measured on ``calib`` then perturbed.
     Returns the packed state (int8 + exponents for conv weights)."""
     packed = {}
-    gain = math.sqrt(2 / (1 + 0.1 ** 2))
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d):
-            fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            std = gain / math.sqrt(fan_in)
-            q, e = quantise(torch.randn(m.weight.shape, generator=gen) * std, std)
-            m.weight.data = q.float() * 2.0 ** e
-            packed[name + ".weight"] = {"q": q, "e": e}
-            if m.bias is not None:
-                m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.1
+            draw_conv(name, m, gen, packed)
         elif isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data = torch.rand(m.weight.shape, generator=gen) + 0.5
             m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.2

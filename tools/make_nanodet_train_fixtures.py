@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_nanodet_fixtures import quantise, synthetic_image  # noqa: E402
+from make_nanodet_fixtures import draw_conv, synthetic_image  # noqa: E402
 
 BASE_CONFIG = "config/nanodet-plus-m_320.yml"
 IMG_SIZE = 128
@@ -108,16 +108,9 @@ def plain(node):
 def randomise(model: torch.nn.Module, gen: torch.Generator) -> dict:
     """Random weights as in the module docstring (class biases excepted); returns the int8 packing of conv weights."""
     packed = {}
-    gain = math.sqrt(2 / (1 + 0.1 ** 2))
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d):
-            fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            std = gain / math.sqrt(fan_in)
-            q, e = quantise(torch.randn(m.weight.shape, generator=gen) * std, std)
-            m.weight.data = q.float() * 2.0 ** e
-            packed[name + ".weight"] = {"q": q, "e": e}
-            if m.bias is not None:
-                m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.1
+            draw_conv(name, m, gen, packed)
         elif isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
             m.weight.data = torch.rand(m.weight.shape, generator=gen) + 0.5
             m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.2

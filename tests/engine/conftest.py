@@ -14,3 +14,4 @@ def data(tmp_path_factory):
     tr = write_coco(d / "train", n=4, seed=0, size=(96, 96))
     va = write_coco(d / "val", n=2, seed=1, size=(96, 96))
     return tr, str(d / "train"), va, str(d / "val")
+

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import gfldet
+from tests._runs import data_sets, train_cli
 from gfldet.cli import main
 from gfldet.config import load_config
 from gfldet.models.io import load_model
@@ -25,24 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sets(data, out, **extra):
-    tr, tri, va, vai = data
-    s = [f"data.train.ann={tr}", f"data.train.images={tri}", f"data.val.ann={va}", f"data.val.images={vai}",
-         "model.arch=gfl_resnet18_fpn", "model.fpn_channels=32", "model.head_channels=32", "input.min_size=96",
-         "input.max_size=96", "train.epochs=1", "train.batch_size=2", "data.num_workers=0", "train.warmup_iters=2",
-         "train.log_interval=1", f"out_dir={out}"]
+    s = data_sets(data, out) + ["model.arch=gfl_resnet18_fpn", "model.fpn_channels=32", "model.head_channels=32",
+                                "input.min_size=96", "input.max_size=96", "train.epochs=1", "train.batch_size=2",
+                                "train.warmup_iters=2"]
     return s + [f"{k}={v}" for k, v in extra.items()]
-
-
-def _cli(args):
-    argv = ["train"]
-    for a in args:
-        argv += ["--set", a]
-    return main(argv + ["--no-progress"])
 
 
 def test_cli_two_iterations_then_eval_and_predict(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _cli(_sets(data, out)) == 0
+    assert train_cli(_sets(data, out)) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["iterations"] == 2 and result["epochs_done"] == 1
     for f in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "loss_curves.png", "val_ap.png", "pr_curve.png"):
@@ -76,9 +68,9 @@ def test_cli_two_iterations_then_eval_and_predict(data, tmp_path, capsys):
 
 def test_refuses_to_overwrite_a_run(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _cli(_sets(data, out, **{"train.max_iters": 1})) == 0
+    assert train_cli(_sets(data, out, **{"train.max_iters": 1})) == 0
     before = (out / "last.pt").read_bytes()
-    assert _cli(_sets(data, out)) == 2
+    assert train_cli(_sets(data, out)) == 2
     assert "--resume" in capsys.readouterr().err
     assert (out / "last.pt").read_bytes() == before
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gfldet
+from tests._runs import data_sets, train_cli
 from gfldet.cli import main
 from gfldet.config import ConfigError, load_config
 from gfldet.engine.recipe import lr_factor, resolve_training
@@ -19,18 +20,8 @@ from gfldet.models.zoo import build_nanodet_arch
 
 
 def _sets(data, out, **extra):
-    tr, tri, va, vai = data
-    s = [f"data.train.ann={tr}", f"data.train.images={tri}", f"data.val.ann={va}", f"data.val.images={vai}",
-         "model.arch=nanodet_plus_m_320", "train.batch_size=2", "data.num_workers=0", "train.log_interval=1",
-         f"out_dir={out}"]
-    return s + [f"{k}={v}" for k, v in extra.items()]
-
-
-def _cli(args):
-    argv = ["train"]
-    for a in args:
-        argv += ["--set", a]
-    return main(argv + ["--no-progress"])
+    return data_sets(data, out) + ["model.arch=nanodet_plus_m_320", "train.batch_size=2"] + \
+        [f"{k}={v}" for k, v in extra.items()]
 
 
 def test_recipe_is_the_official_one():
@@ -60,7 +51,7 @@ def test_gfl_only_settings_are_refused(setting, key):
 
 def test_train_eval_predict(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _cli(_sets(data, out, **{"train.epochs": 1})) == 0
+    assert train_cli(_sets(data, out, **{"train.epochs": 1})) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["iterations"] == 2
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -89,8 +80,8 @@ def test_resume_continues_exactly(data, tmp_path):
     the random augmentation, the EMA and AdamW's moments are part of last.pt."""
     common = {"train.epochs": 2, "train.eval_interval": 0}
     full, part = tmp_path / "full", tmp_path / "part"
-    assert _cli(_sets(data, full, **common)) == 0
-    assert _cli(_sets(data, part, **common, **{"train.max_iters": 3})) == 0
+    assert train_cli(_sets(data, full, **common)) == 0
+    assert train_cli(_sets(data, part, **common, **{"train.max_iters": 3})) == 0
     train(load_config(None, _sets(data, part, **common)), resume=True, progress=False)
     a = torch.load(full / "last.pt", weights_only=True)
     b = torch.load(part / "last.pt", weights_only=True)
