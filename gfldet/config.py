@@ -158,8 +158,12 @@ class Config:
         return format_config(self)
 
     def model_config(self, num_classes: int) -> ModelConfig:
-        """The detector's :class:`ModelConfig` for this run (automatic frozen_stages / norm_eval: the regime's)."""
+        """The detector's :class:`ModelConfig` for this run (automatic frozen_stages / norm_eval: the regime's); a
+        GFL's only (a NanoDet-Plus arch is built by ``gfldet.models.zoo.build_nanodet_arch`` from its name)."""
         m, ms = self.model, tuple(self.input.multiscale) if self.input.multiscale else None
+        if is_nanodet(m.arch):
+            raise ConfigError(f"model.arch={m.arch!r} is a NanoDet-Plus: it has no GFL ModelConfig (build it with "
+                              "gfldet.models.zoo.build_nanodet_arch)")
         return arch_config(m.arch, pretrained=bool(m.weights_backbone or m.init), num_classes=num_classes,
                            min_size=self.input.min_size, max_size=self.input.max_size, train_min_sizes=ms,
                            **model_fields(m))

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from gfldet.config import ConfigError, load_config
+from gfldet.engine.recipe import resolve_training
+from gfldet.models.zoo import build_nanodet_arch, is_nanodet
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -15,6 +17,12 @@ def test_shipped_configs_load_and_build_model_configs():
                                          "gfl_r101_fpn_ms2x_coco.yaml", "gfl_x101_32x4d_fpn_ms2x_coco.yaml"}
     for p in CONFIGS:
         cfg = load_config(p)
+        if is_nanodet(cfg.model.arch):
+            model = build_nanodet_arch(cfg.model.arch, num_classes=80)
+            assert model.spec.input_size == (416, 416) and resolve_training(cfg, 1233)[0].train.optimizer == "adamw"
+            with pytest.raises(ConfigError, match="NanoDet-Plus"):
+                cfg.model_config(num_classes=80)
+            continue
         mc = cfg.model_config(num_classes=80)
         assert mc.num_classes == 80 and mc.reg_max == 16 and cfg.train.momentum == 0.9
     r50 = load_config(CONFIGS[[p.name for p in CONFIGS].index("gfl_r50_fpn_1x_coco.yaml")])
