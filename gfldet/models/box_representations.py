@@ -71,9 +71,15 @@ class DistributionBox(BoxRepresentation):
     def loss(self, logits: Tensor, centers: Tensor, target_boxes: Tensor, weight: Tensor) -> Tensor:
         """DFL of ``(P, 4B)`` logits towards the target boxes (strides) seen from ``(P, 2)`` centres, weighted per
         positive by ``weight (P,)``, summed and divided by 4 (edges), as the reference."""
-        t = dfl_targets(box_to_distance(centers, target_boxes), self.bin_width, self.reg_max)  # (P, 4)
+        return self.weighted_dfl_sum(logits, box_to_distance(centers, target_boxes), weight) / (4.0 + EPS32)
+
+    def weighted_dfl_sum(self, logits: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
+        """The sum over positives and edges of DFL of ``(P, 4B)`` logits towards ``(P, 4)`` target distances in
+        strides (clamped to the bins, as the reference), each positive weighted by ``weight (P,)``: the part every
+        detector's DFL term shares (GFL divides it by 4 edges, NanoDet-Plus by 4 times its weight sum)."""
+        t = dfl_targets(distances, self.bin_width, self.reg_max)  # (P, 4)
         dfl = dfl_unchecked(logits.reshape(-1, self.reg_max + 1), t.reshape(-1))  # (4P,)
-        return (dfl * weight[:, None].expand(-1, 4).reshape(-1)).sum() / (4.0 + EPS32)
+        return (dfl * weight[:, None].expand(-1, 4).reshape(-1)).sum()
 
     def extras(self, logits: Tensor, strides: Tensor) -> dict[str, Tensor]:
         """``distributions (D, 4, B)``, ``edge_peak``, ``edge_entropy``, ``edge_std`` (pixels), ``loc_conf``."""

@@ -18,7 +18,7 @@ from ..ops.boxes import box_centers, box_iou_aligned
 from ..ops.losses import EPS32, giou_loss, reduce_mean
 from .priors import Priors
 
-__all__ = ["GFLTargets", "targets_from_assignment", "Criterion"]
+__all__ = ["GFLTargets", "targets_from_assignment", "Criterion", "batch_positives"]
 
 
 @dataclass
@@ -30,6 +30,8 @@ class GFLTargets:
     boxes: ``(N, A, 4)`` xyxy pixel target box of each positive (0 elsewhere).
     positive: ``(N, A)`` bool.
     num_pos_avg: scalar tensor, the QFL normaliser: positives of the batch, each image counting at least 1.
+    batch_positives: the positives of the batch averaged over processes, at least 1, once computed
+    (:func:`batch_positives`).
     """
 
     labels: Tensor
@@ -37,6 +39,7 @@ class GFLTargets:
     boxes: Tensor
     positive: Tensor
     num_pos_avg: Tensor
+    batch_positives: Tensor | None = None
 
 
 @torch.no_grad()
@@ -60,6 +63,15 @@ def targets_from_assignment(
     label_weights = (~res.ignored).to(anchors.dtype)
     num_pos = res.positive.sum(dim=1).clamp(min=1).sum().to(torch.float32)
     return GFLTargets(labels, label_weights, boxes, res.positive, num_pos)
+
+
+def batch_positives(targets: GFLTargets) -> Tensor:
+    """The positives of the batch, averaged over processes, at least 1 (mmdetection's ATSS normaliser); computed once
+    per batch (the criterion asks for it first, on every process, so that the collective pairs up under DDP also
+    where only some processes have positives) and kept on ``targets``."""
+    if targets.batch_positives is None:
+        targets.batch_positives = reduce_mean(targets.positive.sum().to(torch.float32)).clamp(min=1.0)
+    return targets.batch_positives
 
 
 class Criterion:
@@ -91,6 +103,7 @@ class Criterion:
         """The weighted loss terms from ``cls (N, A, C)``, ``box (N, A, K)`` and ``quality (N, A)`` (or None) outputs.
         The quality estimator's ``joint`` turns the class logits into the classification input first."""
         num_images, num_anchors, _ = cls.shape
+        batch_positives(targets)  # every process, before any branch on its own positives (DDP collectives pair up)
         cls = self.quality.joint(cls, None if quality is None else quality[..., None])  # GFLV2: the joint score's logits
         n_idx, a_idx = targets.positive.nonzero(as_tuple=True)
         ious = cls.new_zeros(num_images, num_anchors, dtype=torch.float32)
@@ -106,7 +119,13 @@ class Criterion:
                 iou = box_iou_aligned(pred_boxes.detach(), target_boxes)
                 ious[n_idx, a_idx] = iou
                 weight = self.quality.box_weight(cls[n_idx, a_idx], centers, target_boxes, iou)  # (P,)
-            box_norm = reduce_mean(weight.sum().detach().float()).clamp(min=1.0)
+            weight_sum = weight.sum().detach().float()
+        else:
+            weight_sum = cls.new_zeros((), dtype=torch.float32)
+        # averaged over the processes by every process, with positives or without, so that the collectives pair up
+        # under DDP (as the reference, whose per-level sums are reduced whether or not a level has positives)
+        box_norm = reduce_mean(weight_sum).clamp(min=1.0)
+        if n_idx.numel() > 0:
             loss_bbox = giou_loss(pred_boxes, target_boxes, weight=weight, reduction="sum") / (1.0 + EPS32)
             terms["loss_bbox"] = self.bbox_weight * loss_bbox / box_norm
             box_term = self.box.loss(pos_box, centers, target_boxes, weight)

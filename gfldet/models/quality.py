@@ -25,15 +25,10 @@ from ..ops.boxes import centerness_target
 from ..ops.dgqp import joint_logit
 from ..ops.losses import EPS32, quality_focal_loss_sparse, reduce_mean, sigmoid_focal_loss
 from .branches import DGQP, ConvBranch
-from .criterion import GFLTargets
+from .criterion import GFLTargets, batch_positives
 
 __all__ = ["QualityEstimator", "JointQFL", "JointDGQP", "FocalClassifier", "CenternessBranch", "IoUBranch",
            "batch_positives"]
-
-
-def batch_positives(targets: GFLTargets) -> Tensor:
-    """The positives of the batch, averaged over processes, at least 1 (mmdetection's ATSS normaliser)."""
-    return reduce_mean(targets.positive.sum().to(torch.float32)).clamp(min=1.0)
 
 
 class QualityEstimator:

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import GfldetError
+from ..head import ConvGN
 
-__all__ = ["make_activation", "ConvNormAct", "ConvGNAct", "DepthwiseSeparable", "GhostModule", "GhostBottleneck", "GhostBlocks"]
+__all__ = ["make_activation", "ConvNormAct", "ConvGNAct", "DepthwiseSeparable", "GhostModule", "GhostBottleneck",
+           "GhostBlocks"]
 
 LEAKY_SLOPE = 0.1  # NanoDet's LeakyReLU, not PyTorch's default 0.01
 
@@ -53,21 +55,16 @@ class ConvNormAct(nn.Module):
         return x if self.act is None else self.act(x)
 
 
-class ConvGNAct(nn.Module):
-    """``conv`` (no bias) -> GroupNorm ``gn`` (32 groups) -> ``act``: the official ConvModule with a GN norm config,
-    as NanoDet-Plus's auxiliary head builds it."""
+class ConvGNAct(ConvGN):
+    """gfldet's head layer :class:`~gfldet.models.head.ConvGN` (3x3 conv without bias, GroupNorm ``gn``) with
+    NanoDet's activation: the official ConvModule with a GN norm config, as NanoDet-Plus's auxiliary head builds it
+    (32 groups). Not fused by the CPU fast path (which swaps exactly ConvGN)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
-                 num_groups: int = 32, activation: str | None = "LeakyReLU"):
-        super().__init__()
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32, activation: str | None = "LeakyReLU"):
         if out_channels % num_groups:
             raise GfldetError(f"GroupNorm with {num_groups} groups needs a channel count divisible by it, got {out_channels}")
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, 1, padding, bias=False)
-        self.gn = nn.GroupNorm(num_groups, out_channels)
+        super().__init__(in_channels, out_channels, num_groups)
         self.act = make_activation(activation)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.gn(self.conv(x)))
 
 
 class DepthwiseSeparable(nn.Module):

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..head import Scale
 from .blocks import ConvGNAct, DepthwiseSeparable
 
-__all__ = ["NanoDetPlusHead", "NanoDetHead", "SimpleConvHead", "Scale"]
+__all__ = ["NanoDetPlusHead", "NanoDetHead", "SimpleConvHead"]
 
 
 def _tower(in_channels: int, feat_channels: int, stacked_convs: int, kernel_size: int, activation: str) -> nn.ModuleList:
@@ -124,17 +125,6 @@ class NanoDetHead(_LevelHead):
                 reg_feat = conv(reg_feat)
             outputs.append(torch.cat([self.gfl_cls[l](cls_feat), self.gfl_reg[l](reg_feat)], dim=1))
         return outputs
-
-
-class Scale(nn.Module):
-    """A learnt scalar factor ``scale`` (official ``Scale``)."""
-
-    def __init__(self, value: float = 1.0):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(value, dtype=torch.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
 
 
 class SimpleConvHead(_LevelHead):

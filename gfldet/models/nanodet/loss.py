@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ...ops.boxes import box_to_distance
 from ...ops.dsla import dynamic_soft_label_assign
-from ...ops.losses import dfl_targets, dfl_unchecked, giou_loss, quality_focal_loss_sparse, reduce_mean
+from ...ops.losses import giou_loss, quality_focal_loss_sparse, reduce_mean
 from ..box_representations import DistributionBox
 
 __all__ = ["NanoDetTargets", "NanoDetPlusLoss"]
@@ -88,24 +88,24 @@ class NanoDetPlusLoss:
         """The three weighted terms of one head's ``raw (N, A, C + 4 (R + 1))`` outputs, named ``prefix + qfl``
         (``bbox``, ``dfl``)."""
         cls, reg = self.split(raw)
+        n_idx, a_idx = t.positive.nonzero(as_tuple=True)
+        weight = cls[n_idx, a_idx].detach().float().sigmoid().max(dim=1).values if n_idx.numel() else cls.new_zeros(0)
+        # both normalisers averaged over the processes by every process, with positives or without, so that the
+        # collectives pair up under DDP (the official head skips the second on a process without positives)
         num_pos = max(float(reduce_mean(t.positive.sum().float())), 1.0)
+        norm = max(float(reduce_mean(weight.sum().float())), 1.0)
         qfl = quality_focal_loss_sparse(cls.reshape(-1, self.num_classes), t.labels.reshape(-1), t.scores.reshape(-1),
                                         beta=self.qfl_beta, reduction="sum")
         terms = {prefix + "qfl": self.qfl_weight * qfl / num_pos}
-        n_idx, a_idx = t.positive.nonzero(as_tuple=True)
-        if n_idx.numel() == 0:
-            terms[prefix + "bbox"] = reg.sum() * 0
-            terms[prefix + "dfl"] = reg.sum() * 0
+        if n_idx.numel() == 0:  # zero terms that keep the graph connected; "+ 0.0" turns -0.0 into 0.0
+            terms[prefix + "bbox"] = reg.sum() * 0 + 0.0
+            terms[prefix + "dfl"] = reg.sum() * 0 + 0.0
             return terms
         pos_reg = reg[n_idx, a_idx].float()  # (P, 4 (R + 1))
         pos_points, pos_strides = points[a_idx], strides[a_idx]
         pred = self.decode(pos_reg, pos_points, pos_strides)
         target = t.boxes[n_idx, a_idx]
-        weight = cls[n_idx, a_idx].detach().float().sigmoid().max(dim=1).values  # (P,)
-        norm = max(float(reduce_mean(weight.sum())), 1.0)
-        giou = giou_loss(pred, target, weight=weight, reduction="sum")
-        terms[prefix + "bbox"] = self.bbox_weight * giou / norm
-        dist = dfl_targets(box_to_distance(pos_points, target) / pos_strides[:, None], 1.0, self.reg_max)  # (P, 4)
-        dfl = dfl_unchecked(pos_reg.reshape(-1, self.reg_max + 1), dist.reshape(-1))
-        terms[prefix + "dfl"] = self.dfl_weight * (dfl * weight[:, None].expand(-1, 4).reshape(-1)).sum() / (4.0 * norm)
+        terms[prefix + "bbox"] = self.bbox_weight * giou_loss(pred, target, weight=weight, reduction="sum") / norm
+        distances = box_to_distance(pos_points, target) / pos_strides[:, None]  # strides
+        terms[prefix + "dfl"] = self.dfl_weight * self.box.weighted_dfl_sum(pos_reg, distances, weight) / (4.0 * norm)
         return terms

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ...errors import GfldetError
 from ..transform import check_targets
 from .backbone import ShuffleNetV2Backbone
+from .blocks import ConvNormAct, DepthwiseSeparable
 from ..coco_classes import COCO_NAMES
 from ..quality import JointQFL
 from .augment import NanoDetAugment
@@ -138,6 +139,8 @@ class NanoDetNetwork(nn.Module):
             self.aux_fpn = GhostPAN(self.backbone.out_channels, c, use_depthwise=True, kernel_size=5, num_extra_level=1)
             self.aux_head = SimpleConvHead(spec.num_classes, 2 * c, 2 * c, 4, spec.strides, spec.reg_max)
         init_official(self)
+        if aux:  # the official aux_fpn is a deepcopy of the initialised fpn: both necks start equal
+            self.aux_fpn.load_state_dict(self.fpn.state_dict())
 
     @property
     def has_aux(self) -> bool:
@@ -162,10 +165,19 @@ class NanoDetNetwork(nn.Module):
 
 
 def init_official(network: nn.Module) -> None:
-    """The official initialisation: ShuffleNetV2 convs N(0, 1 / in_channels_per_group) with BatchNorm weight 1, bias
-    1e-4; the necks PyTorch's defaults; every head conv N(0, 0.01) with bias 0, but the bias of each ``gfl_cls``
-    conv -4.595 (sigmoid 0.01) on all its channels (NanoDet-Plus's carries the box logits too, where a constant
-    leaves the softmax unchanged)."""
+    """The official initialisation: every ConvModule / DepthwiseConvModule (gfldet's ConvNormAct and
+    DepthwiseSeparable) kaiming-normal, fan-out, gain sqrt(2), bias 0, as their constructors do, the plain convs of the
+    ghost blocks PyTorch's defaults; then ShuffleNetV2's convs N(0, 1 / in_channels_per_group) with BatchNorm weight 1,
+    bias 1e-4; then every head conv N(0, 0.01) with bias 0, but the bias of each ``gfl_cls`` conv -4.595 (sigmoid
+    0.01) on all its channels (NanoDet-Plus's carries the box logits too, where a constant leaves the softmax
+    unchanged)."""
+    for m in network.modules():
+        convs = [m.conv] if isinstance(m, ConvNormAct) else [m.depthwise, m.pointwise] \
+            if isinstance(m, DepthwiseSeparable) else []
+        for conv in convs:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # the gain of leaky_relu, a=0
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
     for m in network.backbone.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0, 1.0 / m.weight.shape[1])
