@@ -42,7 +42,7 @@ from .engine.train import train
 from .errors import GfldetError
 from .files import write_json
 from .models.io import load_model
-from .models.zoo import ARCHS, check_arch, imagenet_cache_path, torchvision_weights
+from .models.zoo import ARCHS, check_arch, imagenet_cache_path, is_nanodet, torchvision_weights
 from .ops.boxes import box_iou
 from .viz import draw_detections, draw_distributions
 
@@ -264,6 +264,9 @@ def run_demo(
     if epochs is None:
         epochs = demo_epochs(device)
     check_arch(arch)
+    if is_nanodet(arch):
+        raise GfldetError(f"the demo trains a GFL detector (--arch: a GFL builder); train {arch} with `gfldet train "
+                          f"--set model.arch={arch}` on the demo's data or yours (docs/nanodet.md)")
     weights_backbone = None if arch == DEMO_ARCH else cached_imagenet_weights(arch)
     if lr is None and arch == DEMO_ARCH:
         lr = 0.06

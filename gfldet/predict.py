@@ -23,7 +23,7 @@ from .files import check_output_folder, write_json
 from .models.coco_classes import coco_category_ids
 from .models.io import load_checkpoint, load_model
 from .models.pretrained import load_pretrained
-from .ops.resize import network_input_size
+from .ops.resize import keep_ratio_size, warp_resize_matrix
 from .viz import draw_detections, draw_distributions
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,17 @@ def coco_image_ids(files: list[Path], ann: str | os.PathLike) -> list[int]:
         owner[iid] = f
         ids.append(iid)
     return ids
+
+
+
+def _network_input_size(h: int, w: int, rules: dict) -> tuple[int, int]:
+    """``(h', w')`` of an ``h x w`` image in the network input, by a model's input rules as an export records them
+    (``gfldet.*`` metadata; a NanoDet's ``export_settings()``): ``resize: warp`` (NanoDet) warps to ``input_size``
+    (:func:`warp_resize_matrix`), anything else is GFL's keep-ratio resize with ``min_size`` / ``max_size``."""
+    if rules.get("resize") == "warp":
+        _, (nw, nh) = warp_resize_matrix((w, h), tuple(rules["input_size"]), bool(rules.get("keep_ratio")))
+        return nh, nw
+    return keep_ratio_size(h, w, rules.get("min_size"), rules.get("max_size"))
 
 
 def predict(
@@ -194,7 +205,7 @@ def predict(
                     p = out / f"{stem}_dist{k}.png"
                     std = "/".join(f"{v:.1f}" for v in det["edge_std"][k].tolist())
                     # bins -> pixels of this image: a bin is one stride of the resized network input
-                    nh, nw = network_input_size(int(img.shape[1]), int(img.shape[2]), rules)
+                    nh, nw = _network_input_size(int(img.shape[1]), int(img.shape[2]), rules)
                     px_per_bin = float(det["strides"][k]) * img.shape[2] / nw
                     draw_distributions(img, det["boxes"][k], det["distributions"][k], p, stride=px_per_bin,
                                        title=f"{names[int(det['labels'][k])]} {float(det['scores'][k]):.2f}, "

@@ -35,6 +35,7 @@ import numpy as np
 from ..config import Config
 from ..errors import GfldetError
 from ..files import check_output_folder, write_json
+from ..models.zoo import is_nanodet
 from . import inspect_stats as stats
 from .coco import CocoDetection
 from .inspect_plot import plot_sizes
@@ -74,6 +75,11 @@ def inspect_dataset(ann_file: str | os.PathLike, images_dir: str | os.PathLike, 
     """
     t0 = time.perf_counter()
     cfg = cfg if cfg is not None else Config()
+    if is_nanodet(cfg.model.arch):
+        raise GfldetError(f"inspect-data reports a data set against GFL's resize, FPN levels, ATSS assignment and reg_max; "
+                          f"model.arch={cfg.model.arch} (NanoDet-Plus) warps every image to its input size and assigns "
+                          "with its Dynamic Soft Label Assigner, which the report does not model: run it with a GFL "
+                          "config (or none)")
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise GfldetError(f"max_images must be a positive integer or None, got {max_images!r}")
     geo = stats.Geometry(cfg)

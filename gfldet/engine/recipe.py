@@ -98,7 +98,8 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
     total_batch = t.batch_size * world_size
     total_iters = t.epochs * iters_per_epoch if t.max_iters is None else min(t.max_iters, t.epochs * iters_per_epoch)
     if is_nanodet(m.arch):
-        recipe, name = RECIPES["nanodet"], "NanoDet-Plus (the official configs' recipe)"
+        recipe, name = RECIPES["nanodet"], "NanoDet-Plus (the official configs' recipe" + (
+            ")" if pretrained else "; they start from ImageNet: model.weights_backbone=IMAGENET1K_V1)")
     else:
         regime = training_regime(m.arch, pretrained)
         recipe = {**RECIPES["gfl"], "lr": round(regime.lr_per_16 * total_batch / 16, 10), "grad_clip": regime.grad_clip}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import GfldetError
 
-__all__ = ["check_image", "keep_ratio_size", "padded_size", "warp_resize_matrix", "cv_invert3x3", "network_input_size"]
+__all__ = ["check_image", "keep_ratio_size", "padded_size", "warp_resize_matrix", "cv_invert3x3"]
 
 
 def check_image(i: int, shape: Sequence[int], dtype: object, is_uint8: bool, is_float: bool,
@@ -100,13 +100,3 @@ def cv_invert3x3(m: Sequence[Sequence[float]]) -> list[float]:
             (s[0][0] * s[2][2] - s[0][2] * s[2][0]) * d, (s[0][2] * s[1][0] - s[0][0] * s[1][2]) * d,
             (s[1][0] * s[2][1] - s[1][1] * s[2][0]) * d, (s[0][1] * s[2][0] - s[0][0] * s[2][1]) * d,
             (s[0][0] * s[1][1] - s[0][1] * s[1][0]) * d]
-
-
-def network_input_size(h: int, w: int, rules: dict) -> tuple[int, int]:
-    """``(h', w')`` of an ``h x w`` image in the network input, by a model's input rules as an export records them
-    (``gfldet.*`` metadata; a NanoDet's ``export_settings()``): ``resize: warp`` (NanoDet) warps to ``input_size``
-    (:func:`warp_resize_matrix`), anything else is GFL's keep-ratio resize with ``min_size`` / ``max_size``."""
-    if rules.get("resize") == "warp":
-        _, (nw, nh) = warp_resize_matrix((w, h), tuple(rules["input_size"]), bool(rules.get("keep_ratio")))
-        return nh, nw
-    return keep_ratio_size(h, w, rules.get("min_size"), rules.get("max_size"))

@@ -106,3 +106,31 @@ def test_fine_tune_from_an_official_checkpoint(tmp_path, caplog):
         | {"network.aux_head.gfl_cls.weight", "network.aux_head.gfl_cls.bias"}
     w = official.network.backbone.conv1[0].weight
     assert torch.equal(model.network.backbone.conv1[0].weight, w + 1)  # avg_model (EMA) wins
+
+
+def test_float_images_train_as_their_uint8_twins():
+    """A float image in [0, 1] is the uint8 image scaled (the val path's rule): the same training input, up to the
+    warp's float weights against OpenCV's fixed-point ones (well under one grey level)."""
+    from gfldet.models.nanodet.augment import NanoDetAugment
+
+    img = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8)
+    boxes = [torch.tensor([[10.0, 10.0, 60.0, 50.0]])]
+    aug = NanoDetAugment((96, 96), brightness=0.0, contrast=(1, 1), saturation=(1, 1))
+    torch.manual_seed(1)
+    a, ba = aug([img], boxes)
+    torch.manual_seed(1)
+    b, bb = aug([img.float() / 255], boxes)
+    assert torch.allclose(a, b, atol=1.5 / 57.12) and torch.equal(ba[0], bb[0])
+    with pytest.raises(gfldet.GfldetError, match=r"image 0: float images must hold values in \[0, 1\]"):
+        aug([img.float()], boxes)
+
+
+def test_demo_and_inspect_data_refuse_nanodet_with_the_way_forward(data, tmp_path):
+    from gfldet.data.inspect import inspect_dataset
+    from gfldet.demo import run_demo
+
+    with pytest.raises(gfldet.GfldetError, match="gfldet train --set model.arch=nanodet_plus_m_320"):
+        run_demo(tmp_path / "demo", arch="nanodet_plus_m_320")
+    assert not (tmp_path / "demo").exists()
+    with pytest.raises(gfldet.GfldetError, match="Dynamic Soft Label Assigner"):
+        inspect_dataset(data[0], data[1], load_config(None, ["model.arch=nanodet_plus_m_320"]))

@@ -109,14 +109,40 @@ def test_augmented_boxes_follow_the_image():
         assert abs(ys.min().item() - y1) <= 2 and abs(ys.max().item() + 1 - y2) <= 2
 
 
-def test_saturation_is_the_hsv_round_trip():
+def _opencv_saturation(b: float, g: float, r: float, alpha: float) -> list[float]:
+    """OpenCV's float BGR2HSV, S scaled, HSV2BGR, written out from its formulas (cv2 is not installed here)."""
+    eps = 1.1920928955078125e-07
+    v, vmin = max(b, g, r), min(b, g, r)
+    diff = v - vmin
+    s = diff / (abs(v) + eps)
+    d = 60.0 / (diff + eps)
+    h = (g - b) * d if v == r else (b - r) * d + 120.0 if v == g else (r - g) * d + 240.0
+    h = h + 360.0 if h < 0 else h
+    s *= alpha
+    if s == 0:
+        return [v, v, v]
+    h = h / 60.0
+    while h >= 6:
+        h -= 6
+    sector = int(h)
+    f = h - sector
+    tab = [v, v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))]
+    sectors = [[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]]  # b, g, r per sector
+    return [tab[k] for k in sectors[sector]]
+
+
+def test_saturation_is_opencvs_hsv_round_trip():
     g = torch.Generator().manual_seed(0)
-    img = torch.rand(50, 3, generator=g, dtype=torch.float64)
-    for alpha in (0.5, 0.8, 1.0):
+    img = torch.rand(60, 3, generator=g, dtype=torch.float64) * 0.8 - 0.25  # dark, brightness-shifted: some V < 0
+    assert (img.amax(1) < 0).any()
+    for alpha in (0.5, 0.8, 1.0, 1.2):
         ours = saturate(img, alpha)
         for px, o in zip(img.tolist(), ours.tolist()):
-            h, s, v = colorsys.rgb_to_hsv(*px)
-            assert o == pytest.approx(list(colorsys.hsv_to_rgb(h, s * alpha, v)), abs=1e-12)
+            assert o == pytest.approx(_opencv_saturation(*px, alpha), abs=1e-5)
+    positive = torch.rand(20, 3, generator=g, dtype=torch.float64) + 0.01  # and, for V > 0, the HSV colour model
+    for px, o in zip(positive.tolist(), saturate(positive, 0.7).tolist()):
+        h, s, v = colorsys.rgb_to_hsv(*px)
+        assert o == pytest.approx(list(colorsys.hsv_to_rgb(h, s * 0.7, v)), abs=1e-5)
 
 
 # ------------------------------------------------------------------ the model in training

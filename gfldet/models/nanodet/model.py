@@ -317,7 +317,7 @@ class NanoDet(nn.Module):
         checked = check_targets(targets, len(images), self.spec.num_classes, device)
         boxes = [b if crowd is None else b[~crowd] for b, _, crowd in checked]
         labels = [lab if crowd is None else lab[~crowd] for _, lab, crowd in checked]
-        batch, boxes = self.augment([img.to(device) for img in images], boxes)
+        batch, boxes = self.augment(images, boxes, device)
         return self.losses(batch, boxes, labels)
 
     def losses(self, batch: Tensor, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ from ...errors import GfldetError
 from ...ops.resize import check_image, padded_size
 from .warp import resize_matrix, warp_perspective_bilinear
 
-__all__ = ["NanoDetBatch", "NanoDetPreprocessor", "NANODET_MEAN_BGR", "NANODET_STD_BGR", "official_normalize"]
+__all__ = ["NanoDetBatch", "NanoDetPreprocessor", "image_as_bgr", "NANODET_MEAN_BGR", "NANODET_STD_BGR", "official_normalize"]
 
 NANODET_MEAN_BGR = (103.53, 116.28, 123.675)
 NANODET_STD_BGR = (57.375, 57.12, 58.395)
@@ -32,6 +32,22 @@ def official_normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     broadcast against ``x`` (0..255): the official ``_normalize``'s arithmetic, written once for the eager
     preprocessor and the exported graph (gfldet.models.nanodet.parts.NanoDetTransform)."""
     return (x.to(torch.float32) / 255 - mean) / std
+
+
+def image_as_bgr(i: int, img: Tensor) -> Tensor:
+    """Image ``i`` of a call, a ``(3, H, W)`` RGB tensor, checked (uint8, or float in [0, 1]; a GfldetError names
+    it otherwise), as the ``(H, W, 3)`` BGR the warp takes: uint8 as it is (the official path, bit for bit), float
+    scaled to 0..255 (warped with float weights). The one input rule of the val and the training pipelines."""
+    if not isinstance(img, Tensor):
+        raise GfldetError(f"image {i}: expected a (3, H, W) RGB tensor, got {type(img).__name__}")
+
+    def value_range() -> tuple[bool, float, float]:
+        x = img.float()
+        return bool(torch.isfinite(x).all()), float(x.min()), float(x.max())
+
+    check_image(i, tuple(img.shape), img.dtype, img.dtype == torch.uint8, img.is_floating_point(), value_range)
+    bgr = img.flip(0).permute(1, 2, 0)
+    return bgr if img.dtype == torch.uint8 else bgr.to(torch.float32) * 255
 
 
 @dataclass
@@ -79,17 +95,7 @@ class NanoDetPreprocessor:
             raise GfldetError("no images given")
         normed, matrices, sizes, warped = [], [], [], []
         for i, img in enumerate(images):
-            if not isinstance(img, Tensor):
-                raise GfldetError(f"image {i}: expected a (3, H, W) RGB tensor, got {type(img).__name__}")
-
-            def value_range(img=img) -> tuple[bool, float, float]:
-                x = img.float()
-                return bool(torch.isfinite(x).all()), float(x.min()), float(x.max())
-
-            check_image(i, tuple(img.shape), img.dtype, img.dtype == torch.uint8, img.is_floating_point(), value_range)
-            bgr = img.flip(0).permute(1, 2, 0)
-            if img.dtype != torch.uint8:
-                bgr = bgr.to(torch.float32) * 255
+            bgr = image_as_bgr(i, img)
             out, m = self.warp(bgr)
             normed.append(self.normalize(out))
             matrices.append(m)
