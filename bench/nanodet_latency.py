@@ -12,14 +12,16 @@ Random weights (the network's latency does not depend on them; the class biases 
 PyTorch's default initialisation no candidate passes the 0.05 threshold: the timings hold no NMS, which trained
 weights add for their ~100 candidates); INT8 is calibrated on 8 synthetic images. GFLOPs: multiply-adds x 2 of the network (backbone, neck,
 head) for one square image of the input size (torch.utils.flop_counter). YOLO11n: ``YOLO("yolo11n.yaml")`` (random
-weights, nothing downloaded), eager, and its own OpenVINO exports (fp32; INT8 needs its calibration data set, which
-ultralytics downloads: reported as not run where that fails). Published AP: NanoDet's README (COCO val2017, mAP
+weights, nothing downloaded), eager, and its own OpenVINO exports (fp32, and INT8 calibrated on the same 8 synthetic
+images through a local data set file; reported as not run where an export fails). Published AP: NanoDet's README (COCO val2017, mAP
 0.5:0.95: 27.0 at 320, 30.4 at 416) and ultralytics' docs (YOLO11n 39.5 at 640; not published at 320/416).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -80,7 +82,19 @@ def nanodet_cells(size: int, work: Path, image: np.ndarray, calib: Path) -> tupl
     return cells, info
 
 
-def yolo_cells(size: int, work: Path, image: np.ndarray) -> tuple[dict, dict]:
+def yolo_calibration(work: Path, calib: Path) -> Path:
+    """A local data set yaml for ultralytics' INT8 calibration (the same 8 synthetic images as NanoDet's; images
+    without labels): its default, coco8.yaml, is a download."""
+    root = work / "yolo_calib"
+    (root / "images" / "val").mkdir(parents=True)
+    for f in sorted(calib.glob("*.png")):
+        shutil.copy(f, root / "images" / "val" / f.name)
+    yaml_file = root / "calib.yaml"
+    yaml_file.write_text(f"path: {root}\ntrain: images/val\nval: images/val\nnames:\n  0: object\n")
+    return yaml_file
+
+
+def yolo_cells(size: int, work: Path, image: np.ndarray, calib: Path) -> tuple[dict, dict]:
     """YOLO11n (random weights) eager and its own OpenVINO exports; empty where ultralytics is not importable."""
     try:
         from ultralytics import YOLO
@@ -92,10 +106,15 @@ def yolo_cells(size: int, work: Path, image: np.ndarray) -> tuple[dict, dict]:
             "GFLOPs": gflops(net, torch.zeros(1, 3, size, size)), "COCO AP": YOLO11N_AP}
     hwc = np.ascontiguousarray(image.transpose(1, 2, 0)[..., ::-1])  # ultralytics reads BGR HWC arrays
     cells = {f"yolo{size} eager": (lambda: model.predict(hwc, imgsz=size, verbose=False), None)}
-    for key, kwargs in (("ov fp32", {}), ("ov int8", {"int8": True, "data": "coco8.yaml"})):
+    data = yolo_calibration(work / f"yolo{size}", calib)
+    for key, kwargs in (("ov fp32", {}), ("ov int8", {"int8": True, "data": str(data)})):
         try:
-            path = YOLO("yolo11n.yaml").export(format="openvino", imgsz=size, project=str(work), **kwargs)
-            exported = YOLO(path, task="detect")
+            # ultralytics writes the export beside the model, here the working directory: one folder per export
+            folder = work / f"yolo{size}" / key.replace(" ", "_")
+            folder.mkdir(parents=True)
+            with contextlib.chdir(folder):
+                path = Path(YOLO("yolo11n.yaml").export(format="openvino", imgsz=size, **kwargs)).resolve()
+            exported = YOLO(str(path), task="detect")
             cells[f"yolo{size} {key}"] = (lambda m=exported: m.predict(hwc, imgsz=size, verbose=False), None)
         except Exception as e:  # noqa: BLE001 - an optional peer: report, do not fail the NanoDet table
             info[f"{key} not run"] = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
@@ -124,7 +143,7 @@ def main(argv=None) -> None:
             columns.append((f"NanoDet-Plus-m {size}", f"nd{size}"))
         have_yolo = False
         for size in args.sizes:
-            c, info = yolo_cells(size, work, image)
+            c, info = yolo_cells(size, work, image, calib)
             have_yolo = have_yolo or bool(c)
             cells.update(c)
             infos[f"yolo{size}"] = info

@@ -89,29 +89,43 @@ _INT_MIN, _INT_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
 def _warp_positions(minv: Sequence[float], dst_w: int, dst_h: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(dst_h, dst_w)`` int64 source positions in 1/32 pixel, as OpenCV's WarpPerspectiveInvoker (blocks of
-    ``bw0`` columns, each product and sum rounded to double in C's order, ``cvRound`` half to even)."""
+    """Source positions in 1/32 pixel (int64), as OpenCV's WarpPerspectiveInvoker (blocks of ``bw0`` columns, each
+    product and sum rounded to double in C's order, ``cvRound`` half to even): ``(dst_h, dst_w)`` each, or, for a
+    matrix without rotation, shear or perspective (NanoDet's scale-and-shift), ``(1, dst_w)`` and ``(dst_h, 1)``:
+    the same numbers, X then depends on the column only and Y on the row only (the zero terms add exact zeros)."""
     bh0 = min(_BLOCK // 2, dst_h)
     bw0 = min(_BLOCK * _BLOCK // bh0, dst_w)
+    m0, m1, m2, m3, m4, m5, m6, m7, m8 = minv
+    separable = m1 == 0 and m3 == 0 and m6 == 0 and m7 == 0
     x = np.arange(dst_w, dtype=np.int64)
     xb = ((x // bw0) * bw0).astype(np.float64)[None, :]
     x1 = (x % bw0).astype(np.float64)[None, :]
     y = np.arange(dst_h, dtype=np.float64)[:, None]
-    m0, m1, m2, m3, m4, m5, m6, m7, m8 = minv
-    x0 = (m0 * xb + m1 * y) + m2
-    y0 = (m3 * xb + m4 * y) + m5
-    w = ((m6 * xb + m7 * y) + m8) + m6 * x1
-    nonzero = w != 0
-    w = np.where(nonzero, _INTER_TAB / np.where(nonzero, w, 1.0), 0.0)
-    fx = np.clip((x0 + m0 * x1) * w, _INT_MIN, _INT_MAX)
-    fy = np.clip((y0 + m3 * x1) * w, _INT_MIN, _INT_MAX)
+    if separable:
+        x0 = (m0 * xb + m1 * 0.0) + m2
+        y0 = (m3 * 0.0 + m4 * y) + m5
+        w = np.full((1, 1), m8)
+        wx = wy = w
+    else:
+        x0 = (m0 * xb + m1 * y) + m2
+        y0 = (m3 * xb + m4 * y) + m5
+        wx = wy = ((m6 * xb + m7 * y) + m8) + m6 * x1
+
+    def scale(w: np.ndarray) -> np.ndarray:
+        nonzero = w != 0
+        return np.where(nonzero, _INTER_TAB / np.where(nonzero, w, 1.0), 0.0)
+
+    fx = np.clip((x0 + m0 * x1) * scale(wx), _INT_MIN, _INT_MAX)
+    fy = np.clip((y0 + m3 * (0.0 if separable else x1)) * scale(wy), _INT_MIN, _INT_MAX)
     return np.rint(fx).astype(np.int64), np.rint(fy).astype(np.int64)
 
 
 def warp_bilinear(img: np.ndarray, m: Sequence[Sequence[float]], dst_wh: tuple[int, int]) -> np.ndarray:
     """``cv2.warpPerspective(img, m, dst_wh)`` (bilinear, constant border 0) of a ``(C, H, W)`` image -> ``(C, h, w)``
     of its dtype: bit for bit with :func:`gfldet.models.nanodet.warp.warp_perspective_bilinear` (and OpenCV <= 4.10)
-    for uint8; float32 images with the same positions and float weights, as that function."""
+    for uint8; float32 images with the same positions and float weights, as that function. A matrix without
+    rotation, shear or perspective (NanoDet's) gathers rows, then columns; uint8 sums in int32 (at most
+    255 x 2^15)."""
     dst_w, dst_h = (int(v) for v in dst_wh)
     c, h, w = img.shape
     X, Y = _warp_positions(cv_invert3x3(m), dst_w, dst_h)
@@ -119,18 +133,23 @@ def warp_bilinear(img: np.ndarray, m: Sequence[Sequence[float]], dst_wh: tuple[i
     sy = np.clip(Y >> _INTER_BITS, -(2 ** 15), 2 ** 15 - 1)
     ax, ay = X & (_INTER_TAB - 1), Y & (_INTER_TAB - 1)
     exact = img.dtype == np.uint8
-    src = np.pad(img.astype(np.int64 if exact else np.float32), ((0, 0), (1, 1), (1, 1)))  # the zero border
+    src = np.pad(img if exact else img.astype(np.float32), ((0, 0), (1, 1), (1, 1)))  # the zero border
     px0, px1 = np.clip(sx + 1, 0, w + 1), np.clip(sx + 2, 0, w + 1)
     py0, py1 = np.clip(sy + 1, 0, h + 1), np.clip(sy + 2, 0, h + 1)
     wx0, wy0 = _INTER_TAB - ax, _INTER_TAB - ay
-    flat = src.reshape(c, -1)
-    stride = w + 2
-    terms = ((py0, px0, wy0 * wx0), (py0, px1, wy0 * ax), (py1, px0, ay * wx0), (py1, px1, ay * ax))
+    weights = (wy0 * wx0, wy0 * ax, ay * wx0, ay * ax)
+    if X.shape[0] == 1:  # separable: px (1, w'), py (h', 1)
+        rows0, rows1 = np.take(src, py0[:, 0], axis=1), np.take(src, py1[:, 0], axis=1)
+        taps = (np.take(rows0, px0[0], axis=2), np.take(rows0, px1[0], axis=2), np.take(rows1, px0[0], axis=2),
+                np.take(rows1, px1[0], axis=2))
+    else:
+        flat, stride = src.reshape(c, -1), w + 2
+        taps = tuple(flat[:, py * stride + px] for py, px in ((py0, px0), (py0, px1), (py1, px0), (py1, px1)))
     if exact:
         scale = 1 << (_REMAP_BITS - 2 * _INTER_BITS)
-        acc = sum(flat[:, py * stride + px] * (wt * scale) for py, px, wt in terms)
+        acc = sum(t.astype(np.int32) * (wt * scale).astype(np.int32) for t, wt in zip(taps, weights))
         return np.clip((acc + (1 << (_REMAP_BITS - 1))) >> _REMAP_BITS, 0, 255).astype(np.uint8)
-    acc = sum(flat[:, py * stride + px] * (wt.astype(np.float32) / np.float32(_INTER_TAB ** 2)) for py, px, wt in terms)
+    acc = sum(t * (wt.astype(np.float32) / np.float32(_INTER_TAB ** 2)) for t, wt in zip(taps, weights))
     return acc.astype(np.float32)
 
 

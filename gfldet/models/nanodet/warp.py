@@ -52,29 +52,41 @@ def cv_invert3x3(m: Tensor | Sequence[Sequence[float]]) -> list[float]:
 
 
 def _source_positions(minv: Sequence[float], dst_w: int, dst_h: int) -> tuple[Tensor, Tensor]:
-    """``(dst_h, dst_w)`` int64 source positions in 1/32 pixel, as WarpPerspectiveInvoker computes them."""
+    """Source positions in 1/32 pixel (int64), as WarpPerspectiveInvoker computes them: ``(dst_h, dst_w)`` each, or,
+    for a matrix without rotation, shear or perspective (NanoDet's scale-and-shift, in val and training),
+    ``(1, dst_w)`` and ``(dst_h, 1)``: the same numbers (the zero terms add exact zeros), X then depends on the column
+    only and Y on the row only."""
     f64 = torch.float64
     bh0 = min(BLOCK_SZ // 2, dst_h)
     bw0 = min(BLOCK_SZ * BLOCK_SZ // bh0, dst_w)
+    m0, m1, m2, m3, m4, m5, m6, m7, m8 = minv
+    separable = m1 == 0 and m3 == 0 and m6 == 0 and m7 == 0
     x = torch.arange(dst_w, dtype=torch.int64)
     xb = ((x // bw0) * bw0).to(f64)[None, :]  # block start
     x1 = (x % bw0).to(f64)[None, :]  # offset in the block
     y = torch.arange(dst_h, dtype=f64)[:, None]
-    m0, m1, m2, m3, m4, m5, m6, m7, m8 = minv
-    x0 = (m0 * xb + m1 * y) + m2  # each product and sum rounded to double, in C's order
-    y0 = (m3 * xb + m4 * y) + m5
-    w0 = (m6 * xb + m7 * y) + m8
-    w = w0 + m6 * x1
-    w = torch.where(w != 0, INTER_TAB_SIZE / torch.where(w != 0, w, torch.ones_like(w)), torch.zeros_like(w))
-    fx = ((x0 + m0 * x1) * w).clamp(INT_MIN, INT_MAX)
-    fy = ((y0 + m3 * x1) * w).clamp(INT_MIN, INT_MAX)
+    if separable:
+        x0 = (m0 * xb + m1 * 0.0) + m2
+        y0 = (m3 * 0.0 + m4 * y) + m5
+        wx = wy = torch.full((1, 1), float(m8), dtype=f64)
+    else:
+        x0 = (m0 * xb + m1 * y) + m2  # each product and sum rounded to double, in C's order
+        y0 = (m3 * xb + m4 * y) + m5
+        wx = wy = ((m6 * xb + m7 * y) + m8) + m6 * x1
+
+    def scale(w: Tensor) -> Tensor:
+        return torch.where(w != 0, INTER_TAB_SIZE / torch.where(w != 0, w, torch.ones_like(w)), torch.zeros_like(w))
+
+    fx = ((x0 + m0 * x1) * scale(wx)).clamp(INT_MIN, INT_MAX)
+    fy = ((y0 + m3 * (0.0 if separable else x1)) * scale(wy)).clamp(INT_MIN, INT_MAX)
     return torch.round(fx).to(torch.int64), torch.round(fy).to(torch.int64)  # cvRound: half to even
 
 
 def warp_perspective_bilinear(img: Tensor, m: Tensor, dst_wh: tuple[int, int]) -> Tensor:
     """``cv2.warpPerspective(img, m, dst_wh)`` (bilinear, constant border 0) of an ``(H, W, C)`` image: bit for bit
     for uint8 (OpenCV <= 4.10 on x86-64). Float images use the same 1/32-pixel positions with exact float weights (a
-    float image is not what the official pipeline reads; close to OpenCV's float path, not bit for bit)."""
+    float image is not what the official pipeline reads; close to OpenCV's float path, not bit for bit). A matrix
+    without rotation, shear or perspective gathers rows, then columns; uint8 sums in int32 (at most 255 x 2^15)."""
     if img.dim() != 3:
         raise GfldetError(f"expected an (H, W, C) image, got shape {tuple(img.shape)}")
     dst_w, dst_h = (int(v) for v in dst_wh)
@@ -85,24 +97,27 @@ def warp_perspective_bilinear(img: Tensor, m: Tensor, dst_wh: tuple[int, int]) -
     ax, ay = X & (INTER_TAB_SIZE - 1), Y & (INTER_TAB_SIZE - 1)
     # zero border: pad one pixel all round; positions further out read the pad too (their 2x2 patch is all border)
     exact = img.dtype == torch.uint8
-    src = torch.nn.functional.pad(img.permute(2, 0, 1).to(torch.int64 if exact else torch.float32), (1, 1, 1, 1))
+    src = torch.nn.functional.pad(img.permute(2, 0, 1) if exact else img.permute(2, 0, 1).to(torch.float32),
+                                  (1, 1, 1, 1))
     px0, px1 = (sx + 1).clamp(0, w + 1), (sx + 2).clamp(0, w + 1)
     py0, py1 = (sy + 1).clamp(0, h + 1), (sy + 2).clamp(0, h + 1)
     wx1, wy1 = ax, ay
     wx0, wy0 = INTER_TAB_SIZE - ax, INTER_TAB_SIZE - ay
-    scale = 1 << (REMAP_BITS - 2 * INTER_BITS)  # (k / 32) (m / 32) * 2^15 = k m * 32
-    flat = src.reshape(c, -1)
-    stride = w + 2
-
-    def tap(py: Tensor, px: Tensor) -> Tensor:
-        return flat[:, (py * stride + px).reshape(-1)].reshape(c, dst_h, dst_w)
-
-    terms = ((py0, px0, wy0 * wx0), (py0, px1, wy0 * wx1), (py1, px0, wy1 * wx0), (py1, px1, wy1 * wx1))
+    weights = (wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)
+    if X.shape[0] == 1:  # separable: px (1, w'), py (h', 1)
+        rows0, rows1 = src.index_select(1, py0[:, 0]), src.index_select(1, py1[:, 0])
+        taps = (rows0.index_select(2, px0[0]), rows0.index_select(2, px1[0]), rows1.index_select(2, px0[0]),
+                rows1.index_select(2, px1[0]))
+    else:
+        flat, stride = src.reshape(c, -1), w + 2
+        taps = tuple(flat[:, (py * stride + px).reshape(-1)].reshape(c, dst_h, dst_w)
+                     for py, px in ((py0, px0), (py0, px1), (py1, px0), (py1, px1)))
     if exact:
-        acc = sum(tap(py, px) * (wt * scale) for py, px, wt in terms)
+        scale = 1 << (REMAP_BITS - 2 * INTER_BITS)  # (k / 32) (m / 32) * 2^15 = k m * 32
+        acc = sum(t.to(torch.int32) * (wt * scale).to(torch.int32) for t, wt in zip(taps, weights))
         out = ((acc + (1 << (REMAP_BITS - 1))) >> REMAP_BITS).clamp(0, 255).to(torch.uint8)
     else:
-        acc = sum(tap(py, px) * (wt.to(torch.float32) / INTER_TAB_SIZE ** 2) for py, px, wt in terms)
+        acc = sum(t * (wt.to(torch.float32) / INTER_TAB_SIZE ** 2) for t, wt in zip(taps, weights))
         out = acc.to(img.dtype)
     return out.permute(1, 2, 0).contiguous()
 
