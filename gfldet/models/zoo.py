@@ -72,11 +72,7 @@ def build_nanodet_arch(arch: str, *, num_classes: int, class_names: list[str] | 
     auxiliary branch), with torchvision's ImageNet ShuffleNetV2 weights ``weights_backbone`` when given (the
     official configs train from them)."""
     check_arch(arch)
-    model = build_nanodet(NANODET_ARCHS[arch][0], num_classes=num_classes, training=training)
-    if class_names is not None:
-        if len(class_names) != num_classes:
-            raise GfldetError(f"{len(class_names)} class names given for num_classes={num_classes}")
-        model.class_names = list(class_names)
+    model = build_nanodet(NANODET_ARCHS[arch][0], num_classes=num_classes, training=training, class_names=class_names)
     if weights_backbone is not None:
         model.backbone.load_torchvision_weights(backbone_state_dict(arch, weights_backbone))
     return model

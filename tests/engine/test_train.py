@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import gfldet
-from tests._runs import data_sets, train_cli
+from tests._runs import assert_same_run, data_sets, train_cli
 from gfldet.cli import main
 from gfldet.config import load_config
 from gfldet.models.io import load_model
@@ -84,13 +84,7 @@ def test_resume_gives_the_same_weights(data, tmp_path):
     mid = torch.load(part / "last.pt", weights_only=True)
     assert mid["iteration"] == 3 and mid["epoch"] == 1 and mid["epoch_iter"] == 1
     train(load_config(None, _sets(data, part, **common)), resume=True, progress=False)
-    a = torch.load(full / "last.pt", weights_only=True)
-    b = torch.load(part / "last.pt", weights_only=True)
-    assert a["iteration"] == b["iteration"] == 4
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
-    for k, v in a["ema"]["state_dict"].items():
-        assert torch.equal(v, b["ema"]["state_dict"][k]), k
+    a, b = assert_same_run(full, part, 4)
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
     la = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gfldet
-from tests._runs import data_sets, train_cli
+from tests._runs import assert_same_run, data_sets, train_cli
 from gfldet.cli import main
 from gfldet.config import ConfigError, load_config
 from gfldet.engine.recipe import lr_factor, resolve_training
@@ -83,13 +83,7 @@ def test_resume_continues_exactly(data, tmp_path):
     assert train_cli(_sets(data, full, **common)) == 0
     assert train_cli(_sets(data, part, **common, **{"train.max_iters": 3})) == 0
     train(load_config(None, _sets(data, part, **common)), resume=True, progress=False)
-    a = torch.load(full / "last.pt", weights_only=True)
-    b = torch.load(part / "last.pt", weights_only=True)
-    assert a["iteration"] == b["iteration"] == 4
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
-    for k, v in a["ema"]["state_dict"].items():
-        assert torch.equal(v, b["ema"]["state_dict"][k]), k
+    assert_same_run(full, part, 4)
 
 
 def test_fine_tune_from_an_official_checkpoint(tmp_path, caplog):

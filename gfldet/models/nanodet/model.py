@@ -388,9 +388,10 @@ def nanodet_from_config(config: NanoDetConfig | Mapping, class_names: Sequence[s
 
 
 def build_nanodet(name: str, *, num_classes: int | None = None, input_size: int | tuple[int, int] | None = None,
-                  training: bool = False) -> NanoDet:
+                  training: bool = False, class_names: Sequence[str] | None = None) -> NanoDet:
     """A NanoDet of :data:`NANODET_SPECS` (random weights, the official initialisation), optionally with another
-    class count or input size; ``training``: with the auxiliary branch that NanoDet-Plus trains with."""
+    class count or input size; ``training``: with the auxiliary branch that NanoDet-Plus trains with; ``class_names``
+    (as many as classes; COCO's for 80 classes when not given)."""
     if name not in NANODET_SPECS:
         raise GfldetError(f"unknown NanoDet {name!r}: choose one of {sorted(NANODET_SPECS)}")
     spec = NANODET_SPECS[name]
@@ -403,7 +404,7 @@ def build_nanodet(name: str, *, num_classes: int | None = None, input_size: int 
         if len(wh) != 2 or min(wh) < 32:
             raise GfldetError(f"input_size must be a size >= 32 or a (w, h) pair, got {input_size}")
         spec = replace(spec, input_size=(int(wh[0]), int(wh[1])))
-    return NanoDet(spec, training=training)
+    return NanoDet(spec, class_names=class_names, training=training)
 
 
 def nanodet_plus_m(*, num_classes: int = 80, input_size: int | tuple[int, int] = 416) -> NanoDet:
