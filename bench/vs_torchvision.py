@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import cpu_model, load_average, markdown_table  # noqa: E402
+from _util import cpu_model, load_average, markdown_table, timed_evaluations  # noqa: E402
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -153,22 +153,6 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) + frozen
 
 
-class _TimedEvaluate:
-    """Wraps ``gfldet.engine.evaluate.evaluate`` to record the wall time of every call (the training engine
-    imports it from the module at each evaluation, so patching the module attribute reaches it)."""
-
-    def __init__(self) -> None:
-        self.inner = gfl_eval.evaluate
-        self.seconds: list[float] = []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return self.inner(*args, **kwargs)
-        finally:
-            self.seconds.append(time.perf_counter() - t0)
-
-
 # --------------------------------------------------------------------------- gfldet
 def run_gfldet(data: dict[str, str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from gfldet.config import Config
@@ -186,14 +170,10 @@ def run_gfldet(data: dict[str, str], args: argparse.Namespace, out: Path) -> dic
     cfg.train.device = "cpu"
     cfg.out_dir = str(_claim_dir(out / "gfldet"))
 
-    timer = _TimedEvaluate()
-    gfl_eval.evaluate = timer
-    try:
+    with timed_evaluations() as eval_seconds:
         t0 = time.perf_counter()
         result = train(cfg, progress=not args.no_progress)
         total = time.perf_counter() - t0
-    finally:
-        gfl_eval.evaluate = timer.inner
     metrics = result["last_eval"] or {}
     n_all = _n_params(load_model(Path(cfg.out_dir) / "last.pt"))
     return {
@@ -203,10 +183,10 @@ def run_gfldet(data: dict[str, str], args: argparse.Namespace, out: Path) -> dic
         "epochs": args.epochs,
         "params": n_all,
         "iterations": int(result["iterations"]),
-        "train_s": total - sum(timer.seconds),
-        "eval_s": timer.seconds[-1] if timer.seconds else float("nan"),
-        "evaluations": len(timer.seconds),
-        "all_evals_s": sum(timer.seconds),
+        "train_s": total - sum(eval_seconds),
+        "eval_s": eval_seconds[-1] if eval_seconds else float("nan"),
+        "evaluations": len(eval_seconds),
+        "all_evals_s": sum(eval_seconds),
         **{k: metrics.get(k) for k in METRICS},
         "run_dir": cfg.out_dir,
         # the run's resolved config (the automatic settings gfldet chose for this regime, from scratch or
@@ -216,7 +196,8 @@ def run_gfldet(data: dict[str, str], args: argparse.Namespace, out: Path) -> dic
 
 
 # --------------------------------------------------------------------------- torchvision FCOS
-def build_fcos(num_classes: int, size: int, arch: str = "gfl_resnet18_fpn", weights: Any = None) -> nn.Module:
+def build_fcos(num_classes: int, size: int, arch: str = "gfl_resnet18_fpn", weights: Any = None,
+               max_size: int | None = None) -> nn.Module:
     """FCOS on ``arch``'s backbone, built as torchvision builds its detectors (see the module docstring).
 
     ``gfl_resnet18_fpn``: ResNet-18-FPN configured as ``torchvision.models.detection.fcos_resnet50_fpn`` configures
@@ -246,7 +227,7 @@ def build_fcos(num_classes: int, size: int, arch: str = "gfl_resnet18_fpn", weig
                                         extra_blocks=LastLevelP6P7(256, 256))
     else:
         raise ValueError(f"no FCOS peer for arch {arch!r}; one of {sorted(FCOS_BACKBONES)}")
-    return FCOS(backbone, num_classes, min_size=size, max_size=size)
+    return FCOS(backbone, num_classes, min_size=size, max_size=size if max_size is None else max_size)
 
 
 class FCOSForEval(nn.Module):
@@ -274,7 +255,8 @@ def run_fcos(data: dict[str, str], args: argparse.Namespace, out: Path) -> dict[
     train_set = CocoDetection(data["train_ann"], data["train_images"], train=True, flip_prob=0.5, seed=args.seed)
     val_set = CocoDetection(data["val_ann"], data["val_images"], train=False)
     weights = backbone_weights(args.arch, args.weights_backbone)
-    model = build_fcos(train_set.num_classes + 1, args.size, args.arch, weights)
+    # min_size = max_size = --size here; bench/recipes.py's non-square data sets give a max_size of their own
+    model = build_fcos(train_set.num_classes + 1, args.size, args.arch, weights, getattr(args, "max_size", None))
     model.train()
     epochs = args.fcos_epochs
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # config key at once. frozen_stages / norm_eval take null: the regime's (gfldet.engine.recipe.REGIMES) for this run's weights;
 # fpn_channels, head_channels, stacked_convs, head_conv take null: the architecture's (GFL's 256 / 256 / 4 / conv
 # for ResNets, a light 96 / 96 / 2 / dwsep head for the small torchvision backbones; gfldet.models.zoo.arch_defaults).
+# train.schedule's values (gfldet.engine.recipe.lr_factor)
+SCHEDULES = ("step", "cosine", "linear", "constant")
 NOT_IN_MODEL_SECTION = frozenset({*ARCH_FIELDS, "num_classes", "min_size", "max_size", "train_min_sizes"})
 RUN_SETTINGS = [
     # a builder: gfl_resnet18_fpn, gfl_resnet50_fpn, gfl_resnet101_fpn, gfl_resnext101_32x4d_fpn, and the light
@@ -111,10 +113,10 @@ class TrainConfig:
     # None: 500 (the paper's), but at most WARMUP_MAX_FRACTION of the run's iterations. An explicit value wins.
     warmup_iters: int | None = None
     warmup_ratio: float | None = None  # the warm-up's first factor; null: the recipe's (0.001 GFL; 1e-4 NanoDet-Plus)
-    # "step" (x gamma at each milestone epoch) or "cosine" (per iteration, down to final_lr_ratio x lr); null: the
-    # recipe's (step for GFL, cosine for NanoDet-Plus)
+    # "step" (x gamma at each milestone epoch), "cosine" or "linear" (per iteration, down to final_lr_ratio x lr at
+    # the run's end) or "constant" (no decay); null: the recipe's (step for GFL, cosine for NanoDet-Plus)
     schedule: str | None = None
-    final_lr_ratio: float | None = None  # where cosine ends, a fraction of lr; null: the recipe's (0; NanoDet-Plus 0.05)
+    final_lr_ratio: float | None = None  # where cosine / linear end, a fraction of lr; null: the recipe's (0; NanoDet-Plus 0.05)
     # None: the paper's [8, 11] of 12 epochs scaled to train.epochs (2/3 and 11/12 of the run, rounded down:
     # [16, 22] for 24 epochs, mmdetection's 2x; [4, 5] for 6). An explicit list wins.
     milestones: list[int] | None = None
@@ -424,7 +426,8 @@ def validate_config(cfg: Config) -> None:
         (t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
         (t.lr is None or t.lr > 0, "train.lr", t.lr, "must be > 0"),
-        (t.schedule in (None, "step", "cosine"), "train.schedule", t.schedule, "must be 'step', 'cosine' or null"),
+        (t.schedule in (None,) + SCHEDULES, "train.schedule", t.schedule,
+         f"must be one of {', '.join(repr(s) for s in SCHEDULES)} or null"),
         (t.optimizer in (None, "sgd", "adamw"), "train.optimizer", t.optimizer, "must be 'sgd', 'adamw' or null"),
         (t.weight_decay is None or t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0 or null"),
         (t.final_lr_ratio is None or 0 <= t.final_lr_ratio < 1, "train.final_lr_ratio", t.final_lr_ratio,

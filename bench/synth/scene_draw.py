@@ -169,8 +169,9 @@ def rotation(rng: np.random.Generator, kind: str) -> float:
 
 
 def object_size(rng: np.random.Generator, kind: str, side: int, min_size: float,
-                 large_prob: float) -> tuple[float, float]:
-    """Local ``(w, h)``: size log-uniform (heavy on small objects), sometimes large; the kind's aspect ratio."""
+                 large_prob: float, max_frac: float = 0.45) -> tuple[float, float]:
+    """Local ``(w, h)``: size log-uniform up to ``max_frac`` of ``side`` (heavy on small objects), sometimes large;
+    the kind's aspect ratio."""
     lo = max(min_size, _KIND_MIN[kind])
     if kind == "stick":  # thin whatever its length: thickness log-uniform, then the length from the aspect ratio
         t = math.exp(rng.uniform(math.log(2.0), math.log(max(2.5, 0.06 * side))))
@@ -180,7 +181,7 @@ def object_size(rng: np.random.Generator, kind: str, side: int, min_size: float,
     if rng.random() < large_prob:
         s = rng.uniform(0.35, 0.7) * side
     else:
-        s = math.exp(rng.uniform(math.log(lo), math.log(max(lo + 1, 0.45 * side))))
+        s = math.exp(rng.uniform(math.log(lo), math.log(max(lo + 1, max_frac * side))))
     a_lo, a_hi = _KIND_AR[kind]
     ar = math.exp(rng.uniform(math.log(a_lo), math.log(a_hi)))
     w, h = s * math.sqrt(ar), s / math.sqrt(ar)

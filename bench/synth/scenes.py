@@ -32,6 +32,8 @@ reproducible and :func:`write_scenes_coco` writes the same bytes for any number 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -46,6 +48,7 @@ from gfldet.data.synthetic_common import hsv_to_rgb, overlap_window, write_gener
 from gfldet.errors import GfldetError
 
 from . import scene_draw as art
+from .photos import photo_backdrop, photo_files
 
 __all__ = [
     "CATEGORIES",
@@ -89,6 +92,7 @@ def make_scene(
     *,
     num_objects: tuple[int, int] = (1, 6),
     min_size: float = 14.0,
+    max_size: float = 0.45,
     large_prob: float = 0.2,
     border_prob: float = 0.15,
     crowd_prob: float = 0.35,
@@ -97,6 +101,9 @@ def make_scene(
     min_visible: float = 0.3,
     min_inside: float = 0.35,
     noise: tuple[float, float] = (2.0, 5.0),
+    class_probs: tuple[float, ...] | None = None,
+    backdrop: str = "synthetic",
+    clutter: bool = True,
     with_meta: bool = False,
 ):
     """Draw one cluttered scene.
@@ -106,6 +113,7 @@ def make_scene(
         size: ``(H, W)``, each at least 32.
         num_objects: inclusive range of objects tried per image (some are dropped, see below).
         min_size: smallest object size (square root of its local box area), pixels; each kind also has its own.
+        max_size: largest size of the log-uniform draw, a fraction of the shorter image side.
         large_prob: probability of a large object (0.35 to 0.7 of the image side); otherwise log-uniform.
         border_prob: probability that an object is placed across the image border.
         crowd_prob: probability that an object is placed next to an earlier one (partial occlusion).
@@ -114,6 +122,10 @@ def make_scene(
         min_visible: no object is left with less of its in-image shape unoccluded (hidden ones are dropped).
         min_inside: no object is placed with less of its shape inside the image.
         noise: range of the per-pixel Gaussian noise's standard deviation (0-255 scale).
+        class_probs: probability of each kind (label order; normalised); None: uniform (class imbalance when not).
+        backdrop: ``"synthetic"`` (a textured colour field) or ``"photo"`` (a crop of a real photograph:
+            :func:`bench.synth.photos.photo_backdrop`).
+        clutter: draw the distractor blobs and line segments (the photo backdrop has clutter of its own).
         with_meta: also return per-object metadata.
 
     Returns:
@@ -130,11 +142,19 @@ def make_scene(
         raise GfldetError(f"image size must be at least 32x32, got {size}")
     if not 0 < num_objects[0] <= num_objects[1]:
         raise GfldetError(f"num_objects must be (min, max) with 0 < min <= max, got {num_objects}")
+    if backdrop not in ("synthetic", "photo"):
+        raise GfldetError(f"backdrop must be 'synthetic' or 'photo', got {backdrop!r}")
+    probs = None
+    if class_probs is not None:
+        probs = np.asarray(class_probs, dtype=np.float64)
+        if probs.shape != (len(KINDS),) or (probs < 0).any() or probs.sum() <= 0:
+            raise GfldetError(f"class_probs must be {len(KINDS)} non-negative weights, got {class_probs}")
+        probs = probs / probs.sum()
     side = min(h, w)
-    img = art.background(rng, h, w)
+    img = art.background(rng, h, w) if backdrop == "synthetic" else photo_backdrop(rng, h, w)
 
     # clutter that belongs to no class: distractor blobs, then line segments
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 3)) if clutter else 0):
         cov, ox, oy = art.distractor(rng, h, w, side)
         bg = img[min(max(oy, 0), h - 1), min(max(ox, 0), w - 1)]
         colour = art.contrasting(rng, bg)
@@ -142,7 +162,7 @@ def make_scene(
         ch, cw = cov.shape
         fill = colour[None, None] + 40.0 * (art.smooth_noise(rng, ch, cw, 3, 1) - 0.5) if rng.random() < 0.5 else colour
         art.blend(img, cov, ox, oy, fill)
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(1, 6)) if clutter else 0):
         cov, ox, oy = art.segment(rng, h, w, 0.8 * side)
         colour = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, 0.8), rng.uniform(0.05, 1.0))
         art.blend(img, cov * rng.uniform(0.4, 1.0), ox, oy, colour)
@@ -158,9 +178,9 @@ def make_scene(
     layers: list[tuple[int, np.ndarray, int, int]] = []  # (hides objects with index below, coverage, x0, y0)
 
     for _ in range(int(rng.integers(num_objects[0], num_objects[1] + 1))):
-        label = int(rng.integers(len(KINDS)))
+        label = int(rng.integers(len(KINDS))) if probs is None else int(rng.choice(len(KINDS), p=probs))
         kind = KINDS[label]
-        lw, lh = art.object_size(rng, kind, side, min_size, large_prob)
+        lw, lh = art.object_size(rng, kind, side, min_size, large_prob, max_size)
         polys = art.shape_polygons(rng, kind, lw, lh)
         theta = art.rotation(rng, kind)
         c, s = math.cos(theta), math.sin(theta)
@@ -231,7 +251,7 @@ def make_scene(
         textures.append(texture)
 
     # a few thin lines over everything
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 4)) if clutter else 0):
         cov, ox, oy = art.segment(rng, h, w, 0.6 * side)
         art.blend(img, cov, ox, oy, hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, 0.8), rng.uniform(0.05, 1.0)))
         layers.append((len(boxes), cov, ox, oy))
@@ -315,19 +335,34 @@ def write_scenes_coco(folder: str | os.PathLike, n: int, seed: int, size: tuple[
 
 # --------------------------------------------------------------------------- cached splits
 def scenes_data(cache_dir: str | os.PathLike | None = None, train_images: int = 600, val_images: int = 150,
-                image_size: int = 192, seed: int = 0) -> dict[str, str]:
+                image_size: int | tuple[int, int] = 192, seed: int = 0, variant: str = "",
+                **scene_kwargs: Any) -> dict[str, str]:
     """Train and validation splits of scenes, generated on first use into the cache and reused afterwards.
 
-    Returns ``{"train_ann", "train_images", "val_ann", "val_images", "root"}``. The folder name encodes the
-    settings and :data:`SCENES_DATA_VERSION`; generation is atomic (:func:`gfldet.data.folders.cached_splits`).
+    ``image_size`` is a side or ``(H, W)``; ``scene_kwargs`` go to :func:`make_scene` (a named ``variant`` of the
+    scenes, e.g. ``class_probs``, ``backdrop="photo"``). Returns ``{"train_ann", "train_images", "val_ann",
+    "val_images", "root"}``. The folder name encodes the settings (the variant's name and a digest of its
+    keyword arguments) and :data:`SCENES_DATA_VERSION`; generation is atomic
+    (:func:`gfldet.data.folders.cached_splits`).
     """
-    name = f"scenes-v{SCENES_DATA_VERSION}-{train_images}x{val_images}-{image_size}px-s{seed}"
+    hw = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    size_tag = f"{hw[0]}px" if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}px"
+    tag = ""
+    if variant or scene_kwargs:
+        digest = hashlib.sha256(json.dumps(scene_kwargs, sort_keys=True).encode()).hexdigest()[:8]
+        tag = f"-{variant or 'custom'}-{digest}"
+    name = f"scenes{tag}-v{SCENES_DATA_VERSION}-{train_images}x{val_images}-{size_tag}-s{seed}"
 
     def generate(folder: Path) -> dict[str, Any]:
-        size, workers = (image_size, image_size), generation_workers()
-        write_scenes_coco(folder / "train", train_images, seed, size, workers=workers)
-        write_scenes_coco(folder / "val", val_images, seed + 1_000_003, size, workers=workers)
-        return {"version": SCENES_DATA_VERSION, "train_images": train_images, "val_images": val_images,
-                "image_size": image_size, "seed": seed}
+        workers = generation_workers()
+        write_scenes_coco(folder / "train", train_images, seed, hw, workers=workers, **scene_kwargs)
+        write_scenes_coco(folder / "val", val_images, seed + 1_000_003, hw, workers=workers, **scene_kwargs)
+        done = {"version": SCENES_DATA_VERSION, "train_images": train_images, "val_images": val_images,
+                "image_size": image_size if isinstance(image_size, int) else list(hw), "seed": seed}
+        if variant or scene_kwargs:
+            done.update(variant=variant, scene_kwargs=scene_kwargs)
+        if scene_kwargs.get("backdrop") == "photo":
+            done["photos"] = photo_files()
+        return done
 
     return cached_splits(name, generate, cache_dir, what="scenes data set")

@@ -127,7 +127,8 @@ def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
 
     Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations (the reference's LinearLR), times either
     ``gamma`` per milestone epoch reached (MultiStepLR: with milestones [8, 11] epochs 9-11 run at 0.1x and
-    epoch 12 at 0.01x) or a per-iteration cosine decay to ``final_lr_ratio`` over the whole run. Null (automatic)
+    epoch 12 at 0.01x), a per-iteration cosine or linear decay to ``final_lr_ratio`` over the whole run, or no
+    decay (``constant``). Null (automatic)
     warm-up and milestones follow :func:`gfldet.engine.recipe.warmup_length` and
     :func:`gfldet.engine.recipe.step_milestones`; ``cfg`` is a resolved config (:func:`resolve_training`).
     """
@@ -140,9 +141,13 @@ def lr_factor(it: int, epoch: int, iters_per_epoch: int, cfg: Config) -> float:
     warm = 1.0
     if warmup > 0 and it < warmup:
         warm = t.warmup_ratio + (1.0 - t.warmup_ratio) * it / warmup
+    done, end = min(it, total) / total, t.final_lr_ratio
     if t.schedule == "cosine":
-        end = t.final_lr_ratio
-        decay = end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+        decay = end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * done))
+    elif t.schedule == "linear":  # as ultralytics' default (lrf), per iteration rather than per epoch
+        decay = 1.0 - (1.0 - end) * done
+    elif t.schedule == "constant":
+        decay = 1.0
     else:
         decay = t.gamma ** sum(1 for m in step_milestones(t) if epoch >= m)
     return warm * decay

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import yaml
 
 import gfldet
 from tests._runs import assert_same_run, data_sets, train_cli
 from gfldet.cli import main
-from gfldet.config import load_config
+from gfldet.config import ConfigError, load_config
 from gfldet.models.io import load_model
 from gfldet.engine.recipe import lr_factor, resolve_training
 from gfldet.engine.train import NonFiniteLossError, train
@@ -121,6 +122,15 @@ def test_lr_schedule():
     cos, _ = resolve_training(load_config(None, ["train.schedule=cosine", "train.warmup_iters=0", "train.epochs=2"]), 10)
     assert lr_factor(0, 0, 10, cos) == 1.0 and lr_factor(10, 1, 10, cos) == pytest.approx(0.5)
     assert lr_factor(20, 1, 10, cos) == 0.0  # GFL's cosine ends at 0 (train.final_lr_ratio 0)
+    lin, _ = resolve_training(load_config(None, ["train.schedule=linear", "train.final_lr_ratio=0.01",
+                                                 "train.warmup_iters=4", "train.epochs=2"]), 10)
+    assert lr_factor(2, 0, 10, lin) == pytest.approx((0.001 + 0.999 * 0.5) * (1 - 0.99 * 0.1))
+    assert lr_factor(10, 1, 10, lin) == pytest.approx(1 - 0.99 * 0.5) and lr_factor(20, 1, 10, lin) == pytest.approx(0.01)
+    const, _ = resolve_training(load_config(None, ["train.schedule=constant", "train.warmup_iters=5"]), 10)
+    assert lr_factor(5, 0, 10, const) == 1.0 and lr_factor(119, 11, 10, const) == 1.0
+    assert const.train.milestones is None  # no milestones chosen for a schedule without steps
+    with pytest.raises(ConfigError, match="train.schedule.*'linear'"):
+        load_config(None, ["train.schedule=exp"])
     with pytest.raises(ValueError, match="resolved"):
         lr_factor(0, 0, 10, load_config(None, []))
 
