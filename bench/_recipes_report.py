@@ -88,7 +88,8 @@ def peer_table(rows: list[dict[str, Any]], budget: str) -> str | None:
                            "torchvision FCOS R18, reference recipe", "YOLO11n, ultralytics defaults, same time"], lines)
 
 
-def report(rows: list[dict[str, Any]]) -> str:
+def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
+    """The generated block of docs/recipes.md; with ``image_dir`` (docs/img) also the AP-curve pictures, linked."""
     from recipes import DATASETS, RECIPES
 
     all_rows, rows = rows, current(rows)
@@ -135,6 +136,10 @@ def report(rows: list[dict[str, Any]]) -> str:
                  f"ratio (target >= {TARGET})"],
                 [[x["held_out"], x["pick"], f"{x['score_on_others']:.2f}", f"{x['ap']:.3f}", f"{x['best']:.3f}",
                   f"{x['ratio']:.2f}" + ("" if x["ratio"] >= TARGET else " (below)")] for x in loo]))
+        if image_dir is not None:
+            picture = plot_curves(all_rows, image_dir / f"recipes-{arch}-{budget}.png", arch, budget)
+            if picture is not None:
+                parts.append(f"\n![AP after each epoch, {arch}, {budget}](img/{picture.name})")
         parts.append("")
     for budget in sorted({r["budget"] for r in rows}):
         table = peer_table(all_rows, budget)

@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         from _recipes_report import report
 
-        text = report(read_results(args.results))
+        images = args.write_docs.parent / "img" if args.write_docs else None
+        text = report(read_results(args.results), images)
         print(text)
         if args.write_docs:
             from _recipes_report import write_generated
@@ -329,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_results(args.results)
     done = {r["key"] for r in rows}
     if args.command == "peers":
+        import importlib.util
+
+        if "yolo11n" in args.peers and importlib.util.find_spec("ultralytics") is None:
+            log.warning("yolo11n: ultralytics is not importable by %s; not run (docs/recipes.md: a side environment)",
+                        sys.executable)
+            args.peers = [p for p in args.peers if p != "yolo11n"]
         for d in args.datasets:
             for seed in args.seeds:
                 for peer in args.peers:

@@ -90,11 +90,17 @@ def test_run_appends_rows_resumes_and_reports(tiny_study, tmp_path, capsys):
     assert len(results.read_text().splitlines()) == 2
     recipes.main(["plan", *args])
     assert "0 to run" in capsys.readouterr().out
+    assert recipes.main(["peers", *args]) == 0  # FCOS; YOLO11n only where ultralytics is importable
+    peers = [json.loads(x) for x in results.read_text().splitlines()][2:]
+    assert peers and peers[0]["peer"] == "fcos" and peers[0]["kind"] == "peer" and peers[0]["epochs_run"] == 1
+    assert 0 <= peers[0]["AP"] <= 1 and peers[0]["train_s"] > 0
     doc = tmp_path / "recipes.md"
     doc.write_text(f"# title\n{rr.BEGIN}\nOLD-BLOCK\n{rr.END}\nafter\n")
     assert recipes.main(["report", "--results", str(results), "--write-docs", str(doc)]) == 0
     text = doc.read_text()
     assert "OLD-BLOCK" not in text and text.endswith(f"{rr.END}\nafter\n") and "\n| cosine" in text
+    assert "### Peers, budget `short`" in text
+    assert (tmp_path / "img" / "recipes-gfl_resnet18_fpn-short.png").stat().st_size > 1000 and "](img/recipes-" in text
 
 
 def test_report_drops_rows_of_other_settings(tiny_study):
