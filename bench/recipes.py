@@ -125,6 +125,8 @@ RECIPES: dict[str, Recipe] = {
                      "train.schedule": "cosine", "train.final_lr_ratio": 0.05}),
     "cosine-ema": Recipe("cosine, EMA of the weights (decay 0.9998, ramp 2000 updates)",
                          {"train.schedule": "cosine", "train.ema": True}),
+    "cosine-mosaic": Recipe("cosine, mosaic of four images (input.mosaic 1, off for the last 10% of the epochs)",
+                            {"train.schedule": "cosine", "input.mosaic": 1.0}),
     "cosine-jitter": Recipe("cosine, scale jitter: short side drawn from 0.75-1.25 x per batch",
                             {"train.schedule": "cosine", "input.multiscale": Of("jitter", 1),
                              "input.max_size": Of("long", 1.25)}),
@@ -177,11 +179,19 @@ def run_config(dataset: str, recipe: str, arch: str, budget: str, seed: int, pat
     return cfg, resolved
 
 
+# Settings added to gfldet after the study began, with the value that reproduces the behaviour from before: a run
+# that has them at that value keeps the digest it had, so the rows recorded before the setting existed stay current.
+ADDED_OFF = {("input", "mosaic"): 0.0, ("input", "mosaic_off_epochs"): None}
+
+
 def settings_digest(resolved: Config) -> str:
     """A digest of what a run trains with (model, input, train sections), not of where its files are."""
     d = resolved.to_dict()
-    keep = {k: d[k] for k in ("model", "input", "train")}
+    keep = {k: dict(d[k]) for k in ("model", "input", "train")}
     keep["train"] = {k: v for k, v in keep["train"].items() if k not in ("device", "log_interval", "checkpoint_iters")}
+    for (section, key), off in ADDED_OFF.items():
+        if key in keep[section] and keep[section][key] == off:
+            del keep[section][key]
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -99,6 +99,12 @@ class InputConfig:
     max_size: int | None = 1333
     multiscale: list[int] | None = None  # training short sides to draw from per batch (the paper's 2x: 480..960)
     flip_prob: float = 0.5
+    # probability that a training image is a mosaic of four (gfldet.data.transforms.mosaic: YOLOv4's, at the images'
+    # own scale); 0: off
+    mosaic: float = 0.0
+    # the last epochs train without mosaic, on whole images as at test time (as ultralytics' close_mosaic); null:
+    # 10% of train.epochs, rounded up
+    mosaic_off_epochs: int | None = None
 
 
 @dataclass
@@ -405,6 +411,9 @@ def _check_nanodet(cfg: Config) -> None:
         raise ConfigError(f"model.{changed[0]}={getattr(cfg.model, changed[0])!r}: {cfg.model.arch} is a NanoDet-Plus, "
                           f"which has no GFL model settings ({', '.join('model.' + k for k in changed)}); remove them")
     inp, base = cfg.input, InputConfig()
+    if inp.mosaic:
+        raise ConfigError(f"input.mosaic={inp.mosaic}: {cfg.model.arch} trains with the official NanoDet-Plus "
+                          "augmentation, which has no mosaic (set it to 0)")
     if (inp.min_size, inp.max_size) != (base.min_size, base.max_size) or inp.multiscale:
         raise ConfigError(f"input.min_size / max_size / multiscale = {inp.min_size} / {inp.max_size} / {inp.multiscale}: "
                           f"{cfg.model.arch} warps every image to the input size in its name (with the official random "
@@ -449,6 +458,9 @@ def validate_config(cfg: Config) -> None:
         (inp.min_size is None or inp.max_size is None or inp.max_size >= inp.min_size, "input.min_size/max_size",
          (inp.min_size, inp.max_size), "need min_size <= max_size"),
         (0 <= cfg.input.flip_prob <= 1, "input.flip_prob", cfg.input.flip_prob, "must be in [0, 1]"),
+        (0 <= cfg.input.mosaic <= 1, "input.mosaic", cfg.input.mosaic, "must be in [0, 1]"),
+        (cfg.input.mosaic_off_epochs is None or cfg.input.mosaic_off_epochs >= 0, "input.mosaic_off_epochs",
+         cfg.input.mosaic_off_epochs, "must be >= 0 or null"),
         (not cfg.input.multiscale or min(cfg.input.multiscale) >= 1, "input.multiscale", cfg.input.multiscale, "sizes must be >= 1"),
     ]
     for ok, key, value, why in checks:

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..errors import GfldetError
 from .coco_load import CocoAnnotations, DatasetError, is_int
 from .image_files import decode_rgb
-from .transforms import hflip
+from .transforms import hflip, mosaic
 
 __all__ = ["CocoDetection", "DatasetError", "collate"]
 
@@ -65,8 +65,12 @@ class CocoDetection(CocoAnnotations, torch.utils.data.Dataset):
     Args:
         ann_file: the COCO JSON (``images``, ``annotations``, ``categories``).
         image_dir: folder that each image's ``file_name`` is relative to.
-        train: apply training augmentation (random horizontal flip).
+        train: apply training augmentation (random horizontal flip, and the mosaic where ``mosaic_prob`` > 0).
         flip_prob: probability of the flip when ``train``.
+        mosaic_prob: probability, when ``train``, that an item is the mosaic of it and three other random items,
+            each flipped on its own (:func:`gfldet.data.transforms.mosaic`; the four meet at a point drawn
+            uniformly from the middle half of the image in each direction). An attribute: the training engine sets
+            it per epoch (0 in the last epochs).
         seed: with the epoch (:meth:`set_epoch`) and the index, fixes every random choice.
         check_images: open every image's header at load time (existence, readability, true size) and drop the
             bad ones. ``False`` trusts the JSON (only a sample of files is checked for existence, to catch a
@@ -89,10 +93,13 @@ class CocoDetection(CocoAnnotations, torch.utils.data.Dataset):
         seed: int = 0,
         check_images: bool = True,
         min_valid_fraction: float = 0.5,
+        mosaic_prob: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(flip_prob) <= 1.0:
             raise GfldetError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        if not 0.0 <= float(mosaic_prob) <= 1.0:
+            raise GfldetError(f"mosaic_prob must be in [0, 1], got {mosaic_prob}")
         if not 0.0 <= float(min_valid_fraction) <= 1.0:
             raise GfldetError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
         if not is_int(seed) or seed < 0:
@@ -101,6 +108,7 @@ class CocoDetection(CocoAnnotations, torch.utils.data.Dataset):
         self.image_dir = os.fspath(image_dir)
         self.train = bool(train)
         self.flip_prob = float(flip_prob)
+        self.mosaic_prob = float(mosaic_prob)
         self.seed = int(seed)
         self.epoch = 0
         self.check_images = bool(check_images)
@@ -162,6 +170,28 @@ class CocoDetection(CocoAnnotations, torch.utils.data.Dataset):
             index += n
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} images")
+        image, target = self._item(index)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        if self.train:
+            g = self.generator(index)
+            image, target = self._flipped(image, target, g)
+            # drawn after the flip: with mosaic_prob 0 the random stream (and every item) is as without mosaic
+            if self.mosaic_prob > 0 and float(torch.rand((), generator=g)) < self.mosaic_prob:
+                others = torch.randint(n, (3,), generator=g).tolist()
+                centre = (0.25 + 0.5 * torch.rand(2, generator=g)).tolist()
+                parts = [(image, target)] + [self._flipped(*self._item(j), g) for j in others]
+                image, target = mosaic(parts, (centre[0] * w, centre[1] * h))
+        target = {**target, "image_id": int(self._image_ids[index]), "orig_size": (h, w)}
+        return image, target
+
+    def _flipped(self, image: Tensor, target: dict[str, Tensor], g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.flip_prob > 0 and float(torch.rand((), generator=g)) < self.flip_prob:
+            image, boxes = hflip(image, target["boxes"])
+            return image.contiguous(), {**target, "boxes": boxes}
+        return image, target
+
+    def _item(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Item ``index`` as stored: the decoded image and its boxes, labels, crowd flags (no augmentation)."""
         image = self._read_image(index)
         h, w = int(image.shape[-2]), int(image.shape[-1])
         s, e = int(self._offsets[index]), int(self._offsets[index + 1])
@@ -179,26 +209,14 @@ class CocoDetection(CocoAnnotations, torch.utils.data.Dataset):
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, labels, crowd = boxes[ok], labels[ok], crowd[ok]
-        if self.train and self.flip_prob > 0:
-            g = self.generator(index)
-            if float(torch.rand((), generator=g)) < self.flip_prob:
-                image, boxes = hflip(image, boxes)
-                image = image.contiguous()
-        target = {
-            "boxes": boxes,
-            "labels": labels,
-            "iscrowd": crowd,
-            "image_id": int(self._image_ids[index]),
-            "orig_size": (h, w),
-        }
-        return image, target
+        return image, {"boxes": boxes, "labels": labels, "iscrowd": crowd}
 
     def __repr__(self) -> str:
         s = self.summary
         dropped = {k: v for k, v in s["dropped"].items() if v}
         fixed = {k: v for k, v in s["fixed"].items() if v}
         return (f"{type(self).__name__}(ann_file={self.ann_file!r}, image_dir={self.image_dir!r}, "
-                f"train={self.train}, flip_prob={self.flip_prob:g}, seed={self.seed}, epoch={self.epoch}, "
+                f"train={self.train}, flip_prob={self.flip_prob:g}, mosaic_prob={self.mosaic_prob:g}, seed={self.seed}, epoch={self.epoch}, "
                 f"images={s['images']}, annotations={s['annotations']} ({s['crowd_annotations']} crowd), "
                 f"categories={s['categories']}, images_without_boxes={s['images_without_boxes']}, "
                 f"dropped={dropped}, fixed={fixed})")

@@ -14,7 +14,7 @@ from ..config import Config, TrainConfig
 from ..models.config import BackboneRegime
 from ..models.zoo import arch_defaults, arch_regime, is_nanodet
 
-__all__ = ["resolve_training", "lr_factor", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION",
+__all__ = ["resolve_training", "lr_factor", "mosaic_prob", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION",
            "Regime", "REGIMES", "training_regime", "RECIPES"]
 
 # The optimisation recipe of each detector family, for the settings left null in a run config.
@@ -59,6 +59,16 @@ def training_regime(arch: str, pretrained: bool) -> Regime:
 
 WARMUP_ITERS = 500  # the paper's
 WARMUP_MAX_FRACTION = 0.1  # the automatic warm-up never takes more than this share of the run
+MOSAIC_OFF_FRACTION = 0.1  # the share of the epochs (rounded up) that train without mosaic at the end: ultralytics'
+# close_mosaic is 10 of its default 100 epochs
+
+
+def mosaic_prob(cfg: Config, epoch: int) -> float:
+    """The mosaic probability of (0-based) ``epoch`` in a resolved run: ``input.mosaic`` but 0 in the last
+    ``input.mosaic_off_epochs`` epochs."""
+    inp = cfg.input
+    off = inp.mosaic_off_epochs if inp.mosaic_off_epochs is not None else math.ceil(MOSAIC_OFF_FRACTION * cfg.train.epochs)
+    return inp.mosaic if epoch < cfg.train.epochs - off else 0.0
 
 
 def warmup_length(t: TrainConfig, total_iters: int) -> int:
@@ -112,6 +122,8 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
     for key in ("optimizer", "lr", "weight_decay", "grad_clip", "warmup_ratio", "schedule", "final_lr_ratio", "ema"):
         pick(t, key, recipe[key], f"train.{key}")
     pick(t, "warmup_iters", warmup_length(t, total_iters), "train.warmup_iters")
+    if out.input.mosaic:
+        pick(out.input, "mosaic_off_epochs", math.ceil(MOSAIC_OFF_FRACTION * t.epochs), "input.mosaic_off_epochs")
     if t.schedule == "step":
         pick(t, "milestones", step_milestones(t), "train.milestones")
     lines = [f"training regime: {name} ({why}); chosen: {', '.join(chosen) or 'nothing'}"

@@ -39,7 +39,7 @@ from .ema import ModelEMA
 from .evaluate import EVAL_FILES
 from .norm_init import init_backbone_norms
 from .preflight import preflight
-from .recipe import lr_factor, resolve_training
+from .recipe import lr_factor, mosaic_prob, resolve_training
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class _Run:
         if not d.train.ann or not d.train.images:
             raise GfldetError("data.train.ann and data.train.images must be set (a COCO JSON file and its image folder)")
         self.train_set = CocoDetection(d.train.ann, d.train.images, train=True, flip_prob=cfg.input.flip_prob,
-                                       seed=cfg.train.seed, check_images=d.check_images)
+                                       seed=cfg.train.seed, check_images=d.check_images, mosaic_prob=cfg.input.mosaic)
         self.val_set = None
         if d.val.ann and cfg.train.eval_interval > 0:
             self.val_set = CocoDetection(d.val.ann, d.val.images, train=False, check_images=d.check_images)
@@ -258,6 +258,7 @@ class _Run:
     def batches(self, epoch: int, skip: int):
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
+        self.train_set.mosaic_prob = mosaic_prob(self.cfg, epoch)
         order = list(self.sampler)[skip * self.cfg.train.batch_size:]
         batches = [order[i:i + self.cfg.train.batch_size] for i in range(0, len(order), self.cfg.train.batch_size)]
         nw = self.cfg.data.num_workers

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from gfldet.data.coco import CocoDetection, collate
+from gfldet.errors import GfldetError
 from tests.data.coco_cases import LOGGER, base_json, by_id, pixels, warnings_of, write_images, write_json
 
 
@@ -153,6 +154,31 @@ def test_no_flip_when_not_training_or_prob_zero(tmp_path):
         for epoch in range(3):
             ds.set_epoch(epoch)
             assert not any(_flipped(ds, i) for i in range(len(ds)))
+
+
+def test_mosaic_items(tmp_path):
+    ann, img_dir = _many_images(tmp_path, n=8, w=48, h=32)
+    plain = CocoDetection(ann, img_dir, train=True, seed=3)
+    mos = CocoDetection(ann, img_dir, train=True, seed=3, mosaic_prob=1.0)
+    half = CocoDetection(ann, img_dir, train=True, seed=3, mosaic_prob=0.5)
+    mixed = []
+    for i in range(len(mos)):
+        image, t = mos[i]
+        again, t2 = mos[i]
+        assert torch.equal(image, again) and torch.equal(t["boxes"], t2["boxes"])  # a function of (seed, epoch, index)
+        assert image.shape == plain[i][0].shape and t["orig_size"] == (32, 48) and t["image_id"] == i + 1
+        assert (t["boxes"][:, 2:] <= torch.tensor([48.0, 32.0])).all() and (t["boxes"][:, :2] >= 0).all()
+        assert len(t["boxes"]) == len(t["labels"]) == len(t["iscrowd"])
+        # the item's own flip comes first from the same stream: its mosaic starts from the plain item's image
+        if not torch.equal(image, plain[i][0]):
+            mixed.append(i)
+        h_img, h_t = half[i]
+        assert torch.equal(h_img, plain[i][0]) or torch.equal(h_img, image)
+    assert len(mixed) == len(mos)  # every item is a mosaic
+    assert any(not torch.equal(half[i][0], plain[i][0]) for i in range(8))
+    assert any(torch.equal(half[i][0], plain[i][0]) for i in range(8))
+    with pytest.raises(GfldetError, match="mosaic_prob"):
+        CocoDetection(ann, img_dir, mosaic_prob=1.5)
 
 
 def test_set_epoch_and_parameters_are_validated(coco):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from tests._runs import assert_same_run, data_sets, train_cli
 from gfldet.cli import main
 from gfldet.config import ConfigError, load_config
 from gfldet.models.io import load_model
-from gfldet.engine.recipe import lr_factor, resolve_training
+from gfldet.engine.recipe import lr_factor, mosaic_prob, resolve_training
 from gfldet.engine.train import NonFiniteLossError, train
 from gfldet.models.backbone import FrozenStatsBatchNorm2d
 
@@ -133,6 +134,26 @@ def test_lr_schedule():
         load_config(None, ["train.schedule=exp"])
     with pytest.raises(ValueError, match="resolved"):
         lr_factor(0, 0, 10, load_config(None, []))
+
+
+def test_mosaic_stops_for_the_last_epochs(data, tmp_path):
+    cfg, lines = resolve_training(load_config(None, ["input.mosaic=0.5", "train.epochs=12"]), 10)
+    assert cfg.input.mosaic_off_epochs == 2 and "input.mosaic_off_epochs=2" in lines[0]  # 10% of 12, rounded up
+    assert [mosaic_prob(cfg, e) for e in (0, 9, 10, 11)] == [0.5, 0.5, 0.0, 0.0]
+    keep, _ = resolve_training(load_config(None, ["input.mosaic=1", "input.mosaic_off_epochs=0", "train.epochs=3"]), 10)
+    assert [mosaic_prob(keep, e) for e in range(3)] == [1.0, 1.0, 1.0]
+    off, _ = resolve_training(load_config(None, []), 10)
+    assert off.input.mosaic_off_epochs is None and mosaic_prob(off, 0) == 0.0
+    with pytest.raises(ConfigError, match="input.mosaic"):
+        load_config(None, ["input.mosaic=2"])
+    with pytest.raises(ConfigError, match="input.mosaic=0.5.*no mosaic"):
+        load_config(None, ["model.arch=nanodet_plus_m_320", "input.mosaic=0.5", "input.min_size=null",
+                           "input.max_size=null"])
+    # a run with mosaic trains with finite losses
+    res = train(load_config(None, _sets(data, tmp_path / "mosaic", **{"train.epochs": 2, "input.mosaic": 1.0})),
+                progress=False)
+    assert res["iterations"] > 0 and math.isfinite(json.loads(
+        (tmp_path / "mosaic" / "metrics.jsonl").read_text().splitlines()[0])["loss"])
 
 
 def test_default_lr_scales_with_the_batch(data, tmp_path):
