@@ -65,22 +65,27 @@ def leave_one_out(table: dict[tuple[str, str], list[float]], recipes: list[str],
     return out
 
 
+def _ap(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def peer_table(rows: list[dict[str, Any]], budget: str) -> str | None:
-    """gfldet's defaults and best recipe against the peers on each data set (seed 0): AP and training seconds."""
+    """gfldet's defaults and best recipe (gfl_resnet18_fpn) against the peers on each data set (seed 0): AP and
+    training seconds."""
     from recipes import DATASETS, default_run, peer_key
 
-    ours = [r for r in current(rows) if r["budget"] == budget and r["seed"] == 0]
+    ours = [r for r in current(rows) if (r["arch"], r["budget"], r["seed"]) == ("gfl_resnet18_fpn", budget, 0)]
     lines = []
     for d in DATASETS:
         ref = default_run(d, budget, 0, rows)
         if ref is None:
             continue
         best = max((r for r in ours if r["dataset"] == d), key=lambda r: r["AP"] or 0)
-        line = [d, f"{ref['AP']:.3f} ({ref['train_s']:.0f} s)", f"{best['AP']:.3f} ({best['recipe']})"]
+        line = [d, f"{_ap(ref['AP'])} ({ref['train_s']:.0f} s)", f"{_ap(best['AP'])} ({best['recipe']})"]
         for peer in ("fcos", "yolo11n"):
             key = peer_key(d, peer, budget, 0, rows)
             p = next((r for r in rows if r.get("key") == key), None)
-            line.append("" if p is None else f"{p['AP']:.3f} ({p['train_s']:.0f} s, {p['epochs_run']} ep)")
+            line.append("" if p is None else f"{_ap(p['AP'])} ({p['train_s']:.0f} s, {p['epochs_run']} ep)")
         lines.append(line)
     if not lines:
         return None
@@ -121,8 +126,8 @@ def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
         cpus = sorted({r["cpu"] for r in sub})
         commits = sorted({r["commit"] for r in sub})
         train_s = statistics.median(r["train_s"] for r in sub)
-        parts.append(f"### {arch}, budget `{budget}` ({sub[0]['iterations']} iterations of {sub[0]['resolved']['train']['batch_size']} "
-                     f"images)\n\nAP (COCO, 150 validation images), median over seeds (seeds in brackets when more "
+        batch = sub[0]["resolved"]["train"]["batch_size"]
+        parts.append(f"### {arch}, budget `{budget}` ({sub[0]['iterations']} iterations of {batch} images)\n\nAP (COCO, 150 validation images), median over seeds (seeds in brackets when more "
                      f"than one); **bold**: the best recipe on that data set; last column: mean over the data sets of "
                      f"AP / best AP. {len(sub)} runs, median training time {train_s:.0f} s, on {', '.join(cpus)}; "
                      f"commits {', '.join(commits)}.\n")
@@ -144,8 +149,8 @@ def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
     for budget in sorted({r["budget"] for r in rows}):
         table = peer_table(all_rows, budget)
         if table:
-            parts.append(f"### Peers, budget `{budget}` (seed 0)\n\nThe same images per step; FCOS for the same epochs, "
-                         f"YOLO11n for gfldet's default run's training time (ultralytics' `time`).\n")
+            parts.append(f"### Peers, budget `{budget}` (seed 0)\n\nThe same images per step; FCOS for the same "
+                         "epochs, YOLO11n for gfldet's default run's training time (ultralytics' `time`).\n")
             parts.extend([table, ""])
     parts.append("Recipes:\n")
     parts.extend(f"- `{name}`: {rc.what}" for name, rc in RECIPES.items())

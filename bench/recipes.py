@@ -40,7 +40,7 @@ from gfldet.config import Config, apply_override, validate_config  # noqa: E402
 from gfldet.data.folders import cached_splits, claim_dir, generation_workers  # noqa: E402
 from gfldet.data.synthetic import write_coco  # noqa: E402
 from gfldet.engine.recipe import resolve_training  # noqa: E402
-from synth.scenes import scenes_data  # noqa: E402
+from synth.scenes import scenes_cache_name, scenes_data  # noqa: E402
 
 log = logging.getLogger("bench.recipes")
 RESULTS = Path(__file__).resolve().parent / "results" / "recipes.jsonl"
@@ -50,46 +50,51 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 # --------------------------------------------------------------------------- data sets
 @dataclass(frozen=True)
 class DataSet:
-    """A generated data set of the study: ``make(cache_dir)`` returns its cached splits' paths; ``size`` the
-    images' ``(H, W)``, which is also the network input (min_size, max_size = the shorter and longer side)."""
+    """A generated data set of the study. ``tag`` names what is generated (its cache folder: generator, version,
+    settings; part of every run's key, so that rows of other data are never mixed in); ``make(cache_dir)`` returns
+    its cached splits' paths; ``size`` the images' ``(H, W)``, which is also the network input (min_size, max_size =
+    the shorter and longer side)."""
 
     character: str
     size: tuple[int, int]
+    tag: str
     make: Callable[[str | None], dict[str, str]]
     train_images: int = 600
 
 
-def _shapes(num_classes: int, side: int) -> Callable[[str | None], dict[str, str]]:
+def _shapes(character: str, num_classes: int, side: int) -> DataSet:
+    tag = f"recipes-shapes{num_classes}-600x150-{side}px"
+
     def make(cache_dir: str | None) -> dict[str, str]:
         def generate(folder: Path) -> dict[str, Any]:
             write_coco(folder / "train", 600, 101, (side, side), num_classes=num_classes, workers=generation_workers())
             write_coco(folder / "val", 150, 202, (side, side), num_classes=num_classes, workers=generation_workers())
             return {"train_images": 600, "val_images": 150, "image_size": side, "num_classes": num_classes}
 
-        return cached_splits(f"recipes-shapes{num_classes}-600x150-{side}px", generate, cache_dir, what="shapes data set")
+        return cached_splits(tag, generate, cache_dir, what="shapes data set")
 
-    return make
+    return DataSet(character, (side, side), tag, make)
 
 
-def _scenes(size: tuple[int, int], variant: str = "", **kwargs: Any) -> Callable[[str | None], dict[str, str]]:
-    return lambda cache_dir: scenes_data(cache_dir, 600, 150, size, seed=0, variant=variant, **kwargs)
+def _scenes(character: str, size: tuple[int, int], variant: str = "", **kwargs: Any) -> DataSet:
+    tag = scenes_cache_name(600, 150, size, 0, variant, kwargs)
+    return DataSet(character, size, tag,
+                   lambda cache_dir: scenes_data(cache_dir, 600, 150, size, seed=0, variant=variant, **kwargs))
 
 
 SIDE = 128  # short enough that one short-budget run of gfl_resnet18_fpn takes about 5 minutes on 2 cores
 DATASETS: dict[str, DataSet] = {
-    "shapes3": DataSet("the demo's generator, 3 classes told by shape and hue; blurred, faded, occluded objects",
-                       (SIDE, SIDE), _shapes(3, SIDE)),
-    "shapes6": DataSet("the demo's generator with 6 classes (the kind of data issue 12 was judged on)",
-                       (SIDE, SIDE), _shapes(6, SIDE)),
-    "scenes": DataSet("bench.synth.scenes: 8 textured kinds told by shape only, cluttered backgrounds, sticks to 1:9, "
-                      "objects cut by the border", (SIDE, SIDE), _scenes((SIDE, SIDE))),
-    "photos": DataSet("scenes' objects on crops of real photographs (bench.synth.photos), no synthetic clutter",
-                      (SIDE, SIDE), _scenes((SIDE, SIDE), "photos", backdrop="photo", clutter=False)),
-    "crowd": DataSet("8-20 small objects per image (at most 0.2 of the side), class imbalance (frequencies 1 : 0.55 : "
-                     "... : 0.015), non-square 128 x 192 images",
-                     (SIDE, 3 * SIDE // 2),
-                     _scenes((SIDE, 3 * SIDE // 2), "crowd", num_objects=(8, 20), min_size=6.0, max_size=0.2,
-                             large_prob=0.02, class_probs=tuple(round(0.55 ** k, 6) for k in range(8)))),
+    "shapes3": _shapes("the demo's generator, 3 classes told by shape and hue; blurred, faded, occluded objects",
+                       3, SIDE),
+    "shapes6": _shapes("the demo's generator with 6 classes (the kind of data issue 12 was judged on)", 6, SIDE),
+    "scenes": _scenes("bench.synth.scenes: 8 textured kinds told by shape only, cluttered backgrounds, sticks to 1:9, "
+                      "objects cut by the border", (SIDE, SIDE)),
+    "photos": _scenes("scenes' objects on crops of real photographs (bench.synth.photos), no synthetic clutter",
+                      (SIDE, SIDE), "photos", backdrop="photo", clutter=False),
+    "crowd": _scenes("8-20 small objects per image (at most 0.2 of the side), class imbalance (frequencies 1 : 0.55 "
+                     ": ... : 0.015), non-square 128 x 192 images", (SIDE, 3 * SIDE // 2), "crowd",
+                     num_objects=(8, 20), min_size=6.0, max_size=0.2, large_prob=0.02,
+                     class_probs=tuple(round(0.55 ** k, 6) for k in range(8))),
 }
 
 
@@ -182,22 +187,27 @@ def run_config(dataset: str, recipe: str, arch: str, budget: str, seed: int, pat
 # Settings added to gfldet after the study began, with the value that reproduces the behaviour from before: a run
 # that has them at that value keeps the digest it had, so the rows recorded before the setting existed stay current.
 ADDED_OFF = {("input", "mosaic"): 0.0, ("input", "mosaic_off_epochs"): None}
+# The settings the digest covers: a setting added to the model, input or train section changes every digest unless
+# it joins ADDED_OFF (tests/test_bench_recipes.py checks this list against the config's fields).
+DIGEST_SECTIONS = ("model", "input", "train")
 
 
-def settings_digest(resolved: Config) -> str:
-    """A digest of what a run trains with (model, input, train sections), not of where its files are."""
+def settings_digest(resolved: Config, data_tag: str) -> str:
+    """A digest of what a run trains with (the data set's tag; model, input, train sections), not of where its
+    files are."""
     d = resolved.to_dict()
-    keep = {k: dict(d[k]) for k in ("model", "input", "train")}
+    keep = {k: dict(d[k]) for k in DIGEST_SECTIONS}
     keep["train"] = {k: v for k, v in keep["train"].items() if k not in ("device", "log_interval", "checkpoint_iters")}
     for (section, key), off in ADDED_OFF.items():
         if key in keep[section] and keep[section][key] == off:
             del keep[section][key]
+    keep["data"] = data_tag
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_key(dataset: str, recipe: str, arch: str, budget: str, seed: int) -> str:
     _, resolved = run_config(dataset, recipe, arch, budget, seed)
-    return f"{dataset}|{arch}|{budget}|{recipe}|s{seed}|{settings_digest(resolved)}"
+    return f"{dataset}|{arch}|{budget}|{recipe}|s{seed}|{settings_digest(resolved, DATASETS[dataset].tag)}"
 
 
 # --------------------------------------------------------------------------- running
@@ -266,8 +276,11 @@ def _jsonable(v: Any) -> Any:
 def peer_key(dataset: str, peer: str, budget: str, seed: int, rows: list[dict[str, Any]]) -> str | None:
     """The key of a peer run; YOLO11n's names the gfldet ``default`` run whose training time it matches (None while
     that run is missing)."""
-    if peer == "fcos":
-        return f"peer|{dataset}|fcos|{budget}|s{seed}"
+    if peer == "fcos":  # bench/vs_torchvision's reference recipe at the budget's epochs, on this data
+        setup = {"data": DATASETS[dataset].tag, "epochs": BUDGETS[budget], "batch": BATCH, "size": DATASETS[dataset].size,
+                 "lr": 0.01, "warmup": "reference"}
+        return f"peer|{dataset}|fcos|{budget}|s{seed}|" + hashlib.sha256(
+            json.dumps(setup, sort_keys=True).encode()).hexdigest()[:12]
     ref = default_run(dataset, budget, seed, rows)
     return None if ref is None else f"peer|{dataset}|{peer}|{budget}|s{seed}|time-of:{ref['key']}"
 

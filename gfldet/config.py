@@ -103,7 +103,8 @@ class InputConfig:
     # own scale); 0: off
     mosaic: float = 0.0
     # the last epochs train without mosaic, on whole images as at test time (as ultralytics' close_mosaic); null:
-    # 10% of train.epochs, rounded up
+    # 10% of train.epochs, rounded up. Counted from train.epochs: `--resume --set train.epochs=N` turns it back on
+    # for the epochs before the new end's last ones
     mosaic_off_epochs: int | None = None
 
 

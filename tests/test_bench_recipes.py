@@ -69,7 +69,7 @@ def tiny_study(tmp_path, monkeypatch):
         return {"train_ann": str(root / "train" / "annotations.json"), "train_images": str(root / "train"),
                 "val_ann": str(root / "val" / "annotations.json"), "val_images": str(root / "val")}
 
-    monkeypatch.setattr(recipes, "DATASETS", {"tiny": recipes.DataSet("8 demo images", (64, 64), make, train_images=8)})
+    monkeypatch.setattr(recipes, "DATASETS", {"tiny": recipes.DataSet("8 demo images", (64, 64), "tiny-v1", make, train_images=8)})
     monkeypatch.setattr(recipes, "BUDGETS", {"short": 1})
     results = tmp_path / "results.jsonl"
     args = ["--datasets", "tiny", "--recipes", "default", "cosine", "--results", str(results), "--out",
@@ -146,3 +146,17 @@ def test_missing_photo_package_is_named(monkeypatch):
     monkeypatch.setattr(photos, "PHOTOS", (("no_such_package_xyz", "a.jpg"),))
     with pytest.raises(GfldetError, match="no_such_package_xyz.*a.jpg"):
         photos.photo_files()
+
+
+def test_a_new_setting_does_not_silently_drop_every_recorded_run():
+    import dataclasses
+    import hashlib
+
+    from gfldet.config import Config
+
+    cfg = Config()
+    fields = sorted(f"{s}.{f.name}" for s in recipes.DIGEST_SECTIONS for f in dataclasses.fields(getattr(cfg, s)))
+    assert hashlib.sha256("\n".join(fields).encode()).hexdigest()[:12] == "3aa677f291c9", (
+        "a setting was added to or removed from the model / input / train sections: every run key of "
+        "bench/results/recipes.jsonl changes with it. Add a new setting to bench/recipes.ADDED_OFF with the value "
+        "that reproduces the old behaviour (the recorded runs stay current), then update this digest")

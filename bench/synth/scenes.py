@@ -59,6 +59,7 @@ __all__ = [
     "split_scene",
     "write_scenes_coco",
     "scenes_data",
+    "scenes_cache_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,17 @@ def write_scenes_coco(folder: str | os.PathLike, n: int, seed: int, size: tuple[
 
 
 # --------------------------------------------------------------------------- cached splits
+def scenes_cache_name(train_images: int, val_images: int, hw: tuple[int, int], seed: int, variant: str = "",
+                      scene_kwargs: dict[str, Any] | None = None) -> str:
+    """The cache folder name of :func:`scenes_data`'s splits: every setting that changes what is generated."""
+    size_tag = f"{hw[0]}px" if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}px"
+    tag = ""
+    if variant or scene_kwargs:
+        digest = hashlib.sha256(json.dumps(scene_kwargs or {}, sort_keys=True).encode()).hexdigest()[:8]
+        tag = f"-{variant or 'custom'}-{digest}"
+    return f"scenes{tag}-v{SCENES_DATA_VERSION}-{train_images}x{val_images}-{size_tag}-s{seed}"
+
+
 def scenes_data(cache_dir: str | os.PathLike | None = None, train_images: int = 600, val_images: int = 150,
                 image_size: int | tuple[int, int] = 192, seed: int = 0, variant: str = "",
                 **scene_kwargs: Any) -> dict[str, str]:
@@ -346,12 +358,7 @@ def scenes_data(cache_dir: str | os.PathLike | None = None, train_images: int = 
     (:func:`gfldet.data.folders.cached_splits`).
     """
     hw = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
-    size_tag = f"{hw[0]}px" if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}px"
-    tag = ""
-    if variant or scene_kwargs:
-        digest = hashlib.sha256(json.dumps(scene_kwargs, sort_keys=True).encode()).hexdigest()[:8]
-        tag = f"-{variant or 'custom'}-{digest}"
-    name = f"scenes{tag}-v{SCENES_DATA_VERSION}-{train_images}x{val_images}-{size_tag}-s{seed}"
+    name = scenes_cache_name(train_images, val_images, hw, seed, variant, scene_kwargs)
 
     def generate(folder: Path) -> dict[str, Any]:
         workers = generation_workers()

@@ -2,7 +2,8 @@
 images.
 
 Boxes are ``(M, 4)`` ``xyxy`` float tensors in pixels; images are ``(C, H, W)`` tensors; nothing here mutates its
-inputs. (The keep-ratio resize is the detector's own, :func:`gfldet.ops.resize.keep_ratio_size`.)
+inputs. (The keep-ratio resize is the detector's own, :func:`gfldet.ops.resize.keep_ratio_size`; the mosaic shrinks
+a larger image with :func:`gfldet.ops.resize.fit_size` and the detector's bilinear interpolation.)
 """
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.resize import fit_size
+
 __all__ = ["hflip", "mosaic", "MOSAIC_MIN_VISIBLE"]
 
-# a box cut by the mosaic's window keeps its label where at least this share of its area stays inside (a smaller
-# sliver is dropped and its pixels count as background)
+# a box cut by the mosaic's window keeps its label where at least this share of its area (and 2 pixels of each side)
+# stays inside; a smaller sliver is dropped and its pixels count as background. Boxes the window does not cut are kept
+# whatever their size, and crowd regions wherever some of them shows (they are ignored regions, not objects).
 MOSAIC_MIN_VISIBLE = 0.25
 
 
@@ -38,9 +42,9 @@ def mosaic(parts: list[tuple[Tensor, dict[str, Tensor]]], centre: tuple[float, f
     does not already, and placed with a corner at the point ``centre`` (``(cx, cy)`` in output pixels, inside
     ``[0, W] x [0, H]``) where the four meet: the first top-left of it, then top-right, bottom-left, bottom-right
     (each image's inner corner at the point, so each shows its own corner region). What no image covers is grey
-    (114, as YOLO's). Boxes follow their image, are clipped to what the output shows of it and kept where at
-    least ``min_visible`` of their area and 2 pixels of each side remain. Returns ``(image, target)`` with the same
-    keys.
+    (114, as YOLO's). Boxes follow their image and are clipped to what the output shows of it; a box that the
+    clipping cuts keeps its label where at least ``min_visible`` of its area and 2 pixels of each side remain (a
+    crowd region: where any of it remains). Returns ``(image, target)`` with the same keys.
     """
     if len(parts) != 4:
         raise ValueError(f"mosaic needs 4 images, got {len(parts)}")
@@ -48,17 +52,16 @@ def mosaic(parts: list[tuple[Tensor, dict[str, Tensor]]], centre: tuple[float, f
     cx, cy = int(round(float(centre[0]))), int(round(float(centre[1])))
     if not (0 <= cx <= W and 0 <= cy <= H):
         raise ValueError(f"mosaic centre {centre} is outside the {W}x{H} output")
-    out = torch.full((3, H, W), 114, dtype=torch.uint8)
+    out = torch.full((3, H, W), 114, dtype=torch.uint8, device=parts[0][0].device)
     boxes, labels, crowd = [], [], []
     for k, (image, target) in enumerate(parts):
         h, w = int(image.shape[-2]), int(image.shape[-1])
-        scale = min(1.0, H / h, W / w)
         b = target["boxes"].float()
-        if scale < 1.0:
-            nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-            image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                                  antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
-            b = b * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+        nh, nw = fit_size(h, w, H, W)
+        if (nh, nw) != (h, w):  # the detector's interpolation (gfldet.models.transform.resize_image)
+            image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear",
+                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            b = b * b.new_tensor([nw / w, nh / h, nw / w, nh / h])
             h, w = nh, nw
         # top-left corner of this image in the canvas: it touches the centre with its inner corner
         px = cx - (w if k in (0, 2) else 0)
@@ -69,14 +72,16 @@ def mosaic(parts: list[tuple[Tensor, dict[str, Tensor]]], centre: tuple[float, f
             out[:, ay0:ay1, ax0:ax1] = image[:, ay0 - py:ay1 - py, ax0 - px:ax1 - px]
         if b.numel() == 0:
             continue
-        shifted = b + torch.tensor([px, py, px, py], dtype=b.dtype)
+        shifted = b + b.new_tensor([px, py, px, py])
         # only what the output shows of this image counts
-        lo = torch.tensor([ax0, ay0, ax0, ay0], dtype=b.dtype)
-        hi = torch.tensor([ax1, ay1, ax1, ay1], dtype=b.dtype)
+        lo, hi = b.new_tensor([ax0, ay0, ax0, ay0]), b.new_tensor([ax1, ay1, ax1, ay1])
         clipped = torch.maximum(torch.minimum(shifted, hi), lo)
         area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
         cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-        keep = (cw >= 2) & (ch >= 2) & (cw * ch >= min_visible * area)
+        shows = (cw > 0) & (ch > 0)
+        cut = (clipped != shifted).any(dim=1)
+        crowd_k = target["iscrowd"].bool()
+        keep = shows & (~cut | crowd_k | ((cw >= 2) & (ch >= 2) & (cw * ch >= min_visible * area)))
         boxes.append(clipped[keep])
         labels.append(target["labels"][keep])
         crowd.append(target["iscrowd"][keep])

@@ -63,12 +63,16 @@ MOSAIC_OFF_FRACTION = 0.1  # the share of the epochs (rounded up) that train wit
 # close_mosaic is 10 of its default 100 epochs
 
 
+def mosaic_off_epochs(cfg: Config) -> int:
+    """``input.mosaic_off_epochs``, or where null 10% of ``train.epochs`` rounded up."""
+    off = cfg.input.mosaic_off_epochs
+    return off if off is not None else math.ceil(MOSAIC_OFF_FRACTION * cfg.train.epochs)
+
+
 def mosaic_prob(cfg: Config, epoch: int) -> float:
-    """The mosaic probability of (0-based) ``epoch`` in a resolved run: ``input.mosaic`` but 0 in the last
-    ``input.mosaic_off_epochs`` epochs."""
-    inp = cfg.input
-    off = inp.mosaic_off_epochs if inp.mosaic_off_epochs is not None else math.ceil(MOSAIC_OFF_FRACTION * cfg.train.epochs)
-    return inp.mosaic if epoch < cfg.train.epochs - off else 0.0
+    """The mosaic probability of (0-based) ``epoch``: ``input.mosaic`` but 0 in the last ``mosaic_off_epochs`` epochs
+    (a run resumed with more ``train.epochs`` counts them from its new end: mosaic can come back on)."""
+    return cfg.input.mosaic if epoch < cfg.train.epochs - mosaic_off_epochs(cfg) else 0.0
 
 
 def warmup_length(t: TrainConfig, total_iters: int) -> int:
@@ -123,7 +127,7 @@ def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> 
         pick(t, key, recipe[key], f"train.{key}")
     pick(t, "warmup_iters", warmup_length(t, total_iters), "train.warmup_iters")
     if out.input.mosaic:
-        pick(out.input, "mosaic_off_epochs", math.ceil(MOSAIC_OFF_FRACTION * t.epochs), "input.mosaic_off_epochs")
+        pick(out.input, "mosaic_off_epochs", mosaic_off_epochs(out), "input.mosaic_off_epochs")
     if t.schedule == "step":
         pick(t, "milestones", step_milestones(t), "train.milestones")
     lines = [f"training regime: {name} ({why}); chosen: {', '.join(chosen) or 'nothing'}"

@@ -1,6 +1,6 @@
 """The input-image rules, in one place: what an image may be (:func:`check_image`) and its keep-ratio size. The
 detector's preprocessing, the NumPy deployment path, the data transforms and ``gfldet inspect-data`` all call
-:func:`keep_ratio_size` and :func:`padded_size`; the detector and the deployment runtime call :func:`check_image`.
+:func:`keep_ratio_size` and :func:`padded_size` (the mosaic augmentation :func:`fit_size`); the detector and the deployment runtime call :func:`check_image`.
 
 Plain Python in and out (no tensors, no torch), so that every path computes the same sizes bit for bit and the
 torch-free runtime can import it.
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import GfldetError
 
-__all__ = ["check_image", "keep_ratio_size", "padded_size", "warp_resize_matrix", "cv_invert3x3"]
+__all__ = ["check_image", "keep_ratio_size", "fit_size", "padded_size", "warp_resize_matrix", "cv_invert3x3"]
 
 
 def check_image(i: int, shape: Sequence[int], dtype: object, is_uint8: bool, is_float: bool,
@@ -53,6 +53,17 @@ def keep_ratio_size(h: int, w: int, min_size: float | None, max_size: float | No
             raise GfldetError(f"max_size must be positive, got {max_size}")
         scale = min(scale, max_size / max(h, w))
     if scale == math.inf:
+        return int(h), int(w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def fit_size(h: int, w: int, max_h: int, max_w: int) -> tuple[int, int]:
+    """Size of an ``h x w`` image shrunk, keeping its aspect ratio, to fit inside ``max_h x max_w`` (unchanged where
+    it fits): ``scale = min(1, max_h / h, max_w / w)``, rounded as :func:`keep_ratio_size` rounds."""
+    if h <= 0 or w <= 0:
+        raise GfldetError(f"image size must be positive, got h={h}, w={w}")
+    scale = min(1.0, max_h / h, max_w / w)
+    if scale == 1.0:
         return int(h), int(w)
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 

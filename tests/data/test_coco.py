@@ -169,12 +169,19 @@ def test_mosaic_items(tmp_path):
         assert image.shape == plain[i][0].shape and t["orig_size"] == (32, 48) and t["image_id"] == i + 1
         assert (t["boxes"][:, 2:] <= torch.tensor([48.0, 32.0])).all() and (t["boxes"][:, :2] >= 0).all()
         assert len(t["boxes"]) == len(t["labels"]) == len(t["iscrowd"])
-        # the item's own flip comes first from the same stream: its mosaic starts from the plain item's image
         if not torch.equal(image, plain[i][0]):
             mixed.append(i)
         h_img, h_t = half[i]
         assert torch.equal(h_img, plain[i][0]) or torch.equal(h_img, image)
     assert len(mixed) == len(mos)  # every item is a mosaic
+    # the item itself, with its own flip (the first draw of its stream, as without mosaic), fills the output up to
+    # the meeting point (its bottom-right part); the point is drawn after the three other items
+    for i in range(len(mos)):
+        g = mos.generator(i)
+        torch.rand((), generator=g), torch.rand((), generator=g), torch.randint(8, (3,), generator=g)
+        cx, cy = (round(float(v)) for v in (0.25 + 0.5 * torch.rand(2, generator=g)) * torch.tensor([48.0, 32.0]))
+        assert 12 <= cx <= 36 and 8 <= cy <= 24
+        assert torch.equal(mos[i][0][:, :cy, :cx], plain[i][0][:, 32 - cy:, 48 - cx:])
     assert any(not torch.equal(half[i][0], plain[i][0]) for i in range(8))
     assert any(torch.equal(half[i][0], plain[i][0]) for i in range(8))
     with pytest.raises(GfldetError, match="mosaic_prob"):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gfldet.data.transforms import hflip, mosaic
-from gfldet.ops.resize import keep_ratio_size
+from gfldet.ops.resize import fit_size, keep_ratio_size
 
 
 def test_hflip_boxes_and_image():
@@ -96,3 +96,19 @@ def test_mosaic_drops_slivers_and_fits_large_images():
         mosaic(parts, (41, 10))
     with pytest.raises(ValueError, match="4 images"):
         mosaic(parts[:3], (10, 10))
+
+
+def test_mosaic_keeps_whole_small_boxes_and_crowd_regions():
+    H, W = 40, 40
+    first = _part(1, H, W, [[30, 30, 31.5, 39], [0, 20, 20, 40]], 0)
+    first[1]["iscrowd"][1] = True  # the second box is a crowd region: kept wherever some of it shows
+    parts = [first, _part(2, H, W, [], 1), _part(3, H, W, [], 2), _part(4, H, W, [], 3)]
+    _, t = mosaic(parts, (24, 40))  # image 0 at (-16, 0): the 1.5 px box whole, the crowd region 4 of 20 columns
+    assert t["boxes"].tolist() == [[14.0, 30.0, 15.5, 39.0], [0.0, 20.0, 4.0, 40.0]]
+    assert t["iscrowd"].tolist() == [False, True]
+
+
+@pytest.mark.parametrize("h,w,expected", [(80, 120, (27, 40)), (40, 40, (40, 40)), (20, 30, (20, 30)),
+                                          (100, 20, (40, 8))])
+def test_fit_size_shrinks_to_fit_and_never_enlarges(h, w, expected):
+    assert fit_size(h, w, 40, 40) == expected

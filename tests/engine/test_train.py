@@ -19,6 +19,7 @@ import gfldet
 from tests._runs import assert_same_run, data_sets, train_cli
 from gfldet.cli import main
 from gfldet.config import ConfigError, load_config
+from gfldet.data.coco import CocoDetection
 from gfldet.models.io import load_model
 from gfldet.engine.recipe import lr_factor, mosaic_prob, resolve_training
 from gfldet.engine.train import NonFiniteLossError, train
@@ -136,7 +137,7 @@ def test_lr_schedule():
         lr_factor(0, 0, 10, load_config(None, []))
 
 
-def test_mosaic_stops_for_the_last_epochs(data, tmp_path):
+def test_mosaic_stops_for_the_last_epochs(data, tmp_path, monkeypatch):
     cfg, lines = resolve_training(load_config(None, ["input.mosaic=0.5", "train.epochs=12"]), 10)
     assert cfg.input.mosaic_off_epochs == 2 and "input.mosaic_off_epochs=2" in lines[0]  # 10% of 12, rounded up
     assert [mosaic_prob(cfg, e) for e in (0, 9, 10, 11)] == [0.5, 0.5, 0.0, 0.0]
@@ -149,11 +150,21 @@ def test_mosaic_stops_for_the_last_epochs(data, tmp_path):
     with pytest.raises(ConfigError, match="input.mosaic=0.5.*no mosaic"):
         load_config(None, ["model.arch=nanodet_plus_m_320", "input.mosaic=0.5", "input.min_size=null",
                            "input.max_size=null"])
-    # a run with mosaic trains with finite losses
+    # a run with mosaic trains with finite losses, and its last epoch (10% of 2, rounded up) sees whole images
+    seen = []
+    getitem = CocoDetection.__getitem__
+
+    def spy(self, index):
+        if self.train:
+            seen.append((self.epoch, self.mosaic_prob))
+        return getitem(self, index)
+
+    monkeypatch.setattr(CocoDetection, "__getitem__", spy)
     res = train(load_config(None, _sets(data, tmp_path / "mosaic", **{"train.epochs": 2, "input.mosaic": 1.0})),
                 progress=False)
     assert res["iterations"] > 0 and math.isfinite(json.loads(
         (tmp_path / "mosaic" / "metrics.jsonl").read_text().splitlines()[0])["loss"])
+    assert {e: p for e, p in seen} == {0: 1.0, 1: 0.0}
 
 
 def test_default_lr_scales_with_the_batch(data, tmp_path):
