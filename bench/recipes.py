@@ -228,8 +228,10 @@ def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, check=False, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent, check=False, timeout=10).stdout.strip()
+        # the results file itself is not the code that ran
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(top,exclude)bench/results"], capture_output=True, text=True, cwd=Path(__file__).parent, check=False,
+                               timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
