@@ -36,10 +36,11 @@ from _util import cpu_model, timed_evaluations  # noqa: E402
 
 import torch  # noqa: E402
 
-from gfldet.config import Config, apply_override, validate_config  # noqa: E402
+from gfldet.config import Config, ConfigError, apply_override, validate_config  # noqa: E402
 from gfldet.data.folders import cached_splits, claim_dir, generation_workers  # noqa: E402
 from gfldet.data.synthetic import write_coco  # noqa: E402
 from gfldet.engine.recipe import resolve_training  # noqa: E402
+from gfldet.models.zoo import is_nanodet  # noqa: E402
 from synth.scenes import scenes_cache_name, scenes_data  # noqa: E402
 
 log = logging.getLogger("bench.recipes")
@@ -169,7 +170,8 @@ def run_config(dataset: str, recipe: str, arch: str, budget: str, seed: int, pat
     cfg.data.train.ann, cfg.data.train.images = p["train_ann"], p["train_images"]
     cfg.data.val.ann, cfg.data.val.images = p["val_ann"], p["val_images"]
     cfg.data.num_workers = 0
-    cfg.input.min_size, cfg.input.max_size = min(ds.size), max(ds.size)
+    if not is_nanodet(arch):  # a NanoDet-Plus warps every image to the input size in its name
+        cfg.input.min_size, cfg.input.max_size = min(ds.size), max(ds.size)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.seed = BUDGETS[budget], BATCH, seed
     cfg.train.device, cfg.out_dir = "cpu", out_dir
     per_epoch = math.ceil(ds.train_images / BATCH)
@@ -315,7 +317,17 @@ def run_peer(dataset: str, peer: str, budget: str, seed: int, rows: list[dict[st
             "run_dir": str(out_dir)}
 
 
+def applies(recipe: str, arch: str) -> bool:
+    """Whether ``recipe`` can run on ``arch`` (a NanoDet-Plus refuses GFL's input settings, e.g. mosaic, jitter)."""
+    try:
+        run_config(next(iter(DATASETS)), recipe, arch, "short", 0)
+    except ConfigError:
+        return False
+    return True
+
+
 def plan(datasets: list[str], recipes: list[str], arch: str, budget: str, seeds: list[int]) -> list[tuple]:
+    recipes = [r for r in recipes if applies(r, arch)]
     return [(d, r, arch, budget, s) for s in seeds for r in recipes for d in datasets]
 
 

@@ -103,6 +103,17 @@ def test_run_appends_rows_resumes_and_reports(tiny_study, tmp_path, capsys):
     assert (tmp_path / "img" / "recipes-gfl_resnet18_fpn-short.png").stat().st_size > 1000 and "](img/recipes-" in text
 
 
+def test_nanodet_joins_the_study_where_a_recipe_applies(tiny_study, tmp_path):
+    results, args = tiny_study
+    assert not recipes.applies("cosine-mosaic", "nanodet_plus_m_320") and recipes.applies("cosine", "nanodet_plus_m_320")
+    _, resolved = recipes.run_config("tiny", "default", "nanodet_plus_m_320", "short", 0)
+    assert (resolved.train.optimizer, resolved.input.min_size) == ("adamw", 800)  # its own recipe and input rule
+    assert recipes.main(["run", *args[:2], "--recipes", "default", "cosine-mosaic", *args[5:],
+                         "--arch", "nanodet_plus_m_320"]) == 0
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert [(r["arch"], r["recipe"]) for r in rows] == [("nanodet_plus_m_320", "default")] and rows[0]["AP"] is not None
+
+
 def test_report_drops_rows_of_other_settings(tiny_study):
     results, args = tiny_study
     row = {"key": "tiny|gfl_resnet18_fpn|short|default|s0|stale", "dataset": "tiny", "recipe": "default",
