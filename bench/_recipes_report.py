@@ -169,19 +169,24 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, arch: str, budget: str) 
     sub = [r for r in current(rows) if (r["arch"], r["budget"], r["seed"]) == (arch, budget, 0) and r.get("curve")]
     if not sub:
         return None
-    datasets = sorted({r["dataset"] for r in sub})
+    from recipes import DATASETS, RECIPES
+
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(RECIPES)}  # one colour a recipe
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in sub)]
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.0), squeeze=False)
+    shown = {}
     for ax, d in zip(axes[0], datasets):
-        for r in sorted((r for r in sub if r["dataset"] == d), key=lambda r: r["recipe"]):
+        for r in sorted((r for r in sub if r["dataset"] == d), key=lambda r: list(RECIPES).index(r["recipe"])):
             xs, ys = zip(*r["curve"])
-            ax.plot(xs, ys, marker=".", label=r["recipe"], lw=2 if r["recipe"] == "default" else 1)
+            shown[r["recipe"]], = ax.plot(xs, ys, marker=".", color=colours[r["recipe"]],
+                                          lw=2.5 if r["recipe"] == "default" else 1.2)
         ax.set_title(d)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("AP")
-    axes[0][-1].legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"{arch}, budget {budget}: AP after each epoch", fontsize=9)
-    fig.tight_layout()
+    fig.legend(list(shown.values()), list(shown), fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.9, 0.93))
+    fig.suptitle(f"{arch}, budget {budget}: AP after each epoch (seed 0)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
