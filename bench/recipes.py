@@ -348,9 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-docs", type=Path, default=None, help="report: write the tables into this file")
     ap.add_argument("--progress", action="store_true", help="progress bars")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("gfldet",):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
     if args.command == "report":
         from _recipes_report import report
@@ -406,4 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # the script's own output: its progress lines, gfldet's warnings (set here, not in main(): callers and tests keep
+    # their logging as it is)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("gfldet").setLevel(logging.WARNING)
     sys.exit(main())

@@ -63,7 +63,7 @@ def mosaic(parts: list[tuple[Tensor, dict[str, Tensor]]], centre: tuple[float, f
                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
             b = b * b.new_tensor([nw / w, nh / h, nw / w, nh / h])
             h, w = nh, nw
-        # top-left corner of this image in the canvas: it touches the centre with its inner corner
+        # top-left corner of this image in output pixels: its inner corner touches the meeting point
         px = cx - (w if k in (0, 2) else 0)
         py = cy - (h if k in (0, 1) else 0)
         # the part of the output this image covers
