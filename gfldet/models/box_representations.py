@@ -84,7 +84,7 @@ class DistributionBox(BoxRepresentation):
     def extras(self, logits: Tensor, strides: Tensor) -> dict[str, Tensor]:
         """``distributions (D, 4, B)``, ``edge_peak``, ``edge_entropy``, ``edge_std`` (pixels), ``loc_conf``."""
         probs = edge_distributions(logits, self.reg_max)
-        return {"distributions": probs, **edge_uncertainty(probs, self.bins, strides)}
+        return {"distributions": probs, **edge_uncertainty(probs, self.bins, strides, logits=logits)}
 
 
 class DiracBox(BoxRepresentation):

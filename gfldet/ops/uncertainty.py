@@ -27,12 +27,17 @@ __all__ = ["edge_uncertainty", "UNCERTAINTY_KEYS"]
 UNCERTAINTY_KEYS = ("edge_peak", "edge_entropy", "edge_std", "loc_conf")
 
 
-def edge_uncertainty(probs: Tensor, bins: Tensor, scale: Tensor | float = 1.0) -> dict[str, Tensor]:
+def edge_uncertainty(probs: Tensor, bins: Tensor, scale: Tensor | float = 1.0,
+                     logits: Tensor | None = None) -> dict[str, Tensor]:
     """Per-edge summaries of ``probs (D, 4, B)`` (each row sums to 1).
 
     Args:
         bins: ``(B,)`` the bin positions in stride units (``[0, 1, ..., n]`` for GFL).
         scale: pixels per stride unit, a scalar or ``(D,)`` (the stride of each box's level) or ``(D, 4)``.
+        logits: the logits ``probs`` is the softmax of (any shape with ``D * 4 * B`` elements), where at hand: the
+            entropy is then taken from them with one log per edge instead of one per bin (the same value to float
+            rounding; in an exported graph, which summarises every prior, the per-bin log costs more than all the
+            other summaries together).
     Returns:
         ``edge_peak (D, 4)``, ``edge_entropy (D, 4)`` nats, ``edge_std (D, 4)`` pixels, ``loc_conf (D,)``.
     """
@@ -43,11 +48,16 @@ def edge_uncertainty(probs: Tensor, bins: Tensor, scale: Tensor | float = 1.0) -
     scale = torch.as_tensor(scale, dtype=p.dtype, device=p.device)
     if scale.dim() == 1:
         scale = scale[:, None]
-    entropy = -(p * torch.log(p.clamp(min=torch.finfo(p.dtype).tiny))).sum(-1)
+    peak = p.amax(-1)
+    if logits is None:
+        entropy = -(p * torch.log(p.clamp(min=torch.finfo(p.dtype).tiny))).sum(-1)
+    else:  # log p_i = z_i - z_max + log p_max, so H = sum_i p_i (z_max - z_i) - log p_max, both terms >= 0
+        z = logits.reshape(p.shape).to(p)
+        entropy = (p * (z.amax(-1, keepdim=True) - z)).sum(-1) - torch.log(peak)
     k = min(2, p.shape[-1])
     top2 = p.topk(k, dim=-1).values.sum(-1)
     return {
-        "edge_peak": p.amax(-1),
+        "edge_peak": peak,
         "edge_entropy": entropy.clamp(min=0),
         "edge_std": var.sqrt() * scale,
         "loc_conf": top2.mean(-1),

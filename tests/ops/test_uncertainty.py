@@ -57,6 +57,22 @@ def test_spread_orders_the_summaries():
     assert u["edge_peak"][0, 1] < u["edge_peak"][0, 0]
 
 
+def test_entropy_from_logits_is_the_entropy_of_the_probabilities():
+    # the exported graph takes the entropy from the logits (one log per edge): the same value as -sum p log p, for
+    # spread, sharp (bins far below the peak underflow to 0) and uniform edges
+    torch.manual_seed(0)
+    z = torch.cat([torch.randn(50, 4, 17), 40 * torch.randn(50, 4, 17), torch.zeros(1, 4, 17)])
+    p = z.softmax(-1)
+    from_probs = edge_uncertainty(p, BINS, 8.0)
+    from_logits = edge_uncertainty(p, BINS, 8.0, logits=z.reshape(-1, 68))
+    # float32 sums of 17 terms of at most log(17): rounding in the last few bits of ~3
+    torch.testing.assert_close(from_logits["edge_entropy"], from_probs["edge_entropy"], rtol=0, atol=1e-5)
+    assert from_logits["edge_entropy"].min() >= 0
+    torch.testing.assert_close(from_logits["edge_entropy"][-1], torch.full((4,), math.log(17)), rtol=0, atol=1e-5)
+    for k in ("edge_peak", "edge_std", "loc_conf"):
+        torch.testing.assert_close(from_logits[k], from_probs[k], rtol=0, atol=0)
+
+
 def test_empty_input():
     u = edge_uncertainty(torch.zeros(0, 4, 17), BINS, torch.zeros(0))
     assert all(u[k].shape[0] == 0 for k in UNCERTAINTY_KEYS)
@@ -81,6 +97,7 @@ def test_detections_carry_uncertainty_in_the_image_frame():
     ref = edge_uncertainty(det["distributions"], BINS, det["strides"])
     torch.testing.assert_close(det["edge_std"], ref["edge_std"])
     torch.testing.assert_close(det["loc_conf"], ref["loc_conf"])
+    torch.testing.assert_close(det["edge_entropy"], ref["edge_entropy"], rtol=0, atol=1e-5)
     # an image resized by the model gets its std back in the pixels of the image given
     model.configure(min_size=192, max_size=256)  # 2x up-scaling inside the model
     det2 = model([img])[0]
