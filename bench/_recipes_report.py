@@ -69,15 +69,15 @@ def _ap(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def peer_table(rows: list[dict[str, Any]], budget: str) -> str | None:
+def peer_table(rows: list[dict[str, Any]], cur: list[dict[str, Any]], budget: str) -> str | None:
     """gfldet's defaults and best recipe (gfl_resnet18_fpn) against the peers on each data set (seed 0): AP and
-    training seconds."""
-    from recipes import DATASETS, default_run, peer_key
+    training seconds. ``rows``: every row (the peers'); ``cur``: :func:`current` of them."""
+    from recipes import DATASETS, peer_key
 
-    ours = [r for r in current(rows) if (r["arch"], r["budget"], r["seed"]) == ("gfl_resnet18_fpn", budget, 0)]
+    ours = [r for r in cur if (r["arch"], r["budget"], r["seed"]) == ("gfl_resnet18_fpn", budget, 0)]
     lines = []
     for d in DATASETS:
-        ref = default_run(d, budget, 0, rows)
+        ref = next((r for r in ours if (r["dataset"], r["recipe"]) == (d, "default")), None)
         if ref is None:
             continue
         best = max((r for r in ours if r["dataset"] == d), key=lambda r: r["AP"] or 0)
@@ -142,12 +142,12 @@ def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
                 [[x["held_out"], x["pick"], f"{x['score_on_others']:.2f}", f"{x['ap']:.3f}", f"{x['best']:.3f}",
                   f"{x['ratio']:.2f}" + ("" if x["ratio"] >= TARGET else " (below)")] for x in loo]))
         if image_dir is not None:
-            picture = plot_curves(all_rows, image_dir / f"recipes-{arch}-{budget}.png", arch, budget)
+            picture = plot_curves(rows, image_dir / f"recipes-{arch}-{budget}.png", arch, budget)
             if picture is not None:
                 parts.append(f"\n![AP after each epoch, {arch}, {budget}](img/{picture.name})")
         parts.append("")
     for budget in sorted({r["budget"] for r in rows}):
-        table = peer_table(all_rows, budget)
+        table = peer_table(all_rows, rows, budget)
         if table:
             parts.append(f"### Peers, budget `{budget}` (seed 0)\n\nThe same images per step; FCOS for the same "
                          "epochs, YOLO11n for gfldet's default run's training time (ultralytics' `time`).\n")
@@ -159,14 +159,15 @@ def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
     return "\n".join(parts)
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, arch: str, budget: str) -> Path | None:
-    """AP after each epoch, one panel per data set, one line per recipe (seed 0)."""
+def plot_curves(cur: list[dict[str, Any]], path: Path, arch: str, budget: str) -> Path | None:
+    """AP after each epoch of the current rows ``cur`` (:func:`current`), one panel per data set, one line per recipe
+    (seed 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sub = [r for r in current(rows) if (r["arch"], r["budget"], r["seed"]) == (arch, budget, 0) and r.get("curve")]
+    sub = [r for r in cur if (r["arch"], r["budget"], r["seed"]) == (arch, budget, 0) and r.get("curve")]
     if not sub:
         return None
     from recipes import DATASETS, RECIPES

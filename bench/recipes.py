@@ -37,15 +37,14 @@ from _util import cpu_model, timed_evaluations  # noqa: E402
 import torch  # noqa: E402
 
 from gfldet.config import Config, ConfigError, apply_override, validate_config  # noqa: E402
-from gfldet.data.folders import cached_splits, claim_dir, generation_workers  # noqa: E402
-from gfldet.data.synthetic import write_coco  # noqa: E402
+from gfldet.data.folders import claim_dir  # noqa: E402
 from gfldet.engine.recipe import resolve_training  # noqa: E402
 from gfldet.models.zoo import is_nanodet  # noqa: E402
 from synth.scenes import scenes_cache_name, scenes_data  # noqa: E402
+from vs_torchvision import METRICS, shapes_cache_name, shapes_data  # noqa: E402
 
 log = logging.getLogger("bench.recipes")
 RESULTS = Path(__file__).resolve().parent / "results" / "recipes.jsonl"
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
 # --------------------------------------------------------------------------- data sets
@@ -64,17 +63,9 @@ class DataSet:
 
 
 def _shapes(character: str, num_classes: int, side: int) -> DataSet:
-    tag = f"recipes-shapes{num_classes}-600x150-{side}px"
-
-    def make(cache_dir: str | None) -> dict[str, str]:
-        def generate(folder: Path) -> dict[str, Any]:
-            write_coco(folder / "train", 600, 101, (side, side), num_classes=num_classes, workers=generation_workers())
-            write_coco(folder / "val", 150, 202, (side, side), num_classes=num_classes, workers=generation_workers())
-            return {"train_images": 600, "val_images": 150, "image_size": side, "num_classes": num_classes}
-
-        return cached_splits(tag, generate, cache_dir, what="shapes data set")
-
-    return DataSet(character, (side, side), tag, make)
+    args = (600, 150, side, 0)  # bench/vs_torchvision's splits: the demo's generator, seeds 101 and 202
+    return DataSet(character, (side, side), shapes_cache_name(*args, num_classes),
+                   lambda cache_dir: shapes_data(cache_dir, *args, num_classes=num_classes))
 
 
 def _scenes(character: str, size: tuple[int, int], variant: str = "", **kwargs: Any) -> DataSet:
@@ -385,10 +376,11 @@ def main(argv: list[str] | None = None) -> int:
                         f.write(json.dumps(row) + "\n")
                     log.info("%s: AP %.3f, training %.0f s", key, row["AP"] or float("nan"), row["train_s"])
         return 0
-    todo = [p for p in plan(args.datasets, args.recipes, args.arch, args.budget, args.seeds) if run_key(*p) not in done]
+    planned = [(p, run_key(*p) in done) for p in plan(args.datasets, args.recipes, args.arch, args.budget, args.seeds)]
+    todo = [p for p, have in planned if not have]
     if args.command == "plan":
-        for p in plan(args.datasets, args.recipes, args.arch, args.budget, args.seeds):
-            print(("done " if run_key(*p) in done else "todo ") + " ".join(map(str, p)))
+        for p, have in planned:
+            print(("done " if have else "todo ") + " ".join(map(str, p)))
         print(f"{len(todo)} to run")
         return 0
     args.results.parent.mkdir(parents=True, exist_ok=True)

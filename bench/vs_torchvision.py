@@ -127,12 +127,17 @@ def model_names(args: argparse.Namespace) -> tuple[str, str]:
     return f"gfldet {args.arch}{tag}", f"torchvision FCOS {FCOS_BACKBONES[args.arch]}_fpn{tag}"
 
 
+def shapes_cache_name(train_images: int, val_images: int, image_size: int, seed: int, num_classes: int = 6) -> str:
+    """The cache folder of :func:`shapes_data`'s splits (what they are generated from)."""
+    return f"shapes{num_classes}-{train_images}x{val_images}-{image_size}px-s{seed}"
+
+
 def shapes_data(cache_dir: str | None, train_images: int, val_images: int, image_size: int, seed: int,
                 num_classes: int = 6) -> dict[str, str]:
     """The demo's generator (``gfldet.data.synthetic``) with ``num_classes`` shape classes, objects sharp, blurred,
     faded or occluded: the kind of data set issue 12 was judged on (600 / 150 images of 192 px, 6 classes), which
     gfldet's defaults were not tuned on. Train and val come from the seeds ``seed + 101`` and ``seed + 202``."""
-    name = f"shapes{num_classes}-{train_images}x{val_images}-{image_size}px-s{seed}"
+    name = shapes_cache_name(train_images, val_images, image_size, seed, num_classes)
 
     def generate(folder: Path) -> dict[str, Any]:
         size, workers = (image_size, image_size), generation_workers()
