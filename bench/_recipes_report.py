@@ -18,10 +18,11 @@ TARGET = 0.9  # issue 28: the defaults reach >= 0.9 x the best recipe of the swe
 
 
 def current(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows that match what the run would resolve to with today's code."""
+    """The rows that match what the run would resolve to with today's code; of a key run more than once
+    (``--rerun``), the latest."""
     from recipes import DATASETS, RECIPES, run_key
 
-    out, keys = [], {}
+    out, keys = {}, {}
     for r in rows:
         if r.get("kind") == "peer" or r["dataset"] not in DATASETS or r["recipe"] not in RECIPES:
             continue
@@ -29,8 +30,8 @@ def current(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if p not in keys:
             keys[p] = run_key(*p)
         if r["key"] == keys[p]:
-            out.append(r)
-    return out
+            out[r["key"]] = r
+    return list(out.values())
 
 
 def cells(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[float]]:
@@ -84,7 +85,7 @@ def peer_table(rows: list[dict[str, Any]], cur: list[dict[str, Any]], budget: st
         line = [d, f"{_ap(ref['AP'])} ({ref['train_s']:.0f} s)", f"{_ap(best['AP'])} ({best['recipe']})"]
         for peer in ("fcos", "yolo11n"):
             key = peer_key(d, peer, budget, 0, rows)
-            p = next((r for r in rows if r.get("key") == key), None)
+            p = next((r for r in reversed(rows) if r.get("key") == key), None)
             line.append("" if p is None else f"{_ap(p['AP'])} ({p['train_s']:.0f} s, {p['epochs_run']} ep)")
         lines.append(line)
     if not lines:

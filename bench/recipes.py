@@ -282,9 +282,10 @@ def peer_key(dataset: str, peer: str, budget: str, seed: int, rows: list[dict[st
 
 def default_run(dataset: str, budget: str, seed: int, rows: list[dict[str, Any]],
                 arch: str = "gfl_resnet18_fpn") -> dict[str, Any] | None:
-    """The row of gfldet's ``default`` recipe with today's settings on ``dataset`` (the time the peers match)."""
+    """The row of gfldet's ``default`` recipe with today's settings on ``dataset`` (the time the peers match); the
+    latest, where the run was measured again (``--rerun``)."""
     key = run_key(dataset, "default", arch, budget, seed)
-    return next((r for r in rows if r.get("key") == key), None)
+    return next((r for r in reversed(rows) if r.get("key") == key), None)
 
 
 def run_peer(dataset: str, peer: str, budget: str, seed: int, rows: list[dict[str, Any]], cache_dir: str | None,
@@ -336,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/recipes"), help="run folders (checkpoints, logs)")
     ap.add_argument("--cache-dir", default=None, help="data cache (default $GFLDET_CACHE or ~/.cache/gfldet)")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    ap.add_argument("--rerun", action="store_true",
+                    help="run: also the runs already done (e.g. to time them again on a quiet machine); the latest row "
+                         "of a key is the one the report and the peers' time use")
     ap.add_argument("--write-docs", type=Path, default=None, help="report: write the tables into this file")
     ap.add_argument("--progress", action="store_true", help="progress bars")
     args = ap.parse_args(argv)
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                     if key is None:
                         log.warning("%s on %s: no default run of today's gfldet to match its time; run that first", peer, d)
                         continue
-                    if key in done:
+                    if key in done and not args.rerun:
                         continue
                     log.info("peer %s on %s (%s budget, seed %d)", peer, d, args.budget, seed)
                     row = run_peer(d, peer, args.budget, seed, rows, args.cache_dir, args.out)
@@ -377,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("%s: AP %.3f, training %.0f s", key, row["AP"] or float("nan"), row["train_s"])
         return 0
     planned = [(p, run_key(*p) in done) for p in plan(args.datasets, args.recipes, args.arch, args.budget, args.seeds)]
-    todo = [p for p, have in planned if not have]
+    todo = [p for p, have in planned if args.rerun or not have]
     if args.command == "plan":
         for p, have in planned:
             print(("done " if have else "todo ") + " ".join(map(str, p)))

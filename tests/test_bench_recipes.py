@@ -122,6 +122,20 @@ def test_report_drops_rows_of_other_settings(tiny_study):
     assert rr.current([{**row, "key": recipes.run_key("tiny", "default", "gfl_resnet18_fpn", "short", 0)}])
 
 
+def test_a_run_measured_again_replaces_the_earlier_row(tiny_study):
+    results, args = tiny_study
+    key = recipes.run_key("tiny", "default", "gfl_resnet18_fpn", "short", 0)
+    row = {"key": key, "dataset": "tiny", "recipe": "default", "arch": "gfl_resnet18_fpn", "budget": "short",
+           "seed": 0, "AP": 0.5, "train_s": 900.0}
+    again = {**row, "AP": 0.4, "train_s": 300.0}  # e.g. timed again on a quiet machine
+    assert rr.current([row, again]) == [again]  # one row per key in the tables: the latest
+    assert recipes.default_run("tiny", "short", 0, [row, again]) is again  # the time the peers match
+    results.write_text(json.dumps(row) + "\n")
+    assert recipes.main(["run", *args[:2], "--recipes", "default", *args[5:], "--rerun"]) == 0
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert [r["key"] for r in rows] == [key, key] and rows[1]["AP"] != 0.5
+
+
 def test_bad_results_line_is_named(tmp_path):
     bad = tmp_path / "r.jsonl"
     bad.write_text('{"key": 1}\nnot json\n')
