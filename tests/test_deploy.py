@@ -195,6 +195,19 @@ def test_bf16_is_applied_or_refused_by_name(files, monkeypatch):
 
 
 @needs_ov
+def test_openvino_properties_reach_the_compiled_model(files):
+    # bench/ov_profile.py turns OpenVINO's per-layer counters on this way; gfldet's own settings stay
+    from gfldet.deploy.runtime import OpenVINOBackend
+
+    b = OpenVINOBackend(files["fp32.xml"], threads=1, properties={"PERF_COUNT": True})
+    b.run(np.zeros((1, 3, 64, 64), np.float32))
+    assert str(b.compiled.get_property("PERF_COUNT")) in ("True", "YES")
+    assert int(b.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert "float32" in str(b.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert len(b.request.profiling_info) > 10
+
+
+@needs_ov
 def test_eval_contract_writes_the_same_metrics_json_as_for_a_checkpoint(files):
     d = files["dir"]
     args = ["--ann", files["val_ann"], "--images", files["val"], "--no-progress", "--device", "cpu"]

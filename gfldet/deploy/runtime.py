@@ -207,12 +207,14 @@ class OpenVINOBackend:
 
     ``precision``: the inference precision of the float parts, ``fp32``, ``bf16`` or ``auto`` (bf16 where the CPU
     has bf16 units, else fp32); by default the file's (an INT8 file's float parts: fp32 unless exported otherwise). OpenVINO would otherwise choose bf16 by itself on CPUs with AMX, so
-    ``fp32`` is set explicitly. ``bf16`` on a CPU without bf16 units is refused.
+    ``fp32`` is set explicitly. ``bf16`` on a CPU without bf16 units is refused. ``properties``: further OpenVINO CPU
+    properties on top of these (e.g. ``{"PERF_COUNT": True}`` for OpenVINO's per-layer counters: bench/ov_profile.py).
     """
 
     name = "openvino"
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str | None = None,
+                 properties: dict[str, Any] | None = None):
         self.path = os.fspath(path)
         _check_exported_path(self.path)  # before the import: a wrong file gets its advice without openvino too
         import openvino as ov
@@ -236,6 +238,7 @@ class OpenVINOBackend:
         config = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        config.update(properties or {})
         try:
             self.compiled = ov.Core().compile_model(model, "CPU", config)
         except RuntimeError as e:
