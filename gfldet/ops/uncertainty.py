@@ -36,8 +36,8 @@ def edge_uncertainty(probs: Tensor, bins: Tensor, scale: Tensor | float = 1.0,
         scale: pixels per stride unit, a scalar or ``(D,)`` (the stride of each box's level) or ``(D, 4)``.
         logits: the logits ``probs`` is the softmax of (any shape with ``D * 4 * B`` elements), where at hand: the
             entropy is then taken from them with one log per edge instead of one per bin (the same value to float
-            rounding; in an exported graph, which summarises every prior, the per-bin log costs more than all the
-            other summaries together).
+            rounding; an exported graph summarises every prior, and OpenVINO runs a per-bin log in its reference,
+            unvectorised kernel).
     Returns:
         ``edge_peak (D, 4)``, ``edge_entropy (D, 4)`` nats, ``edge_std (D, 4)`` pixels, ``loc_conf (D,)``.
     """
