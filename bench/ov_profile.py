@@ -5,8 +5,9 @@ kernel, as a table.
 
 The graph is compiled as gfldet's runtime compiles it (:class:`gfldet.deploy.runtime.OpenVINOBackend`: the file's
 precision for the float parts, latency hint), with the counters on, and runs on a random image of ``--size``
-(pixels 0..255, already resized and padded as the runtime would); the counters of ``--calls`` calls after ``--warmup`` are averaged. The per-layer sum is below the wall-clock time
-of a call (the plugin's own dispatch between layers is not counted). The kernel name says whether a layer ran in
+(pixels 0..255, already resized and padded as the runtime would); the counters of ``--calls`` calls after
+``--warmup`` are averaged. The per-layer sum is below the wall-clock time of a call (the plugin's own dispatch
+between layers is not counted). The kernel name says whether a layer ran in
 int8 (``I8``/``i8``/``u8``) or float, and whether in a JIT kernel or the plugin's reference code (``ref``).
 """
 from __future__ import annotations
