@@ -28,7 +28,7 @@ def current(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         p = (r["dataset"], r["recipe"], r["arch"], r["budget"], r["seed"])
         if p not in keys:
-            keys[p] = run_key(*p)
+            keys[p] = run_key(*p, rows)
         if r["key"] == keys[p]:
             out[r["key"]] = r
     return list(out.values())
@@ -76,6 +76,9 @@ def peer_table(rows: list[dict[str, Any]], cur: list[dict[str, Any]], budget: st
     from recipes import DATASETS, peer_key
 
     ours = [r for r in cur if (r["arch"], r["budget"], r["seed"]) == ("gfl_resnet18_fpn", budget, 0)]
+    # the other architectures' default recipe trained for the default run's time (budget "matched")
+    timed = [r for r in cur if (r["budget"], r["recipe"], r["seed"]) == ("matched", "default", 0)] if budget == "short" else []
+    archs = sorted({r["arch"] for r in timed})
     lines = []
     for d in DATASETS:
         ref = next((r for r in ours if (r["dataset"], r["recipe"]) == (d, "default")), None)
@@ -87,11 +90,15 @@ def peer_table(rows: list[dict[str, Any]], cur: list[dict[str, Any]], budget: st
             key = peer_key(d, peer, budget, 0, rows)
             p = next((r for r in reversed(rows) if r.get("key") == key), None)
             line.append("" if p is None else f"{_ap(p['AP'])} ({p['train_s']:.0f} s, {p['epochs_run']} ep)")
+        for arch in archs:
+            m = next((r for r in timed if (r["arch"], r["dataset"]) == (arch, d)), None)
+            line.append("" if m is None else f"{_ap(m['AP'])} ({m['train_s']:.0f} s, {m['epochs_run']} ep)")
         lines.append(line)
     if not lines:
         return None
     return markdown_table(["data set", "gfldet defaults (training time)", "gfldet's best recipe",
-                           "torchvision FCOS R18, reference recipe", "YOLO11n, ultralytics defaults, same time"], lines)
+                           "torchvision FCOS R18, reference recipe", "YOLO11n, ultralytics defaults, same time",
+                           *(f"gfldet {a}, defaults, same time" for a in archs)], lines)
 
 
 def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
@@ -128,7 +135,9 @@ def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
         commits = sorted({r["commit"] for r in sub})
         train_s = statistics.median(r["train_s"] for r in sub)
         batch = sub[0]["resolved"]["train"]["batch_size"]
-        parts.append(f"### {arch}, budget `{budget}` ({sub[0]['iterations']} iterations of {batch} images)\n\nAP (COCO, 150 validation images), median over seeds (seeds in brackets when more "
+        its = sorted({r["iterations"] for r in sub})
+        its = f"{its[0]}" if len(its) == 1 else f"{its[0]}-{its[-1]}"
+        parts.append(f"### {arch}, budget `{budget}` ({its} iterations of {batch} images)\n\nAP (COCO, 150 validation images), median over seeds (seeds in brackets when more "
                      f"than one); **bold**: the best recipe on that data set; last column: mean over the data sets of "
                      f"AP / best AP. {len(sub)} runs, median training time {train_s:.0f} s, on {', '.join(cpus)}; "
                      f"commits {', '.join(commits)}.\n")
@@ -147,7 +156,7 @@ def report(rows: list[dict[str, Any]], image_dir: Path | None = None) -> str:
             if picture is not None:
                 parts.append(f"\n![AP after each epoch, {arch}, {budget}](img/{picture.name})")
         parts.append("")
-    for budget in sorted({r["budget"] for r in rows}):
+    for budget in sorted({r["budget"] for r in rows} - {"matched"}):  # matched runs join the short budget's table
         table = peer_table(all_rows, rows, budget)
         if table:
             parts.append(f"### Peers, budget `{budget}` (seed 0)\n\nThe same images per step; FCOS for the same "

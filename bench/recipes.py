@@ -129,8 +129,12 @@ RECIPES: dict[str, Recipe] = {
                              "input.max_size": Of("long", 1.25)}),
 }
 
-# A budget: epochs over the data set's 600 training images in batches of 8 (75 iterations an epoch).
-BUDGETS = {"short": 6, "long": 24}
+# A budget: epochs over the data set's 600 training images in batches of 8 (75 iterations an epoch). "matched": the
+# wall-clock training time of gfldet's default run (gfl_resnet18_fpn, short budget, same data set and seed), the time
+# YOLO11n is given: train.time_budget_s fits the epochs to it (6 is the first guess), evaluated once, at the end (as
+# YOLO11n, which the study trains without validation), so that evaluations take none of the time.
+BUDGETS = {"short": 6, "long": 24, "matched": 6}
+MATCHED_TO = ("gfl_resnet18_fpn", "short")
 BATCH = 8
 
 
@@ -151,9 +155,12 @@ def _value(v: Any, *, total: int, per_epoch: int, lr: float, side: int, long: in
 
 
 def run_config(dataset: str, recipe: str, arch: str, budget: str, seed: int, paths: dict[str, str] | None = None,
-               out_dir: str = "runs/recipes") -> tuple[Config, Config]:
+               out_dir: str = "runs/recipes", time_s: float | None = None) -> tuple[Config, Config]:
     """``(config, resolved config)`` of one run: the data set's paths and size, the budget, the seed, the recipe's
-    settings; everything else gfldet's default. Without ``paths`` the data paths are placeholders (for digests)."""
+    settings; everything else gfldet's default. Without ``paths`` the data paths are placeholders (for digests).
+    ``time_s``: the "matched" budget's seconds (:func:`matched_time`)."""
+    if (budget == "matched") != (time_s is not None):
+        raise ValueError(f"budget {budget!r} with time_s={time_s}: the matched budget, and only it, takes a time")
     ds, rc = DATASETS[dataset], RECIPES[recipe]
     cfg = Config()
     cfg.model.arch = arch
@@ -165,6 +172,8 @@ def run_config(dataset: str, recipe: str, arch: str, budget: str, seed: int, pat
         cfg.input.min_size, cfg.input.max_size = min(ds.size), max(ds.size)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.seed = BUDGETS[budget], BATCH, seed
     cfg.train.device, cfg.out_dir = "cpu", out_dir
+    if time_s is not None:
+        cfg.train.time_budget_s, cfg.train.eval_interval = float(time_s), 10**6  # evaluated at the fitted end only
     per_epoch = math.ceil(ds.train_images / BATCH)
     total = per_epoch * cfg.train.epochs
     base, _ = resolve_training(cfg, per_epoch)
@@ -179,7 +188,7 @@ def run_config(dataset: str, recipe: str, arch: str, budget: str, seed: int, pat
 
 # Settings added to gfldet after the study began, with the value that reproduces the behaviour from before: a run
 # that has them at that value keeps the digest it had, so the rows recorded before the setting existed stay current.
-ADDED_OFF = {("input", "mosaic"): 0.0, ("input", "mosaic_off_epochs"): None}
+ADDED_OFF = {("input", "mosaic"): 0.0, ("input", "mosaic_off_epochs"): None, ("train", "time_budget_s"): None}
 # The settings the digest covers: a setting added to the model, input or train section changes every digest unless
 # it joins ADDED_OFF (tests/test_bench_recipes.py checks this list against the config's fields).
 DIGEST_SECTIONS = ("model", "input", "train")
@@ -198,9 +207,23 @@ def settings_digest(resolved: Config, data_tag: str) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def run_key(dataset: str, recipe: str, arch: str, budget: str, seed: int) -> str:
-    _, resolved = run_config(dataset, recipe, arch, budget, seed)
+def run_key(dataset: str, recipe: str, arch: str, budget: str, seed: int,
+            rows: list[dict[str, Any]] | None = None) -> str | None:
+    """The run's identity: data set, architecture, budget, recipe, seed and the digest of what it resolves to. A
+    "matched" run's digest covers its seconds, read from ``rows``: None while the run it matches is missing."""
+    time_s = None
+    if budget == "matched":
+        time_s = matched_time(dataset, seed, rows or [])
+        if time_s is None:
+            return None
+    _, resolved = run_config(dataset, recipe, arch, budget, seed, time_s=time_s)
     return f"{dataset}|{arch}|{budget}|{recipe}|s{seed}|{settings_digest(resolved, DATASETS[dataset].tag)}"
+
+
+def matched_time(dataset: str, seed: int, rows: list[dict[str, Any]]) -> float | None:
+    """The seconds of the "matched" budget on ``dataset``: the training time of the default run it matches."""
+    ref = default_run(dataset, MATCHED_TO[1], seed, rows, MATCHED_TO[0])
+    return None if ref is None else float(ref["train_s"])
 
 
 # --------------------------------------------------------------------------- running
@@ -231,15 +254,17 @@ def _commit() -> str:
 
 
 def run_one(dataset: str, recipe: str, arch: str, budget: str, seed: int, cache_dir: str | None, out_root: Path,
-            progress: bool = False) -> dict[str, Any]:
-    """Train and evaluate one run; returns its result row."""
+            rows: list[dict[str, Any]], progress: bool = False) -> dict[str, Any]:
+    """Train and evaluate one run (``rows``: the results so far, for the matched budget's time); returns its result
+    row."""
     import os
 
     from gfldet.engine.train import train
 
     paths = DATASETS[dataset].make(cache_dir)
     out_dir = claim_dir(out_root / f"{dataset}-{arch}-{budget}-{recipe}-s{seed}")
-    cfg, resolved = run_config(dataset, recipe, arch, budget, seed, paths, str(out_dir))
+    time_s = matched_time(dataset, seed, rows) if budget == "matched" else None
+    cfg, resolved = run_config(dataset, recipe, arch, budget, seed, paths, str(out_dir), time_s)
     load0 = os.getloadavg()[0]
     with timed_evaluations() as eval_seconds:
         t0 = time.perf_counter()
@@ -249,8 +274,9 @@ def run_one(dataset: str, recipe: str, arch: str, budget: str, seed: int, cache_
     evals = [r for r in records if "eval" in r]
     last = result["last_eval"] or {}
     return {
-        "key": run_key(dataset, recipe, arch, budget, seed), "dataset": dataset, "recipe": recipe, "arch": arch,
+        "key": run_key(dataset, recipe, arch, budget, seed, rows), "dataset": dataset, "recipe": recipe, "arch": arch,
         "budget": budget, "seed": seed, "iterations": int(result["iterations"]),
+        "epochs_run": int(result["epochs_done"]), "time_matched_to_s": time_s,
         **{k: last.get(k) for k in METRICS},
         "curve": [[r["epoch"], r["eval"]["AP"]] for r in evals],
         "train_s": round(wall - sum(eval_seconds), 1), "eval_s": round(sum(eval_seconds), 1),
@@ -359,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_results(args.results)
     done = {r["key"] for r in rows}
     if args.command == "peers":
+        if args.budget == "matched":
+            raise SystemExit("peers: the matched budget is gfldet's own time-matched runs; the peers run at short or "
+                             "long (YOLO11n's time is matched to the default run of that budget)")
         import importlib.util
 
         if "yolo11n" in args.peers and importlib.util.find_spec("ultralytics") is None:
@@ -380,7 +409,14 @@ def main(argv: list[str] | None = None) -> int:
                         f.write(json.dumps(row) + "\n")
                     log.info("%s: AP %.3f, training %.0f s", key, row["AP"] or float("nan"), row["train_s"])
         return 0
-    planned = [(p, run_key(*p) in done) for p in plan(args.datasets, args.recipes, args.arch, args.budget, args.seeds)]
+    planned = []
+    for p in plan(args.datasets, args.recipes, args.arch, args.budget, args.seeds):
+        key = run_key(*p, rows)
+        if key is None:
+            log.warning("%s: no default run of today's gfldet (%s, %s budget) to match its time; run that first",
+                        " ".join(map(str, p)), *MATCHED_TO)
+            continue
+        planned.append((p, key in done))
     todo = [p for p, have in planned if args.rerun or not have]
     if args.command == "plan":
         for p, have in planned:
@@ -390,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     for n, p in enumerate(todo[:args.max_runs] if args.max_runs else todo, 1):
         log.info("run %d/%d: %s", n, len(todo), " ".join(map(str, p)))
-        row = run_one(*p, cache_dir=args.cache_dir, out_root=args.out, progress=args.progress)
+        row = run_one(*p, cache_dir=args.cache_dir, out_root=args.out, rows=rows, progress=args.progress)
         with open(args.results, "a") as f:
             f.write(json.dumps(row) + "\n")
         log.info("%s: AP %.3f, training %.0f s (load %.1f -> %.1f)", row["key"], row["AP"] or float("nan"), row["train_s"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import re
 import types
@@ -143,6 +144,12 @@ class TrainConfig:
     log_interval: int = 20  # iterations between metric lines
     checkpoint_iters: int = 0  # also write last.pt every N iterations (0: only at epoch ends)
     max_iters: int | None = None  # stop (and checkpoint) after this many iterations in total
+    # Train for about this many seconds of wall-clock (evaluations included) instead of a fixed train.epochs: the
+    # number of epochs is fitted to the time from the measured speed (after the first iterations, then at every
+    # epoch's end) and the schedule (warm-up, decay, milestones, mosaic's last epochs) follows the fitted length;
+    # train.epochs is only the first guess. The run ends on an epoch boundary within about half an epoch of the
+    # budget; config.yaml records the epochs it ran. null: train.epochs as set.
+    time_budget_s: float | None = None
     # auto (CUDA when available) | cpu | cuda | cuda:N | N (a bare CUDA index, read as cuda:N). Under torchrun use
     # auto or cuda: each process takes the GPU of its LOCAL_RANK.
     device: str = "auto"
@@ -454,6 +461,9 @@ def validate_config(cfg: Config) -> None:
         (t.grad_clip is None or t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0: off) or null (the regime's)"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in (0, 1)"),
         (t.max_iters is None or t.max_iters >= 1, "train.max_iters", t.max_iters, "must be >= 1 or null"),
+        (t.time_budget_s is None or (isinstance(t.time_budget_s, (int, float)) and math.isfinite(t.time_budget_s)
+                                     and t.time_budget_s > 0), "train.time_budget_s", t.time_budget_s,
+         "must be a number of seconds > 0, or null"),
         (inp.min_size is None or inp.min_size >= 1, "input.min_size", inp.min_size, "must be >= 1 or null"),
         (inp.max_size is None or inp.max_size >= 1, "input.max_size", inp.max_size, "must be >= 1 or null"),
         (inp.min_size is None or inp.max_size is None or inp.max_size >= inp.min_size, "input.min_size/max_size",

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import Config
 from ..errors import GfldetError
 from ..models.io import load_checkpoint, save_checkpoint
+from .recipe import fit_epochs
 
 __all__ = ["save_training_checkpoint", "restore_training_state", "check_resumable", "rng_state", "set_rng_state"]
 
@@ -89,7 +90,14 @@ def check_resumable(cfg: Config) -> dict[str, Any]:
                           f"weights with --init {path}")
     t = cfg.train
     epoch, it = int(ck["epoch"]), int(ck["iteration"])
-    if epoch >= t.epochs:
+    if t.time_budget_s is not None:  # the epochs are fitted to the time the run has left (gfldet.engine.recipe)
+        spent = float(ck.get("elapsed_s", 0.0))
+        at_boundary = int(ck["epoch_iter"]) == 0 and epoch >= 1 and spent > 0
+        if at_boundary and fit_epochs(t.time_budget_s, spent, epoch, spent / epoch) <= epoch:
+            raise GfldetError(f"{cfg.out_dir} is finished: it spent {spent:.0f} s of train.time_budget_s="
+                              f"{t.time_budget_s:g} ({epoch} epochs, {it} iterations); to train longer, --resume --set "
+                              "train.time_budget_s=S with a larger S, or start a new run from its weights with --init")
+    elif epoch >= t.epochs:
         raise GfldetError(f"{cfg.out_dir} is finished ({epoch} of train.epochs={t.epochs} epochs, {it} iterations): "
                           f"nothing to resume; to train longer, --resume --set train.epochs=N with N > {epoch} (cosine "
                           "decay stretches to N epochs; step milestones stay as config.yaml has them unless you also "

@@ -15,7 +15,7 @@ from ..models.config import BackboneRegime
 from ..models.zoo import arch_defaults, arch_regime, is_nanodet
 
 __all__ = ["resolve_training", "lr_factor", "mosaic_prob", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION",
-           "Regime", "REGIMES", "training_regime", "RECIPES"]
+           "Regime", "REGIMES", "training_regime", "RECIPES", "fit_epochs", "TIME_FIT_ITERS"]
 
 # The optimisation recipe of each detector family, for the settings left null in a run config.
 # GFL: the paper's SGD (momentum 0.9, weight decay 1e-4, linear warm-up from 0.001, step decay at 2/3 and 11/12 of the
@@ -89,6 +89,22 @@ def step_milestones(t: TrainConfig) -> list[int]:
     if t.milestones is not None:
         return [int(m) for m in t.milestones]
     return sorted({m for m in (t.epochs * 2 // 3, t.epochs * 11 // 12) if 1 <= m < t.epochs})
+
+
+# A run with train.time_budget_s first fits its length after this many timed iterations (the first two, which
+# build oneDNN's kernels and the data pipeline's caches, are not timed), then again at every epoch's end.
+TIME_FIT_ITERS = 10
+
+
+def fit_epochs(budget_s: float, elapsed_s: float, position: float, epoch_s: float) -> int:
+    """The epochs of a run with a time budget of ``budget_s`` seconds that has run ``elapsed_s`` seconds and stands
+    at ``position`` epochs (fractional within an epoch), where an epoch takes ``epoch_s`` seconds (evaluation
+    included): where the run would be when the budget is spent, rounded to the nearest epoch (the run ends within
+    half an epoch of its budget), never before the end of the epoch in progress, and at least 1."""
+    if epoch_s <= 0:
+        raise ValueError(f"epoch_s must be > 0, got {epoch_s}")
+    at_end = position + max(0.0, budget_s - elapsed_s) / epoch_s
+    return max(1, math.ceil(position - 1e-9), int(math.floor(at_end + 0.5)))
 
 
 def resolve_training(cfg: Config, iters_per_epoch: int, world_size: int = 1) -> tuple[Config, list[str]]:

@@ -39,7 +39,7 @@ from .ema import ModelEMA
 from .evaluate import EVAL_FILES
 from .norm_init import init_backbone_norms
 from .preflight import preflight
-from .recipe import lr_factor, mosaic_prob, resolve_training
+from .recipe import TIME_FIT_ITERS, fit_epochs, lr_factor, mosaic_prob, resolve_training
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class _Run:
         self.world = D.world_size()
         per_process = math.ceil(len(self.train_set) / self.world)  # DistributedSampler's length (drop_last=False)
         self.iters_per_epoch = max(1, math.ceil(per_process / cfg.train.batch_size))
+        self.user_cfg = cfg  # as given: a time budget re-resolves it with the epochs it fits (_fit_to_time)
         cfg, notes = resolve_training(cfg, self.iters_per_epoch, self.world)
         self.cfg = cfg
         if self.main:
@@ -131,6 +132,7 @@ class _Run:
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=D.rank(), shuffle=True,
                                           seed=cfg.train.seed, drop_last=False)
         self.epoch, self.epoch_iter, self.it, self.best_ap = 0, 0, 0, -1.0
+        self.elapsed = 0.0  # seconds spent training and evaluating (across resumes): what train.time_budget_s counts
         self.last_eval_it = -1  # iteration of the last evaluation (the end of a run is always evaluated)
         if resume:
             self._resume(resumed)
@@ -171,6 +173,7 @@ class _Run:
             "iteration": self.it,
             "best_ap": self.best_ap,
             "last_eval_iter": self.last_eval_it,
+            "elapsed_s": self.elapsed,
             "config": self.cfg.to_dict(),
             "world_size": self.world,
             "cat_ids": self._cat_ids(),
@@ -192,6 +195,7 @@ class _Run:
         self.epoch, self.epoch_iter, self.it = int(ck["epoch"]), int(ck["epoch_iter"]), int(ck["iteration"])
         self.best_ap = float(ck["best_ap"])
         self.last_eval_it = int(ck.get("last_eval_iter", -1))
+        self.elapsed = float(ck.get("elapsed_s", 0.0))
         if self.main:  # drop metric lines written after this checkpoint (they will be written again); an evaluation
             # made because the run was stopped stays (marked stopped_early: best.pt may be that model)
             mpath = self.out / "metrics.jsonl"
@@ -255,6 +259,28 @@ class _Run:
         return summary
 
     # ------------------------------------------------------------------ loop
+    def position(self) -> float:
+        """Epochs done, fractional within the epoch in progress."""
+        return self.epoch + self.epoch_iter / self.iters_per_epoch
+
+    def _fit_to_time(self, epoch_s: float, elapsed_s: float) -> None:
+        """Fit ``train.epochs`` to ``train.time_budget_s`` from an epoch's measured seconds and the seconds spent,
+        and resolve the schedule again for that length (warm-up, decay, milestones, mosaic's last epochs follow)."""
+        # every process takes the mean of the measurements: they all fit the same length
+        m = D.all_reduce_mean({"epoch_s": epoch_s, "elapsed_s": elapsed_s}, self.device)
+        budget = self.cfg.train.time_budget_s
+        epochs = fit_epochs(budget, m["elapsed_s"], self.position(), m["epoch_s"])
+        if epochs == self.cfg.train.epochs:
+            return
+        user = copy.deepcopy(self.user_cfg)
+        user.train.epochs = epochs
+        self.cfg, _ = resolve_training(user, self.iters_per_epoch, self.world)
+        if self.main:
+            log.info("train.time_budget_s=%g: %.1f s an epoch (evaluation included), %.0f s spent at epoch %.2f -> "
+                     "%d epochs (%d iterations)", budget, m["epoch_s"], m["elapsed_s"], self.position(), epochs,
+                     epochs * self.iters_per_epoch)
+            (self.out / "config.yaml").write_text(self.cfg.to_yaml())
+
     def batches(self, epoch: int, skip: int):
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
@@ -303,13 +329,19 @@ class _Run:
         total = t.epochs * self.iters_per_epoch
         if t.max_iters is not None:
             total = min(total, t.max_iters)
+        timed = t.time_budget_s is not None
         if self.main:
-            log.info("training %s on %d images (%d classes), %d process(es) x batch %d, lr %.5g, %d iterations",
+            log.info("training %s on %d images (%d classes), %d process(es) x batch %d, lr %.5g, %s",
                      cfg.model.arch, len(self.train_set), self.train_set.num_classes, self.world, t.batch_size,
-                     self.base_lr, total)
+                     self.base_lr, f"{t.time_budget_s:g} s (the epochs are fitted to it)" if timed else f"{total} iterations")
+        if timed and self.epoch > 0:  # resumed: fitted again from the time the run has spent so far
+            self._fit_to_time(self.elapsed / self.position(), self.elapsed)
         last_metrics: dict[str, Any] | None = None
         stopped = False
-        while self.epoch < t.epochs and not stopped:
+        start = time.perf_counter()  # the time since is added to self.elapsed at every epoch's end and every stop
+        while self.epoch < self.cfg.train.epochs and not stopped:
+            t = self.cfg.train
+            fit_from = None  # when the first epoch's timed iterations began (train.time_budget_s)
             if hasattr(self.model, "set_epoch"):  # a model whose training changes with the epoch (NanoDet-Plus)
                 self.model.set_epoch(self.epoch)
             loader = self.batches(self.epoch, self.epoch_iter)
@@ -322,6 +354,13 @@ class _Run:
                 self.it += 1
                 self.epoch_iter += 1
                 window.append(values)
+                if timed and self.epoch == 0:  # fit the run's length once the speed is known
+                    if self.epoch_iter == 2:
+                        fit_from = time.perf_counter()
+                    elif fit_from is not None and self.epoch_iter == 2 + TIME_FIT_ITERS < self.iters_per_epoch:
+                        per_iter = (time.perf_counter() - fit_from) / TIME_FIT_ITERS
+                        self._fit_to_time(per_iter * self.iters_per_epoch, self.elapsed + time.perf_counter() - start)
+                        bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.train.epochs}")
                 # the loss terms present (the ablation assemblies name theirs differently, gfldet.models.assemble)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", **{k[5:]: f"{v:.3f}" for k, v in values.items() if k.startswith("loss_")},
                                 lr=f"{values['lr']:.2e}")
@@ -338,14 +377,21 @@ class _Run:
                     stopped = True
                     break
             bar.close()
+            t = self.cfg.train  # fitted again in the epoch when a time budget is set
             if self.epoch_iter >= self.iters_per_epoch:
                 self.epoch += 1
                 self.epoch_iter = 0
                 if self.val_set is not None and (self.epoch % t.eval_interval == 0 or self.epoch == t.epochs):
                     last_metrics = self.evaluate_and_keep_best() or last_metrics
+                self.elapsed, start = self.elapsed + time.perf_counter() - start, time.perf_counter()
+                if timed:
+                    self._fit_to_time(self.elapsed / self.position(), self.elapsed)
+                    if self.epoch >= self.cfg.train.epochs and self.val_set is not None and self.last_eval_it != self.it:
+                        last_metrics = self.evaluate_and_keep_best() or last_metrics  # the fitted end is evaluated
             if stopped and self.val_set is not None and self.last_eval_it != self.it:
                 # stopped by train.max_iters between evaluations: the model that exists is evaluated (and best.pt kept)
                 last_metrics = self.evaluate_and_keep_best(stopped_early=True) or last_metrics
+            self.elapsed, start = self.elapsed + time.perf_counter() - start, time.perf_counter()
             self.save_last()
             self.plot()
             D.barrier()
