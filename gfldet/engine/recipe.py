@@ -15,7 +15,7 @@ from ..models.config import BackboneRegime
 from ..models.zoo import arch_defaults, arch_regime, is_nanodet
 
 __all__ = ["resolve_training", "lr_factor", "mosaic_prob", "warmup_length", "step_milestones", "WARMUP_ITERS", "WARMUP_MAX_FRACTION",
-           "Regime", "REGIMES", "training_regime", "RECIPES", "fit_epochs", "TIME_FIT_ITERS"]
+           "Regime", "REGIMES", "training_regime", "RECIPES", "fit_epochs", "TIME_FIT_ITERS", "LENGTH_SETTINGS"]
 
 # The optimisation recipe of each detector family, for the settings left null in a run config.
 # GFL: the paper's SGD (momentum 0.9, weight decay 1e-4, linear warm-up from 0.001, step decay at 2/3 and 11/12 of the
@@ -94,6 +94,8 @@ def step_milestones(t: TrainConfig) -> list[int]:
 # A run with train.time_budget_s first fits its length after this many timed iterations (the first two, which
 # build oneDNN's kernels and the data pipeline's caches, are not timed), then again at every epoch's end.
 TIME_FIT_ITERS = 10
+# The settings resolve_training derives from the run's length (null in a config: chosen per run)
+LENGTH_SETTINGS = ("train.warmup_iters", "train.milestones", "input.mosaic_off_epochs")
 
 
 def fit_epochs(budget_s: float, elapsed_s: float, position: float, epoch_s: float) -> int:

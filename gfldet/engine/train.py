@@ -39,7 +39,7 @@ from .ema import ModelEMA
 from .evaluate import EVAL_FILES
 from .norm_init import init_backbone_norms
 from .preflight import preflight
-from .recipe import TIME_FIT_ITERS, fit_epochs, lr_factor, mosaic_prob, resolve_training
+from .recipe import LENGTH_SETTINGS, TIME_FIT_ITERS, fit_epochs, lr_factor, mosaic_prob, resolve_training
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,24 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def automatic_again(cfg: Config, ck: dict[str, Any]) -> Config:
+    """The config a resumed timed run re-fits from: the settings that follow the run's length and that the run chose
+    itself (``auto_length_settings`` in its ``last.pt``) null again where ``cfg`` still has the value the run saved
+    (the run's own config.yaml has them filled in for the length fitted before); a value set anew (``--set``) stays."""
+    saved = ck.get("config", {})
+    out = copy.deepcopy(cfg)
+    for dotted in ck.get("auto_length_settings", []):
+        section, key = dotted.split(".")
+        if getattr(getattr(out, section), key) == saved.get(section, {}).get(key):
+            setattr(getattr(out, section), key, None)
+    return out
 
 
 class _Run:
@@ -85,7 +103,11 @@ class _Run:
         per_process = math.ceil(len(self.train_set) / self.world)  # DistributedSampler's length (drop_last=False)
         self.iters_per_epoch = max(1, math.ceil(per_process / cfg.train.batch_size))
         self.user_cfg = cfg  # as given: a time budget re-resolves it with the epochs it fits (_fit_to_time)
+        if resume and cfg.train.time_budget_s is not None:
+            self.user_cfg = automatic_again(cfg, resumed)
         cfg, notes = resolve_training(cfg, self.iters_per_epoch, self.world)
+        # the settings that follow the run's length and were chosen by the run (null as given): a resume re-fits them
+        self.auto_length = [k for k in LENGTH_SETTINGS if _get(self.user_cfg, k) is None]
         self.cfg = cfg
         if self.main:
             for note in notes:
@@ -133,6 +155,7 @@ class _Run:
                                           seed=cfg.train.seed, drop_last=False)
         self.epoch, self.epoch_iter, self.it, self.best_ap = 0, 0, 0, -1.0
         self.elapsed = 0.0  # seconds spent training and evaluating (across resumes): what train.time_budget_s counts
+        self._since = time.perf_counter()  # when the time was last counted into self.elapsed (count_time)
         self.last_eval_it = -1  # iteration of the last evaluation (the end of a run is always evaluated)
         if resume:
             self._resume(resumed)
@@ -174,6 +197,7 @@ class _Run:
             "best_ap": self.best_ap,
             "last_eval_iter": self.last_eval_it,
             "elapsed_s": self.elapsed,
+            "auto_length_settings": self.auto_length,
             "config": self.cfg.to_dict(),
             "world_size": self.world,
             "cat_ids": self._cat_ids(),
@@ -182,7 +206,13 @@ class _Run:
     def _cat_ids(self) -> list[int]:
         return [int(c) for c in self.train_set.cat_ids]
 
+    def count_time(self) -> None:
+        """Add the time since the last count to ``self.elapsed`` (before every checkpoint and fit)."""
+        now = time.perf_counter()
+        self.elapsed, self._since = self.elapsed + now - self._since, now
+
     def save_last(self) -> None:
+        self.count_time()
         if self.main:
             save_training_checkpoint(self.out / "last.pt", self.model, self.optimizer, self.scaler, self.ema,
                                      **self._run_state())
@@ -269,6 +299,8 @@ class _Run:
         # every process takes the mean of the measurements: they all fit the same length
         m = D.all_reduce_mean({"epoch_s": epoch_s, "elapsed_s": elapsed_s}, self.device)
         budget = self.cfg.train.time_budget_s
+        if m["epoch_s"] <= 0:  # nothing measured yet (a checkpoint written before time was counted)
+            return
         epochs = fit_epochs(budget, m["elapsed_s"], self.position(), m["epoch_s"])
         if epochs == self.cfg.train.epochs:
             return
@@ -338,7 +370,7 @@ class _Run:
             self._fit_to_time(self.elapsed / self.position(), self.elapsed)
         last_metrics: dict[str, Any] | None = None
         stopped = False
-        start = time.perf_counter()  # the time since is added to self.elapsed at every epoch's end and every stop
+        self._since = time.perf_counter()  # the loop's time counts from here (self.elapsed holds earlier sittings')
         while self.epoch < self.cfg.train.epochs and not stopped:
             t = self.cfg.train
             fit_from = None  # when the first epoch's timed iterations began (train.time_budget_s)
@@ -359,7 +391,8 @@ class _Run:
                         fit_from = time.perf_counter()
                     elif fit_from is not None and self.epoch_iter == 2 + TIME_FIT_ITERS < self.iters_per_epoch:
                         per_iter = (time.perf_counter() - fit_from) / TIME_FIT_ITERS
-                        self._fit_to_time(per_iter * self.iters_per_epoch, self.elapsed + time.perf_counter() - start)
+                        self.count_time()
+                        self._fit_to_time(per_iter * self.iters_per_epoch, self.elapsed)
                         bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.train.epochs}")
                 # the loss terms present (the ablation assemblies name theirs differently, gfldet.models.assemble)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", **{k[5:]: f"{v:.3f}" for k, v in values.items() if k.startswith("loss_")},
@@ -381,24 +414,22 @@ class _Run:
             if self.epoch_iter >= self.iters_per_epoch:
                 self.epoch += 1
                 self.epoch_iter = 0
+                if timed:  # fitted before the evaluation is decided: the fitted end is evaluated, and only then
+                    self.count_time()
+                    self._fit_to_time(self.elapsed / self.position(), self.elapsed)
+                    t = self.cfg.train
                 if self.val_set is not None and (self.epoch % t.eval_interval == 0 or self.epoch == t.epochs):
                     last_metrics = self.evaluate_and_keep_best() or last_metrics
-                self.elapsed, start = self.elapsed + time.perf_counter() - start, time.perf_counter()
-                if timed:
-                    self._fit_to_time(self.elapsed / self.position(), self.elapsed)
-                    if self.epoch >= self.cfg.train.epochs and self.val_set is not None and self.last_eval_it != self.it:
-                        last_metrics = self.evaluate_and_keep_best() or last_metrics  # the fitted end is evaluated
             if stopped and self.val_set is not None and self.last_eval_it != self.it:
                 # stopped by train.max_iters between evaluations: the model that exists is evaluated (and best.pt kept)
                 last_metrics = self.evaluate_and_keep_best(stopped_early=True) or last_metrics
-            self.elapsed, start = self.elapsed + time.perf_counter() - start, time.perf_counter()
             self.save_last()
             self.plot()
             D.barrier()
         if self.main and (self.val_set is None or self.best_ap < 0):
             # without validation (or with no AP defined on it), best.pt is the final model
             final = self.ema.module if self.ema is not None else self.model
-            save_checkpoint(self.out / "best.pt", final, epoch=self.epoch, iteration=self.it, config=cfg.to_dict(),
+            save_checkpoint(self.out / "best.pt", final, epoch=self.epoch, iteration=self.it, config=self.cfg.to_dict(),
                             cat_ids=self._cat_ids())
         return {"out_dir": str(self.out), "iterations": self.it, "epochs_done": self.epoch, "stopped_early": stopped,
                 "best_ap": self.best_ap if self.best_ap >= 0 else None, "last_eval": last_metrics}

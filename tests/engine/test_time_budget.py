@@ -32,10 +32,11 @@ def test_fit_epochs():
 
 
 class _Clock:
-    """Stands in for the training loop's ``time`` module: one second passes in each training step, none elsewhere."""
+    """Stands in for the training loop's ``time`` module: one second passes in each training step,
+    ``eval_s`` in each evaluation, none elsewhere."""
 
     def __init__(self):
-        self.now = 0.0
+        self.now, self.eval_s = 0.0, 0.0
 
     def perf_counter(self) -> float:
         return self.now
@@ -52,6 +53,13 @@ def clock(monkeypatch):
         return step(self, images, targets)
 
     monkeypatch.setattr(train_module._Run, "step", timed_step)
+    evaluate = train_module._Run.evaluate
+
+    def timed_evaluate(self):
+        c.now += c.eval_s
+        return evaluate(self)
+
+    monkeypatch.setattr(train_module._Run, "evaluate", timed_evaluate)
     return c
 
 
@@ -90,8 +98,20 @@ def test_the_epochs_and_the_schedule_follow_the_budget(data14, tmp_path, clock):
     assert [r["epoch"] for r in lines if "eval" in r] == [2, 3]
 
 
+def test_evaluations_count_in_the_budget(data14, tmp_path, clock):
+    clock.eval_s = 7.0  # 14 s of steps and 7 s of evaluation an epoch
+    out = tmp_path / "run"
+    res = train(load_config(None, _sets(data14, out, **{"train.time_budget_s": 60, "train.eval_interval": 1})),
+                progress=False)
+    # 60 s hold 4 epochs of steps alone, but 3 with their evaluations (14 + 7, 35 + 7, 56 + 7: the run stops there)
+    assert (res["epochs_done"], res["iterations"]) == (3, 42)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "eval" in r] == [1, 2, 3]  # each epoch evaluated once
+    assert torch.load(out / "last.pt", weights_only=True)["elapsed_s"] == 63.0
+
+
 def test_a_timed_run_resumes_to_the_same_weights_and_then_is_finished(data14, tmp_path, clock):
-    budget = {"train.time_budget_s": 42}
+    budget = {"train.time_budget_s": 42, "train.schedule": "step"}
     full, part = tmp_path / "full", tmp_path / "part"
     train(load_config(None, _sets(data14, full, **budget)), progress=False)
     clock.now = 0.0
@@ -102,6 +122,9 @@ def test_a_timed_run_resumes_to_the_same_weights_and_then_is_finished(data14, tm
     assert_same_run(full, part, 42)
     with pytest.raises(GfldetError, match=r"spent 42 s of train.time_budget_s=42.*larger"):
         train(load_config(None, _sets(data14, part, **budget)), resume=True, progress=False)
-    # a larger budget continues the run: 14 s more is one more epoch
-    res = train(load_config(None, _sets(data14, part, **{"train.time_budget_s": 56})), resume=True, progress=False)
+    # a larger budget continues the run (resumed as the CLI does, from the run's config.yaml, where the step milestones
+    # chosen for 3 epochs are written out): 14 s more is one more epoch, and the milestones follow the new length
+    assert yaml.safe_load((part / "config.yaml").read_text())["train"]["milestones"] == [2]
+    res = train(load_config(part / "config.yaml", ["train.time_budget_s=56"]), resume=True, progress=False)
     assert (res["epochs_done"], res["iterations"]) == (4, 56)
+    assert yaml.safe_load((part / "config.yaml").read_text())["train"]["milestones"] == [2, 3]  # 2/3 and 11/12 of 4
