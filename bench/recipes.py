@@ -36,7 +36,7 @@ from _util import cpu_model, timed_evaluations  # noqa: E402
 
 import torch  # noqa: E402
 
-from gfldet.config import Config, ConfigError, apply_override, validate_config  # noqa: E402
+from gfldet.config import Config, ConfigError, apply_override, load_config, validate_config  # noqa: E402
 from gfldet.data.folders import claim_dir  # noqa: E402
 from gfldet.engine.recipe import resolve_training  # noqa: E402
 from gfldet.models.zoo import is_nanodet  # noqa: E402
@@ -271,6 +271,8 @@ def run_one(dataset: str, recipe: str, arch: str, budget: str, seed: int, cache_
         result = train(cfg, progress=progress)
         wall = time.perf_counter() - t0
     records = [json.loads(ln) for ln in (out_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    if time_s is not None:  # the length and schedule the run fitted to its time, as its config.yaml records them
+        resolved = load_config(out_dir / "config.yaml")
     evals = [r for r in records if "eval" in r]
     last = result["last_eval"] or {}
     return {
@@ -344,7 +346,18 @@ def applies(recipe: str, arch: str) -> bool:
     return True
 
 
+def length_relative(recipe: str) -> bool:
+    """Whether ``recipe`` sets something relative to the run's length (a matched run's length is only known as it
+    runs: such a recipe would be resolved for the first guess)."""
+    return any(isinstance(v, Of) and v.unit in ("run", "epoch") for v in RECIPES[recipe].settings.values())
+
+
 def plan(datasets: list[str], recipes: list[str], arch: str, budget: str, seeds: list[int]) -> list[tuple]:
+    if budget == "matched":
+        for r in [r for r in recipes if length_relative(r)]:
+            log.warning("%s: not run at the matched budget (it sets a length relative to the run, which a time budget "
+                        "fits as it runs)", r)
+        recipes = [r for r in recipes if not length_relative(r)]
     recipes = [r for r in recipes if applies(r, arch)]
     return [(d, r, arch, budget, s) for s in seeds for r in recipes for d in datasets]
 

@@ -136,6 +136,33 @@ def test_a_run_measured_again_replaces_the_earlier_row(tiny_study):
     assert [r["key"] for r in rows] == [key, key] and rows[1]["AP"] != 0.5
 
 
+def test_matched_budget_trains_another_model_for_the_default_runs_time(tiny_study, tmp_path, monkeypatch, caplog):
+    results, args = tiny_study
+    monkeypatch.setattr(recipes, "BUDGETS", {"short": 1, "matched": 1})
+    light = [*args[:2], "--recipes", "default", *args[5:], "--arch", "gfl_mobilenet_v2_fpn", "--budget", "matched"]
+    with caplog.at_level("WARNING", logger="bench.recipes"):
+        assert recipes.main(["run", *light]) == 0  # nothing to match yet: said, nothing run
+    assert "no default run" in caplog.text and not results.exists()
+    assert recipes.main(["run", *args[:2], "--recipes", "default", *args[5:]]) == 0
+    assert recipes.main(["run", *light]) == 0
+    ref, row = [json.loads(x) for x in results.read_text().splitlines()]
+    assert (row["arch"], row["budget"], row["time_matched_to_s"]) == ("gfl_mobilenet_v2_fpn", "matched", ref["train_s"])
+    assert row["resolved"]["train"]["time_budget_s"] == ref["train_s"]
+    # the row holds what the run fitted to that time (its config.yaml), not the first guess: 1 iteration an epoch here
+    assert row["resolved"]["train"]["epochs"] == row["epochs_run"] == row["iterations"] >= 1
+    assert recipes.plan(["tiny"], ["default", "cosine-warm30"], "gfl_mobilenet_v2_fpn", "matched", [0]) == \
+        [("tiny", "default", "gfl_mobilenet_v2_fpn", "matched", 0)]  # a warm-up of 30% of an unknown length: not run
+    assert row["key"] == recipes.run_key("tiny", "default", "gfl_mobilenet_v2_fpn", "matched", 0, [ref])
+    # the default run timed again: the matched run is another run (its time is in its key)
+    assert recipes.run_key("tiny", "default", "gfl_mobilenet_v2_fpn", "matched", 0,
+                           [ref, {**ref, "train_s": ref["train_s"] + 1}]) != row["key"]
+    with pytest.raises(SystemExit, match="matched budget"):
+        recipes.main(["peers", *args, "--budget", "matched"])
+    text = rr.report([ref, row])
+    assert "### gfl_mobilenet_v2_fpn, budget `matched`" in text
+    assert "gfldet gfl_mobilenet_v2_fpn, defaults, same time" in text  # a column of the short budget's peer table
+
+
 def test_bad_results_line_is_named(tmp_path):
     bad = tmp_path / "r.jsonl"
     bad.write_text('{"key": 1}\nnot json\n')
