@@ -164,7 +164,11 @@ def test_onnx_export_matches_eager(arch, tmp_path):
         torch.testing.assert_close(torch.as_tensor(g["edge_std"]), w["edge_std"], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", PRESETS)
+# The CLI path below is the same code for every preset; what differs is the graph NNCF quantises. Two presets carry
+# the unusual graphs: ShuffleNetV2's channel shuffle (reshape / transpose between convolutions) and MobileNetV3's
+# hard-swish and squeeze-excitation (EfficientNet-B0's SiLU and SE are of the same kind); every preset's graph is
+# checked against eager by test_onnx_export_matches_eager. (Each of these tests takes 25-35 s on 2 cores.)
+@pytest.mark.parametrize("arch", ["gfl_shufflenet_v2_x1_0_fpn", "gfl_mobilenet_v3_large_fpn"])
 def test_checkpoint_export_openvino_int8_and_predict_by_the_cli(arch, tmp_path, capsys):
     """What a user runs after training: ``gfldet predict`` on the checkpoint, ``gfldet export --format openvino
     --int8`` and ``gfldet predict`` on the IR; both give boxes with their edge uncertainty."""
