@@ -71,7 +71,7 @@ def automatic_again(cfg: Config, ck: dict[str, Any]) -> Config:
     out = copy.deepcopy(cfg)
     for dotted in ck.get("auto_length_settings", []):
         section, key = dotted.split(".")
-        if getattr(getattr(out, section), key) == saved.get(section, {}).get(key):
+        if _get(out, dotted) == saved.get(section, {}).get(key):
             setattr(getattr(out, section), key, None)
     return out
 
@@ -293,11 +293,14 @@ class _Run:
         """Epochs done, fractional within the epoch in progress."""
         return self.epoch + self.epoch_iter / self.iters_per_epoch
 
-    def _fit_to_time(self, epoch_s: float, elapsed_s: float) -> None:
-        """Fit ``train.epochs`` to ``train.time_budget_s`` from an epoch's measured seconds and the seconds spent,
-        and resolve the schedule again for that length (warm-up, decay, milestones, mosaic's last epochs follow)."""
+    def _fit_to_time(self, epoch_s: float | None = None) -> None:
+        """Fit ``train.epochs`` to ``train.time_budget_s`` from the seconds spent (``self.elapsed``) and an epoch's
+        seconds (default: the mean so far), and resolve the schedule again for that length (warm-up, decay,
+        milestones, mosaic's last epochs follow)."""
+        if epoch_s is None:
+            epoch_s = self.elapsed / self.position()
         # every process takes the mean of the measurements: they all fit the same length
-        m = D.all_reduce_mean({"epoch_s": epoch_s, "elapsed_s": elapsed_s}, self.device)
+        m = D.all_reduce_mean({"epoch_s": epoch_s, "elapsed_s": self.elapsed}, self.device)
         budget = self.cfg.train.time_budget_s
         if m["epoch_s"] <= 0:  # nothing measured yet (a checkpoint written before time was counted)
             return
@@ -367,7 +370,7 @@ class _Run:
                      cfg.model.arch, len(self.train_set), self.train_set.num_classes, self.world, t.batch_size,
                      self.base_lr, f"{t.time_budget_s:g} s (the epochs are fitted to it)" if timed else f"{total} iterations")
         if timed and self.epoch > 0:  # resumed: fitted again from the time the run has spent so far
-            self._fit_to_time(self.elapsed / self.position(), self.elapsed)
+            self._fit_to_time()
         last_metrics: dict[str, Any] | None = None
         stopped = False
         self._since = time.perf_counter()  # the loop's time counts from here (self.elapsed holds earlier sittings')
@@ -392,7 +395,7 @@ class _Run:
                     elif fit_from is not None and self.epoch_iter == 2 + TIME_FIT_ITERS < self.iters_per_epoch:
                         per_iter = (time.perf_counter() - fit_from) / TIME_FIT_ITERS
                         self.count_time()
-                        self._fit_to_time(per_iter * self.iters_per_epoch, self.elapsed)
+                        self._fit_to_time(per_iter * self.iters_per_epoch)
                         bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.train.epochs}")
                 # the loss terms present (the ablation assemblies name theirs differently, gfldet.models.assemble)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", **{k[5:]: f"{v:.3f}" for k, v in values.items() if k.startswith("loss_")},
@@ -416,7 +419,7 @@ class _Run:
                 self.epoch_iter = 0
                 if timed:  # fitted before the evaluation is decided: the fitted end is evaluated, and only then
                     self.count_time()
-                    self._fit_to_time(self.elapsed / self.position(), self.elapsed)
+                    self._fit_to_time()
                     t = self.cfg.train
                 if self.val_set is not None and (self.epoch % t.eval_interval == 0 or self.epoch == t.epochs):
                     last_metrics = self.evaluate_and_keep_best() or last_metrics
